@@ -1,0 +1,135 @@
+//! The spec's abstract syntax tree.
+//!
+//! The shapes follow OBuilder's spec language one to one; kiln's own additions
+//! live in top-level forms that OBuilder never uses (see [`Spec::bootstrap`]).
+
+use std::fmt;
+
+/// A 1-based position in the spec text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// A value with the position it was read from. Equality ignores the position,
+/// so `parse(print(parse(s))) == parse(s)` holds even though positions move.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub value: T,
+    pub pos: Pos,
+}
+
+impl<T: PartialEq> PartialEq for Located<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+impl<T: Eq> Eq for Located<T> {}
+
+impl<T> Located<T> {
+    pub fn new(value: T, pos: Pos) -> Self {
+        Located { value, pos }
+    }
+}
+
+/// A whole build: `((build NAME SPEC)* (from BASE) [kiln forms] OP…)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Named stages built before this one, usable by `(copy (from (build NAME)))`.
+    pub child_builds: Vec<Located<ChildBuild>>,
+    /// The base, e.g. `debian:bookworm`, `file:root.tar.zst`, `alpine@sha256:…`.
+    pub from: Located<String>,
+    /// kiln extension `(bootstrap …)`: how a `debian:` base is bootstrapped.
+    pub bootstrap: Option<Located<Bootstrap>>,
+    /// The operations, in order.
+    pub ops: Vec<Located<Op>>,
+}
+
+/// `(build NAME SPEC)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildBuild {
+    pub name: String,
+    pub spec: Spec,
+}
+
+/// kiln extension: `(bootstrap (variant V) (include P…) (mirror URL) (arch A))`.
+/// Every field is optional; absent fields take the defaults below.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// mmdebstrap variant; `None` means `minbase`.
+    pub variant: Option<String>,
+    /// Extra packages installed by the bootstrap itself.
+    pub include: Vec<String>,
+    /// Mirror URL; `None` means the host's configured default.
+    pub mirror: Option<String>,
+    /// Debian architecture; `None` means the host's.
+    pub arch: Option<String>,
+}
+
+/// One operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `(comment "text")`: no effect on the result.
+    Comment(String),
+    /// `(workdir PATH)`: relative paths join onto the current workdir.
+    Workdir(String),
+    /// `(shell ARG…)`: the argv prefix that `run` commands are appended to.
+    Shell(Vec<String>),
+    /// `(run …)`.
+    Run(Run),
+    /// `(copy …)`.
+    Copy(Copy),
+    /// `(user (uid N) (gid N))` or `(user (name N))`.
+    User(User),
+    /// `(env NAME VALUE)`: sets or replaces one variable.
+    Env(String, String),
+}
+
+/// `(run (cache …) (network …) (secrets …) (shell CMD))`, fields in any order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Run {
+    pub cache: Vec<Mount>,
+    /// `(network host)` gives `["host"]`; absent or `(network)` gives `[]` (isolated).
+    pub network: Vec<String>,
+    pub secrets: Vec<Mount>,
+    pub shell: String,
+}
+
+/// `(NAME (target PATH))` inside `cache` or `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub id: String,
+    pub target: String,
+}
+
+/// `(copy (from …) (src …) (dst …) (exclude …))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    pub from: CopyFrom,
+    pub src: Vec<String>,
+    pub dst: String,
+    pub exclude: Vec<String>,
+}
+
+/// Where a copy reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyFrom {
+    /// The build context directory (the default).
+    Context,
+    /// The result of an earlier `(build NAME …)` stage.
+    Build(String),
+}
+
+/// Who runs subsequent steps and owns copied files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum User {
+    Unix { uid: u32, gid: u32 },
+    Name(String),
+}

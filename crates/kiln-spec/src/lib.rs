@@ -1,0 +1,29 @@
+//! kiln's build spec language: a strict superset of OBuilder's S-expression specs.
+//!
+//! This crate is pure: it reads and writes text and computes hashes, and never
+//! touches the filesystem. The pieces:
+//! - [`parse`]: text → validated [`Spec`], errors carry `line:col` and "did you mean";
+//! - [`print`]: [`Spec`] → canonical text (`parse(print(s)) == s`; canonical text prints back byte for byte);
+//! - [`hash`]: step ids ([`LayerId`]) computed as the store contract in DESIGN.md says.
+
+pub mod ast;
+mod error;
+pub mod hash;
+mod parse;
+mod print;
+mod sexp;
+mod validate;
+
+pub use ast::*;
+pub use error::SpecError;
+pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
+
+/// Parses and validates a spec.
+pub fn parse(text: &str) -> Result<Spec, SpecError> {
+    parse::parse_spec(text)
+}
+
+/// Prints a spec in canonical layout.
+pub fn print(spec: &Spec) -> String {
+    print::print_spec(spec)
+}

@@ -1,0 +1,2 @@
+/// The on-disk store.
+pub struct FsStore {}

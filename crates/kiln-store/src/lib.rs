@@ -1,0 +1,163 @@
+//! kiln's layer store.
+//!
+//! On disk (see DESIGN.md, "Store contract"):
+//! ```text
+//! STORE/
+//!   result/<id>/        committed layers: rootfs/ (overlayfs upper dir, or a full tree when flat),
+//!                       log, meta.json
+//!   result-tmp/<id>/    a step being built: rootfs/, work/ (overlayfs workdir), log
+//!   l/<16 hex>          short symlinks to result/<id>/rootfs, keeping overlay mount options short
+//!   cache/<name>/       persistent `(cache …)` mounts;  cache-tmp/ their per-step working copies
+//!   locks/<id>.lock     flock held while a step with that id is being built
+//!   debs/               downloaded .deb files shared by every bootstrap
+//!   index.sqlite        id, parent, created, last used, size, children
+//! ```
+//! The directory tree is the truth; the index is rebuilt from each layer's meta.json
+//! when they disagree (checked at open).
+
+mod error;
+mod fs_store;
+
+pub use error::StoreError;
+pub use fs_store::FsStore;
+pub use kiln_spec::LayerId;
+
+use std::path::{Path, PathBuf};
+
+/// What a committed layer records about itself (`result/<id>/meta.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerMeta {
+    pub id: LayerId,
+    /// The layer this one was built on; `None` for bases.
+    pub parent: Option<LayerId>,
+    /// True when rootfs/ holds a complete tree (bases, flattened layers), so the
+    /// overlay chain stops here.
+    pub flat: bool,
+    /// Unix seconds.
+    pub created: i64,
+    /// What produced it, for humans: the op text or the base name.
+    pub description: String,
+    /// The image config a base brings (env, workdir, user); `None` for steps.
+    pub config: Option<BaseConfig>,
+}
+
+/// The runtime defaults a base image carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BaseConfig {
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// A layer as listed by the index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LayerInfo {
+    pub meta: LayerMeta,
+    /// Unix seconds of the last build that used it.
+    pub last_used: i64,
+    /// Bytes of this layer's own rootfs/ (not its parents').
+    pub size: u64,
+    /// Number of committed layers whose parent is this one.
+    pub children: u64,
+}
+
+/// A step under construction in `result-tmp/<id>`. Dropping it without
+/// [`Store::commit`] leaves a temp directory that [`Store::abort`] or the next open removes.
+#[derive(Debug)]
+pub struct TmpLayer {
+    pub id: LayerId,
+    pub parent: Option<LayerId>,
+    pub flat: bool,
+    /// `result-tmp/<id>`.
+    pub dir: PathBuf,
+    /// `result-tmp/<id>/rootfs`: the overlay upper dir (or the full tree when flat).
+    pub rootfs: PathBuf,
+    /// `result-tmp/<id>/work`: the overlay workdir (same filesystem as rootfs).
+    pub work: PathBuf,
+    /// `result-tmp/<id>/log`.
+    pub log: PathBuf,
+}
+
+/// Exclusive right to build one step id; released on drop (and by the kernel if the process dies).
+pub struct StepLock {
+    _file: std::fs::File,
+}
+
+impl StepLock {
+    /// Wraps an already-locked file.
+    pub fn from_locked_file(file: std::fs::File) -> Self {
+        StepLock { _file: file }
+    }
+}
+
+/// A per-step working copy of a `(cache …)` mount.
+#[derive(Debug)]
+pub struct CacheLease {
+    pub name: String,
+    /// The directory to bind-mount at the cache's target.
+    pub dir: PathBuf,
+    /// Which version of cache/<name> the copy was taken from.
+    pub base_version: u64,
+}
+
+/// The seam between the builder and the on-disk store; mocks implement it in unit tests.
+pub trait Store: Send + Sync {
+    /// The store's root directory.
+    fn root(&self) -> &Path;
+
+    /// The layer if it is committed (does not change `last_used`).
+    fn get(&self, id: &LayerId) -> Result<Option<LayerInfo>, StoreError>;
+
+    /// Records that a build used `id` now (for LRU pruning).
+    fn touch(&self, id: &LayerId) -> Result<(), StoreError>;
+
+    /// Blocks until this process holds the build lock for `id`. Two builds of the same
+    /// step serialise here; the second then finds the first's result with [`Store::get`].
+    fn lock_step(&self, id: &LayerId) -> Result<StepLock, StoreError>;
+
+    /// Creates an empty `result-tmp/<id>` (removing a stale one). The caller holds the step lock.
+    fn begin(&self, id: &LayerId, parent: Option<&LayerId>, flat: bool) -> Result<TmpLayer, StoreError>;
+
+    /// Writes meta.json, removes work/, measures the size and atomically renames the
+    /// temp dir to `result/<id>`, then indexes it.
+    fn commit(&self, tmp: TmpLayer, description: &str, config: Option<BaseConfig>) -> Result<LayerInfo, StoreError>;
+
+    /// Deletes the temp dir of a failed or cancelled step.
+    fn abort(&self, tmp: TmpLayer) -> Result<(), StoreError>;
+
+    /// The overlay lower dirs that make up `id`'s filesystem, topmost first, ending at
+    /// the first flat layer. Each path is short (`STORE/l/<16 hex>`).
+    fn chain(&self, id: &LayerId) -> Result<Vec<PathBuf>, StoreError>;
+
+    /// `result/<id>/log`.
+    fn log_path(&self, id: &LayerId) -> PathBuf;
+
+    /// Every committed layer.
+    fn list(&self) -> Result<Vec<LayerInfo>, StoreError>;
+
+    /// Deletes `id` and all its descendants, leaves first. Returns what was deleted.
+    fn delete(&self, id: &LayerId) -> Result<Vec<LayerId>, StoreError>;
+
+    /// Deletes least-recently-used leaves until the total size is at most `keep_bytes`.
+    /// Layers whose step lock is held (in use by a build) are skipped.
+    fn prune(&self, keep_bytes: u64) -> Result<Vec<LayerId>, StoreError>;
+
+    /// Removes every layer, cache and temporary (the .deb cache is kept unless `all`).
+    fn clean(&self, all: bool) -> Result<(), StoreError>;
+
+    /// Checks the store is usable: writable, index consistent with result/, overlayfs supported.
+    fn healthcheck(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Takes a private working copy of cache `name` (created empty the first time).
+    fn cache_acquire(&self, name: &str) -> Result<CacheLease, StoreError>;
+
+    /// After a successful step: the working copy atomically becomes the cache's current
+    /// version. After a failure (`keep == false`) it is discarded.
+    fn cache_release(&self, lease: CacheLease, keep: bool) -> Result<(), StoreError>;
+
+    /// Directory for downloaded `.deb` files shared by all bootstraps.
+    fn deb_cache(&self) -> PathBuf;
+
+    /// A scratch directory under the store (same filesystem) removed at next open if left behind.
+    fn scratch_dir(&self, prefix: &str) -> Result<PathBuf, StoreError>;
+}

@@ -1,0 +1,1 @@
+fn main() { kiln_sandbox::maybe_run_init(); }
