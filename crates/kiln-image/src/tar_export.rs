@@ -1,0 +1,201 @@
+//! A rootfs as a POSIX (pax) tar stream.
+//!
+//! Entries come in sorted path order with owners, modes, mtimes, symlinks, hardlinks
+//! (second and later names become link entries), device nodes, fifos and extended
+//! attributes (as `SCHILY.xattr.*` pax records, the form GNU tar and the `tar` crate read).
+
+use crate::ImageError;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use tar::{EntryType, Header};
+
+/// Writes the tree under `root` to `out` as a tar archive with paths relative to `root`
+/// (`./etc/passwd` style names without the leading `./`). Returns the number of entries.
+pub fn write_tar(root: &Path, out: impl Write) -> Result<u64, ImageError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    let mut count = 0;
+    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
+        let entry = entry.map_err(|e| ImageError::Tool(format!("reading {}: {e}", root.display())))?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
+        append_xattrs(&mut builder, path)?;
+        append_entry(&mut builder, path, &rel, &meta, &mut links)?;
+        count += 1;
+    }
+    builder.into_inner().map_err(|e| ImageError::io(root, e))?.flush().map_err(|e| ImageError::io(root, e))?;
+    Ok(count)
+}
+
+fn append_entry<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    rel: &str,
+    meta: &fs::Metadata,
+    links: &mut HashMap<(u64, u64), String>,
+) -> Result<(), ImageError> {
+    let mut header = Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    let ft = meta.file_type();
+    let io = |e| ImageError::io(path, e);
+    if ft.is_file() && meta.nlink() > 1 {
+        if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+            header.set_entry_type(EntryType::Link);
+            header.set_size(0);
+            return builder.append_link(&mut header, rel, first).map_err(io);
+        }
+        links.insert((meta.dev(), meta.ino()), rel.to_string());
+    }
+    if ft.is_file() {
+        let file = fs::File::open(path).map_err(io)?;
+        builder.append_data(&mut header, rel, file).map_err(io)
+    } else if ft.is_symlink() {
+        let target = fs::read_link(path).map_err(io)?;
+        header.set_size(0);
+        builder.append_link(&mut header, rel, target).map_err(io)
+    } else if ft.is_dir() {
+        header.set_size(0);
+        builder.append_data(&mut header, rel, std::io::empty()).map_err(io)
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        let kind = if ft.is_char_device() {
+            EntryType::Char
+        } else if ft.is_block_device() {
+            EntryType::Block
+        } else {
+            EntryType::Fifo
+        };
+        header.set_entry_type(kind);
+        header.set_size(0);
+        let rdev = meta.rdev();
+        header.set_device_major(libc::major(rdev)).map_err(io)?;
+        header.set_device_minor(libc::minor(rdev)).map_err(io)?;
+        builder.append_data(&mut header, rel, std::io::empty()).map_err(io)
+    } else {
+        // Sockets cannot be archived and carry no data; skipping them is what tar does too.
+        Ok(())
+    }
+}
+
+/// Adds a pax header with the file's extended attributes, if it has any.
+fn append_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> Result<(), ImageError> {
+    let names = list_xattrs(path);
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in names {
+        if let Some(value) = get_xattr(path, &name) {
+            records.push((format!("SCHILY.xattr.{name}"), value));
+        }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    builder
+        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(|e| ImageError::io(path, e))
+}
+
+fn list_xattrs(path: &Path) -> Vec<String> {
+    let c = match std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        Ok(c) => c,
+        Err(_) => return Vec::new(),
+    };
+    // SAFETY: c is a valid NUL-terminated path; a null buffer asks for the size.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if size <= 0 {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; size as usize];
+    // SAFETY: buf has room for `size` bytes.
+    let got = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got <= 0 {
+        return Vec::new();
+    }
+    buf.truncate(got as usize);
+    let mut names: Vec<String> = buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C strings; a null buffer asks for the size.
+    let size = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; size as usize];
+    // SAFETY: buf has room for `size` bytes.
+    let got = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got < 0 {
+        return None;
+    }
+    buf.truncate(got as usize);
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn archives_owners_modes_links_and_devices() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("etc/app")).unwrap();
+        fs::write(r.join("etc/app/conf"), "k=v\n").unwrap();
+        fs::set_permissions(r.join("etc/app/conf"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(r.join("etc/app/conf"), Some(1000), Some(1001)).unwrap();
+        fs::hard_link(r.join("etc/app/conf"), r.join("etc/app/conf2")).unwrap();
+        std::os::unix::fs::symlink("app/conf", r.join("etc/link")).unwrap();
+        nix::sys::stat::mknod(&r.join("null"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), libc::makedev(1, 3)).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(write_tar(r, &mut buf).unwrap(), 6);
+        let mut archive = tar::Archive::new(buf.as_slice());
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            seen.push(path.clone());
+            match path.as_str() {
+                "etc/app/conf" => {
+                    assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o7777), (1000, 1001, 0o640));
+                }
+                "etc/app/conf2" => {
+                    assert_eq!(h.entry_type(), EntryType::Link);
+                    assert_eq!(e.link_name().unwrap().unwrap().to_string_lossy(), "etc/app/conf");
+                }
+                "etc/link" => assert_eq!(h.entry_type(), EntryType::Symlink),
+                "null" => {
+                    assert_eq!(h.entry_type(), EntryType::Char);
+                    assert_eq!((h.device_major().unwrap(), h.device_minor().unwrap()), (Some(1), Some(3)));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, vec!["etc", "etc/app", "etc/app/conf", "etc/app/conf2", "etc/link", "null"]);
+    }
+
+    #[test]
+    fn same_tree_gives_same_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        for name in ["b", "a", "c"] {
+            fs::write(root.path().join(name), name).unwrap();
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        write_tar(root.path(), &mut x).unwrap();
+        write_tar(root.path(), &mut y).unwrap();
+        assert_eq!(x, y);
+    }
+}
