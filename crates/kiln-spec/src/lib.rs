@@ -23,7 +23,14 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
     parse::parse_spec(text)
 }
 
-/// Prints a spec in canonical layout.
+/// Parses and validates a spec read from `file`; errors then read `FILE:LINE:COL: …`.
+///
+/// The crate does no I/O: the caller reads the file and passes its text and name.
+pub fn parse_file(text: &str, file: &str) -> Result<Spec, SpecError> {
+    parse::parse_spec(text).map_err(|e| e.in_file(file))
+}
+
+/// Prints a spec in canonical layout (described in the `print` module's source).
 pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }

@@ -1,4 +1,476 @@
-use crate::{Pos, Spec, SpecError};
-pub(crate) fn parse_spec(_text: &str) -> Result<Spec, SpecError> {
-    Err(SpecError::new(Pos::default(), "parser not written yet"))
+//! From S-expressions to the [`Spec`] AST, checking the shape of every form.
+//!
+//! A spec is `((build NAME SPEC)* (from BASE) ITEM…)` where each ITEM is an
+//! OBuilder op or a kiln form. kiln forms are top-level forms OBuilder never
+//! uses; to add one (say `(test …)`), name it in [`KILN_FORMS`], give [`Spec`]
+//! a field, and parse it in [`SpecParts::kiln_form`].
+//!
+//! Value rules (env names, absolute targets, `..` in sources, …) are in
+//! `validate.rs`; this module calls them with the atom being judged.
+
+use crate::sexp::{self, Atom, List, Sexp};
+use crate::validate::{self, suggest};
+use crate::{Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, SpecError, User};
+
+/// Forms that structure a spec.
+const STRUCTURE_FORMS: &[&str] = &["build", "from"];
+/// kiln's own top-level forms; each may appear once, anywhere after `from`.
+const KILN_FORMS: &[&str] = &["bootstrap"];
+/// OBuilder's operations.
+const OP_FORMS: &[&str] = &["comment", "workdir", "shell", "run", "copy", "user", "env"];
+
+const RUN_FIELDS: &[&str] = &["cache", "network", "secrets", "shell"];
+const COPY_FIELDS: &[&str] = &["from", "src", "dst", "exclude"];
+const USER_FIELDS: &[&str] = &["uid", "gid", "name"];
+const BOOTSTRAP_FIELDS: &[&str] = &["variant", "include", "mirror", "arch"];
+const MOUNT_FIELDS: &[&str] = &["target"];
+
+/// Reads and validates a whole spec.
+pub(crate) fn parse_spec(text: &str) -> Result<Spec, SpecError> {
+    match sexp::read(text)? {
+        Sexp::List(list) => spec_from_list(&list),
+        Sexp::Atom(atom) => Err(SpecError::new(
+            atom.pos,
+            format!(
+                "a spec is a list like `((from BASE) OP…)`, found the atom `{}`: wrap the spec in parentheses",
+                atom.text
+            ),
+        )),
+    }
+}
+
+fn spec_from_list(list: &List) -> Result<Spec, SpecError> {
+    let mut parts = SpecParts::default();
+    for item in &list.items {
+        parts.item(item)?;
+    }
+    parts.finish(list.pos)
+}
+
+/// A list whose first element is an atom: `(NAME ARG…)`.
+#[derive(Clone, Copy)]
+struct Form<'a> {
+    name: &'a Atom,
+    args: &'a [Sexp],
+    pos: Pos,
+}
+
+impl<'a> Form<'a> {
+    /// Views `sexp` as a form; `context` says where it sits, for the error.
+    fn of(sexp: &'a Sexp, context: &str) -> Result<Form<'a>, SpecError> {
+        let list = match sexp {
+            Sexp::List(list) => list,
+            Sexp::Atom(atom) => {
+                return Err(SpecError::new(
+                    atom.pos,
+                    format!("expected a form like `(name …)` in {context}, found the atom `{}`", atom.text),
+                ))
+            }
+        };
+        match list.items.split_first() {
+            Some((Sexp::Atom(name), args)) => Ok(Form { name, args, pos: list.pos }),
+            Some((Sexp::List(inner), _)) => Err(SpecError::new(
+                inner.pos,
+                format!("expected a name at the start of this list in {context}, found a list"),
+            )),
+            None => Err(SpecError::new(
+                list.pos,
+                format!("empty list `()` in {context}: delete it or write a form like `(name …)`"),
+            )),
+        }
+    }
+
+    fn name(&self) -> &'a str {
+        &self.name.text
+    }
+
+    /// Requires exactly `N` atom arguments; `usage` is shown in the error.
+    fn atoms<const N: usize>(&self, usage: &str) -> Result<[&'a Atom; N], SpecError> {
+        if self.args.len() != N {
+            let plural = if N == 1 { "argument" } else { "arguments" };
+            let pos = self.args.get(N).map_or(self.pos, Sexp::pos);
+            return Err(SpecError::new(
+                pos,
+                format!(
+                    "`{}` takes {N} {plural}, found {}: write `{usage}`",
+                    self.name(),
+                    self.args.len()
+                ),
+            ));
+        }
+        let atoms = self.any_atoms(usage)?;
+        atoms.try_into().map_err(|_| SpecError::new(self.pos, "internal error: argument count changed"))
+    }
+
+    /// Requires every argument to be an atom, however many there are.
+    fn any_atoms(&self, usage: &str) -> Result<Vec<&'a Atom>, SpecError> {
+        self.args
+            .iter()
+            .map(|arg| match arg {
+                Sexp::Atom(atom) => Ok(atom),
+                Sexp::List(list) => Err(SpecError::new(
+                    list.pos,
+                    format!("`{}` takes atoms, found a list: write `{usage}`", self.name()),
+                )),
+            })
+            .collect()
+    }
+
+    /// Requires at least one atom argument.
+    fn some_atoms(&self, usage: &str) -> Result<Vec<&'a Atom>, SpecError> {
+        if self.args.is_empty() {
+            return Err(SpecError::new(
+                self.pos,
+                format!("`{}` needs at least one argument: write `{usage}`", self.name()),
+            ));
+        }
+        self.any_atoms(usage)
+    }
+
+    /// The single atom argument.
+    fn atom(&self, usage: &str) -> Result<&'a Atom, SpecError> {
+        let [atom] = self.atoms::<1>(usage)?;
+        Ok(atom)
+    }
+}
+
+/// The fields of a record-like form (`run`, `copy`, `user`, `bootstrap`, mounts):
+/// each field a form named from a fixed set, in any order, at most once.
+struct Fields<'a> {
+    /// How errors name the owner, e.g. "`run`" or "cache `opam`".
+    owner: String,
+    pos: Pos,
+    found: Vec<Form<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(owner: String, pos: Pos, args: &'a [Sexp], known: &[&str]) -> Result<Fields<'a>, SpecError> {
+        let mut found: Vec<Form<'a>> = Vec::new();
+        for arg in args {
+            let field = Form::of(arg, &owner)?;
+            if !known.contains(&field.name()) {
+                return Err(SpecError::new(
+                    field.name.pos,
+                    format!(
+                        "unknown field `{}` in {owner}: its fields are {}",
+                        field.name(),
+                        known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .with_suggestion(suggest(field.name(), known.iter().copied())));
+            }
+            if let Some(first) = found.iter().find(|f| f.name() == field.name()) {
+                return Err(SpecError::new(
+                    field.pos,
+                    format!(
+                        "duplicate field `{}` in {owner} (the first is at {}): keep only one",
+                        field.name(),
+                        first.pos
+                    ),
+                ));
+            }
+            found.push(field);
+        }
+        Ok(Fields { owner, pos, found })
+    }
+
+    fn get(&self, name: &str) -> Option<Form<'a>> {
+        self.found.iter().find(|f| f.name() == name).copied()
+    }
+
+    fn require(&self, name: &str, usage: &str) -> Result<Form<'a>, SpecError> {
+        self.get(name).ok_or_else(|| {
+            SpecError::new(
+                self.pos,
+                format!("{} is missing its `{name}` field: add `{usage}`", self.owner),
+            )
+        })
+    }
+}
+
+/// A spec's items as they are read, checked for order and uniqueness.
+#[derive(Default)]
+struct SpecParts {
+    builds: Vec<Located<ChildBuild>>,
+    from: Option<(Located<String>, Pos)>,
+    bootstrap: Option<Located<Bootstrap>>,
+    ops: Vec<Located<Op>>,
+}
+
+impl SpecParts {
+    fn item(&mut self, item: &Sexp) -> Result<(), SpecError> {
+        let form = Form::of(item, "the spec")?;
+        let name = form.name();
+        if name == "build" {
+            return self.build(form);
+        }
+        if name == "from" {
+            return self.from(form);
+        }
+        let known_here = KILN_FORMS.contains(&name) || OP_FORMS.contains(&name);
+        if !known_here {
+            let known = STRUCTURE_FORMS.iter().chain(KILN_FORMS).chain(OP_FORMS).copied();
+            return Err(SpecError::new(form.name.pos, format!("unknown directive `{name}`"))
+                .with_suggestion(suggest(name, known)));
+        }
+        if self.from.is_none() {
+            return Err(SpecError::new(
+                form.pos,
+                format!("`{name}` before `from`: a spec starts with its child builds, then `(from BASE)`, then the rest"),
+            ));
+        }
+        if KILN_FORMS.contains(&name) {
+            return self.kiln_form(form);
+        }
+        let op = op(form, &self.builds)?;
+        self.ops.push(Located::new(op, form.pos));
+        Ok(())
+    }
+
+    fn build(&mut self, form: Form) -> Result<(), SpecError> {
+        if self.from.is_some() {
+            return Err(SpecError::new(
+                form.pos,
+                "`build` after `from`: child builds come first; move this `(build …)` above `(from …)`",
+            ));
+        }
+        let usage = "(build NAME ((from BASE) OP…))";
+        let (name, spec) = match form.args {
+            [Sexp::Atom(name), Sexp::List(spec)] => (name, spec),
+            [_, _] => {
+                return Err(SpecError::new(
+                    form.pos,
+                    format!("`build` takes a name and a spec list: write `{usage}`"),
+                ))
+            }
+            args => {
+                let pos = args.get(2).map_or(form.pos, Sexp::pos);
+                return Err(SpecError::new(
+                    pos,
+                    format!("`build` takes 2 arguments, found {}: write `{usage}`", args.len()),
+                ));
+            }
+        };
+        validate::non_empty("build name", "(build dev …)", name)?;
+        if let Some(first) = self.builds.iter().find(|b| b.value.name == name.text) {
+            return Err(SpecError::new(
+                name.pos,
+                format!(
+                    "duplicate build name `{}` (the first is at {}): rename one of them",
+                    name.text, first.pos
+                ),
+            ));
+        }
+        let spec = spec_from_list(spec)?;
+        self.builds.push(Located::new(ChildBuild { name: name.text.clone(), spec }, form.pos));
+        Ok(())
+    }
+
+    fn from(&mut self, form: Form) -> Result<(), SpecError> {
+        if let Some((_, first)) = &self.from {
+            return Err(SpecError::new(
+                form.pos,
+                format!(
+                    "second `from` (the first is at {first}): a spec has one base; use `(build NAME …)` for another stage"
+                ),
+            ));
+        }
+        let base = form.atom("(from BASE)")?;
+        validate::non_empty("`from` base", "(from debian:bookworm)", base)?;
+        self.from = Some((Located::new(base.text.clone(), base.pos), form.pos));
+        Ok(())
+    }
+
+    fn kiln_form(&mut self, form: Form) -> Result<(), SpecError> {
+        match form.name() {
+            "bootstrap" => {
+                if let Some(first) = &self.bootstrap {
+                    return Err(SpecError::new(
+                        form.pos,
+                        format!("second `bootstrap` (the first is at {}): merge them into one", first.pos),
+                    ));
+                }
+                self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos));
+                Ok(())
+            }
+            other => Err(SpecError::new(form.pos, format!("internal error: kiln form `{other}` has no parser"))),
+        }
+    }
+
+    fn finish(self, pos: Pos) -> Result<Spec, SpecError> {
+        let Some((from, _)) = self.from else {
+            return Err(SpecError::new(
+                pos,
+                "spec has no `from`: add `(from BASE)` after the child builds, e.g. `(from debian:bookworm)`",
+            ));
+        };
+        Ok(Spec { child_builds: self.builds, from, bootstrap: self.bootstrap, ops: self.ops })
+    }
+}
+
+/// Parses one OBuilder op; `builds` are the stages `copy` may read from.
+fn op(form: Form, builds: &[Located<ChildBuild>]) -> Result<Op, SpecError> {
+    Ok(match form.name() {
+        "comment" => Op::Comment(form.atom("(comment \"TEXT\")")?.text.clone()),
+        "workdir" => Op::Workdir(form.atom("(workdir PATH)")?.text.clone()),
+        "shell" => Op::Shell(texts(form.some_atoms("(shell /bin/sh -c)")?)),
+        "env" => {
+            let [name, value] = form.atoms::<2>("(env NAME VALUE)")?;
+            validate::env_name(name)?;
+            Op::Env(name.text.clone(), value.text.clone())
+        }
+        "user" => Op::User(user(form)?),
+        "run" => Op::Run(run(form)?),
+        "copy" => Op::Copy(copy(form, builds)?),
+        other => return Err(SpecError::new(form.pos, format!("internal error: op `{other}` has no parser"))),
+    })
+}
+
+fn texts(atoms: Vec<&Atom>) -> Vec<String> {
+    atoms.into_iter().map(|a| a.text.clone()).collect()
+}
+
+fn user(form: Form) -> Result<User, SpecError> {
+    let fields = Fields::of("`user`".into(), form.pos, form.args, USER_FIELDS)?;
+    if let Some(name) = fields.get("name") {
+        if let Some(id) = fields.get("uid").or(fields.get("gid")) {
+            return Err(SpecError::new(
+                id.pos,
+                "`user` takes either `(uid N) (gid N)` or `(name NAME)`, not both: delete one",
+            ));
+        }
+        return Ok(User::Name(name.atom("(name NAME)")?.text.clone()));
+    }
+    if fields.found.is_empty() {
+        return Err(SpecError::new(
+            form.pos,
+            "`user` is empty: write `(user (uid N) (gid N))` or `(user (name NAME))`",
+        ));
+    }
+    let uid = fields.require("uid", "(uid N)")?.atom("(uid N)")?;
+    let gid = fields.require("gid", "(gid N)")?.atom("(gid N)")?;
+    Ok(User::Unix { uid: validate::unix_id("uid", uid)?, gid: validate::unix_id("gid", gid)? })
+}
+
+fn run(form: Form) -> Result<Run, SpecError> {
+    let fields = Fields::of("`run`".into(), form.pos, form.args, RUN_FIELDS)?;
+    let shell = fields.require("shell", "(shell \"COMMAND\")")?.atom("(shell \"COMMAND\")")?;
+    let cache = match fields.get("cache") {
+        Some(f) => mounts("cache", f)?,
+        None => Vec::new(),
+    };
+    let secrets = match fields.get("secrets") {
+        Some(f) => mounts("secret", f)?,
+        None => Vec::new(),
+    };
+    let network = match fields.get("network") {
+        Some(f) => texts(f.any_atoms("(network host)")?),
+        None => Vec::new(),
+    };
+    Ok(Run { cache, network, secrets, shell: shell.text.clone() })
+}
+
+/// `(cache (ID (target PATH))…)` or `(secrets …)`; `kind` is `cache` or `secret`.
+fn mounts(kind: &str, field: Form) -> Result<Vec<Mount>, SpecError> {
+    let context = format!("`{}`", field.name());
+    let usage = format!("({} (ID (target /absolute/path)))", field.name());
+    field
+        .args
+        .iter()
+        .map(|arg| {
+            let mount = Form::of(arg, &context).map_err(|e| SpecError {
+                message: format!("{}: write `{usage}`", e.message),
+                ..e
+            })?;
+            validate::mount_id(kind, mount.name)?;
+            let owner = format!("{kind} `{}`", mount.name());
+            let fields = Fields::of(owner, mount.pos, mount.args, MOUNT_FIELDS)?;
+            let target = fields.require("target", "(target /absolute/path)")?.atom("(target PATH)")?;
+            validate::absolute_target(kind, target)?;
+            Ok(Mount { id: mount.name.text.clone(), target: target.text.clone() })
+        })
+        .collect()
+}
+
+fn copy(form: Form, builds: &[Located<ChildBuild>]) -> Result<Copy, SpecError> {
+    let fields = Fields::of("`copy`".into(), form.pos, form.args, COPY_FIELDS)?;
+    let from = match fields.get("from") {
+        Some(f) => copy_from(f, builds)?,
+        None => CopyFrom::Context,
+    };
+    let src_usage = "(src PATH…)";
+    let src = fields.require("src", src_usage)?.some_atoms(src_usage)?;
+    let dst = fields.require("dst", "(dst PATH)")?.atom("(dst PATH)")?;
+    for path in &src {
+        validate::copy_source(path)?;
+    }
+    validate::copy_destination(src.len(), dst)?;
+    let exclude = match fields.get("exclude") {
+        Some(f) => texts(f.any_atoms("(exclude NAME…)")?),
+        None => Vec::new(),
+    };
+    Ok(Copy { from, src: texts(src), dst: dst.text.clone(), exclude })
+}
+
+/// `(from context)` or `(from (build NAME))` inside a `copy`.
+fn copy_from(field: Form, builds: &[Located<ChildBuild>]) -> Result<CopyFrom, SpecError> {
+    let usage = "(from context)` or `(from (build NAME))";
+    let [arg] = field.args else {
+        let pos = field.args.get(1).map_or(field.pos, Sexp::pos);
+        return Err(SpecError::new(
+            pos,
+            format!("`from` in `copy` takes 1 argument, found {}: write `{usage}`", field.args.len()),
+        ));
+    };
+    let source = match arg {
+        Sexp::Atom(atom) if atom.text == "context" => return Ok(CopyFrom::Context),
+        Sexp::Atom(atom) => {
+            return Err(SpecError::new(
+                atom.pos,
+                format!("`copy` cannot read from `{}`: write `{usage}`", atom.text),
+            )
+            .with_suggestion(suggest(&atom.text, ["context"])))
+        }
+        Sexp::List(_) => Form::of(arg, "`from`")?,
+    };
+    if source.name() != "build" {
+        return Err(SpecError::new(
+            source.name.pos,
+            format!("`copy` cannot read from `({} …)`: write `{usage}`", source.name()),
+        )
+        .with_suggestion(suggest(source.name(), ["build"])));
+    }
+    let name = source.atom("(build NAME)")?;
+    if builds.iter().any(|b| b.value.name == name.text) {
+        return Ok(CopyFrom::Build(name.text.clone()));
+    }
+    let defined: Vec<&str> = builds.iter().map(|b| b.value.name.as_str()).collect();
+    let hint = if defined.is_empty() {
+        "this spec defines no child builds; add `(build NAME …)` before `from`".to_string()
+    } else {
+        format!("this spec defines {}", defined.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+    };
+    Err(SpecError::new(name.pos, format!("`copy` reads from unknown build `{}`: {hint}", name.text))
+        .with_suggestion(suggest(&name.text, defined)))
+}
+
+fn bootstrap(form: Form) -> Result<Bootstrap, SpecError> {
+    let fields = Fields::of("`bootstrap`".into(), form.pos, form.args, BOOTSTRAP_FIELDS)?;
+    let single = |name: &str, usage: &str| -> Result<Option<&Atom>, SpecError> {
+        fields.get(name).map(|f| f.atom(usage)).transpose()
+    };
+    let variant = single("variant", "(variant minbase)")?;
+    if let Some(v) = variant {
+        validate::bootstrap_variant(v)?;
+    }
+    let include = match fields.get("include") {
+        Some(f) => texts(f.any_atoms("(include PACKAGE…)")?),
+        None => Vec::new(),
+    };
+    Ok(Bootstrap {
+        variant: variant.map(|a| a.text.clone()),
+        include,
+        mirror: single("mirror", "(mirror URL)")?.map(|a| a.text.clone()),
+        arch: single("arch", "(arch amd64)")?.map(|a| a.text.clone()),
+    })
 }

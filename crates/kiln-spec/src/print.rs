@@ -1,4 +1,306 @@
-use crate::Spec;
-pub(crate) fn print_spec(_spec: &Spec) -> String {
-    String::new()
+//! The canonical printer.
+//!
+//! # Layout
+//!
+//! The layout is sexplib's "hum" style with fixed rules, so one AST has exactly one
+//! text and that text parses back to the same AST:
+//!
+//! - A spec list always has one item per line: `((` before its first item, then each
+//!   further item on a new line, one column right of the spec's `(`. Items come in
+//!   a fixed order: child builds, `from`, `bootstrap`, then the ops.
+//! - A child build is `(build NAME` then, on the next line and two columns right of
+//!   the build's `(`, its spec laid out by the rule above.
+//! - Any other form goes on one line when it fits in 80 columns, counting the `)`s
+//!   that close right after it. Otherwise its first argument stays on the form's
+//!   line and each further argument gets its own line, aligned under the first;
+//!   arguments are laid out by the same rule, so a long `cache` list breaks inside
+//!   while a short `(network host)` stays whole:
+//!
+//!   ```text
+//!    (run (cache (opam-archives (target /home/opam/.opam/download-cache))
+//!                (opam-builds (target /home/opam/.cache/dune)))
+//!         (network host)
+//!         (shell "opam install -y --deps-only ."))
+//!   ```
+//! - Fields follow OBuilder's order: `run` is cache, network, secrets, shell;
+//!   `copy` is from, src, dst, exclude; `user` is uid, gid or name; `bootstrap` is
+//!   variant, include, mirror, arch. Fields holding their default are left out:
+//!   `(from context)`, empty `cache`/`network`/`secrets`/`exclude`/`include`.
+//! - An atom prints bare when it reads back as itself: non-empty printable ASCII
+//!   without whitespace, `(`, `)`, `"`, `;`, `\`, `#|` or `|#`. Otherwise it is
+//!   double-quoted with `\"`, `\\`, `\n`, `\t`, `\r`, `\b`, `\DDD` for other control
+//!   characters, and non-ASCII characters written as themselves.
+//! - Long atoms are never split, so a line may exceed 80 columns.
+//! - The text ends with one newline.
+
+use crate::sexp::ends_bare_atom;
+use crate::{Bootstrap, ChildBuild, Copy, CopyFrom, Op, Run, Spec, User};
+
+/// The column budget for putting a form on one line.
+const WIDTH: usize = 80;
+
+/// Prints `spec` in canonical layout.
+pub(crate) fn print_spec(spec: &Spec) -> String {
+    let mut out = Printer { text: String::new() };
+    out.doc(&spec_doc(spec), 0, 0);
+    out.text.push('\n');
+    out.text
+}
+
+/// What the layout works on: the spec turned into nested lists of rendered atoms.
+enum Doc {
+    /// An atom, already quoted if it needs to be.
+    Atom(String),
+    /// A form: flat if it fits, else broken with arguments aligned.
+    Form(Vec<Doc>),
+    /// A spec list: always one item per line.
+    Spec(Vec<Doc>),
+    /// `(build NAME` with its spec on the next line.
+    Build(String, Box<Doc>),
+}
+
+impl Doc {
+    /// Width on one line, or `None` if it never goes on one line.
+    fn flat_width(&self) -> Option<usize> {
+        match self {
+            Doc::Atom(text) => Some(text.chars().count()),
+            Doc::Form(items) => {
+                let mut width = 2 + items.len().saturating_sub(1);
+                for item in items {
+                    width += item.flat_width()?;
+                }
+                Some(width)
+            }
+            Doc::Spec(_) | Doc::Build(..) => None,
+        }
+    }
+}
+
+struct Printer {
+    text: String,
+}
+
+impl Printer {
+    /// Writes `doc` starting at column `col`; `trail` `)`s follow it on its last line.
+    fn doc(&mut self, doc: &Doc, col: usize, trail: usize) {
+        match doc {
+            Doc::Atom(text) => self.text.push_str(text),
+            Doc::Form(items) => match doc.flat_width() {
+                Some(width) if col + width + trail <= WIDTH => self.flat(doc),
+                _ => self.broken_form(items, col, trail),
+            },
+            Doc::Spec(items) => {
+                self.text.push('(');
+                self.lines(items, col + 1, trail);
+                self.text.push(')');
+            }
+            Doc::Build(name, spec) => {
+                self.text.push_str("(build ");
+                self.text.push_str(name);
+                self.newline(col + 2);
+                self.doc(spec, col + 2, trail + 1);
+                self.text.push(')');
+            }
+        }
+    }
+
+    fn flat(&mut self, doc: &Doc) {
+        match doc {
+            Doc::Atom(text) => self.text.push_str(text),
+            Doc::Form(items) => {
+                self.text.push('(');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.text.push(' ');
+                    }
+                    self.flat(item);
+                }
+                self.text.push(')');
+            }
+            // Never flat (see `flat_width`); lay out in place rather than fail.
+            Doc::Spec(_) | Doc::Build(..) => self.doc(doc, 0, 0),
+        }
+    }
+
+    /// `(head first` then the other arguments one per line under `first`.
+    fn broken_form(&mut self, items: &[Doc], col: usize, trail: usize) {
+        self.text.push('(');
+        match items.split_first() {
+            Some((Doc::Atom(head), args)) if !args.is_empty() => {
+                self.text.push_str(head);
+                self.text.push(' ');
+                let arg_col = col + 1 + head.chars().count() + 1;
+                self.lines(args, arg_col, trail);
+            }
+            _ => self.lines(items, col + 1, trail),
+        }
+        self.text.push(')');
+    }
+
+    /// Writes `items` one per line at column `col`; the last one is followed by `trail + 1` `)`s.
+    fn lines(&mut self, items: &[Doc], col: usize, trail: usize) {
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.newline(col);
+            }
+            let after = if i + 1 == items.len() { trail + 1 } else { 0 };
+            self.doc(item, col, after);
+        }
+    }
+
+    fn newline(&mut self, col: usize) {
+        self.text.push('\n');
+        self.text.extend(std::iter::repeat_n(' ', col));
+    }
+}
+
+fn spec_doc(spec: &Spec) -> Doc {
+    let mut items: Vec<Doc> = spec.child_builds.iter().map(|b| build_doc(&b.value)).collect();
+    items.push(form("from", [atom(&spec.from.value)]));
+    if let Some(b) = &spec.bootstrap {
+        items.push(bootstrap_doc(&b.value));
+    }
+    items.extend(spec.ops.iter().map(|op| op_doc(&op.value)));
+    Doc::Spec(items)
+}
+
+fn build_doc(build: &ChildBuild) -> Doc {
+    Doc::Build(quote(&build.name), Box::new(spec_doc(&build.spec)))
+}
+
+fn op_doc(op: &Op) -> Doc {
+    match op {
+        Op::Comment(text) => form("comment", [atom(text)]),
+        Op::Workdir(path) => form("workdir", [atom(path)]),
+        Op::Shell(args) => form("shell", atoms(args)),
+        Op::Env(name, value) => form("env", [atom(name), atom(value)]),
+        Op::User(user) => user_doc(user),
+        Op::Run(run) => run_doc(run),
+        Op::Copy(copy) => copy_doc(copy),
+    }
+}
+
+fn user_doc(user: &User) -> Doc {
+    match user {
+        User::Unix { uid, gid } => form(
+            "user",
+            [form("uid", [Doc::Atom(uid.to_string())]), form("gid", [Doc::Atom(gid.to_string())])],
+        ),
+        User::Name(name) => form("user", [form("name", [atom(name)])]),
+    }
+}
+
+fn run_doc(run: &Run) -> Doc {
+    let mut fields = Vec::new();
+    if !run.cache.is_empty() {
+        fields.push(form("cache", run.cache.iter().map(mount_doc)));
+    }
+    if !run.network.is_empty() {
+        fields.push(form("network", atoms(&run.network)));
+    }
+    if !run.secrets.is_empty() {
+        fields.push(form("secrets", run.secrets.iter().map(mount_doc)));
+    }
+    fields.push(form("shell", [atom(&run.shell)]));
+    form("run", fields)
+}
+
+fn mount_doc(mount: &crate::Mount) -> Doc {
+    Doc::Form(vec![atom(&mount.id), form("target", [atom(&mount.target)])])
+}
+
+fn copy_doc(copy: &Copy) -> Doc {
+    let mut fields = Vec::new();
+    if let CopyFrom::Build(name) = &copy.from {
+        fields.push(form("from", [form("build", [atom(name)])]));
+    }
+    fields.push(form("src", atoms(&copy.src)));
+    fields.push(form("dst", [atom(&copy.dst)]));
+    if !copy.exclude.is_empty() {
+        fields.push(form("exclude", atoms(&copy.exclude)));
+    }
+    form("copy", fields)
+}
+
+fn bootstrap_doc(b: &Bootstrap) -> Doc {
+    let mut fields = Vec::new();
+    if let Some(v) = &b.variant {
+        fields.push(form("variant", [atom(v)]));
+    }
+    if !b.include.is_empty() {
+        fields.push(form("include", atoms(&b.include)));
+    }
+    if let Some(m) = &b.mirror {
+        fields.push(form("mirror", [atom(m)]));
+    }
+    if let Some(a) = &b.arch {
+        fields.push(form("arch", [atom(a)]));
+    }
+    form("bootstrap", fields)
+}
+
+fn form(name: &str, args: impl IntoIterator<Item = Doc>) -> Doc {
+    let mut items = vec![Doc::Atom(name.to_string())];
+    items.extend(args);
+    Doc::Form(items)
+}
+
+fn atom(text: &str) -> Doc {
+    Doc::Atom(quote(text))
+}
+
+fn atoms(texts: &[String]) -> Vec<Doc> {
+    texts.iter().map(|t| atom(t)).collect()
+}
+
+/// Whether `text` reads back as the same bare atom.
+fn can_be_bare(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_graphic() && !ends_bare_atom(c) && c != '\\')
+        && !text.contains("#|")
+        && !text.contains("|#")
+}
+
+/// `text` as an atom: bare if it can be, else quoted and escaped.
+pub(crate) fn quote(text: &str) -> String {
+    if can_be_bare(text) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\x08' => out.push_str("\\b"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:03}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_when_needed() {
+        assert_eq!(quote("debian:bookworm"), "debian:bookworm");
+        assert_eq!(quote("/home/opam/.opam"), "/home/opam/.opam");
+        assert_eq!(quote("#a"), "#a");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("a;b"), "\"a;b\"");
+        assert_eq!(quote("a#|b"), "\"a#|b\"");
+        assert_eq!(quote("a|#"), "\"a|#\"");
+        assert_eq!(quote("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+        assert_eq!(quote("c:\\x"), "\"c:\\\\x\"");
+        assert_eq!(quote("\x01\x7f\x08\t\r"), "\"\\001\\127\\b\\t\\r\"");
+        assert_eq!(quote("café"), "\"café\"");
+    }
 }

@@ -1,1 +1,523 @@
+//! An S-expression reader with sexplib's syntax, the one OBuilder specs are written in.
+//!
+//! - Atoms are bare (a run of characters other than whitespace, `(`, `)`, `"` and `;`)
+//!   or double-quoted. Quoted atoms understand the escapes `\"` `\\` `\'` `\n` `\t`
+//!   `\r` `\b` `\ ` (space), `\DDD` (three decimal digits, one byte), `\xHH` (one
+//!   byte), and a backslash before a line break, which skips the break and the
+//!   next line's leading blanks. The decoded bytes must be UTF-8.
+//! - `;` starts a comment to the end of the line, `#| … |#` a block comment (they
+//!   nest, and `"` strings inside them are skipped whole), and `#;` comments out
+//!   the S-expression that follows.
+//! - Every list and atom carries its 1-based `line:col`, columns counting chars.
+//!
+//! Nesting is limited to [`MAX_DEPTH`] lists so hostile input cannot exhaust the stack.
 
+use crate::{Pos, SpecError};
+
+/// The deepest list nesting the reader accepts. Real specs use a handful of levels
+/// per child build.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// A read S-expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sexp {
+    Atom(Atom),
+    List(List),
+}
+
+/// An atom with its decoded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Atom {
+    pub text: String,
+    pub pos: Pos,
+}
+
+/// A list; `pos` is that of its `(`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct List {
+    pub items: Vec<Sexp>,
+    pub pos: Pos,
+}
+
+impl Sexp {
+    pub(crate) fn pos(&self) -> Pos {
+        match self {
+            Sexp::Atom(a) => a.pos,
+            Sexp::List(l) => l.pos,
+        }
+    }
+}
+
+/// Reads exactly one S-expression; only whitespace and comments may surround it.
+pub(crate) fn read(text: &str) -> Result<Sexp, SpecError> {
+    let mut reader = Reader::new(text);
+    reader.skip_trivia()?;
+    if reader.at_end() {
+        return Err(SpecError::new(
+            reader.pos(),
+            "the spec is empty: write a list such as `((from debian:bookworm) (run (shell \"true\")))`",
+        ));
+    }
+    let sexp = reader.datum()?;
+    reader.skip_trivia()?;
+    match reader.peek() {
+        None => Ok(sexp),
+        Some(')') => Err(unmatched_close(reader.pos())),
+        Some(_) => Err(SpecError::new(
+            reader.pos(),
+            "unexpected text after the spec's closing `)`: a spec is a single list; move this inside it or delete it",
+        )),
+    }
+}
+
+fn unmatched_close(pos: Pos) -> SpecError {
+    SpecError::new(pos, "unmatched `)`: delete it or add the `(` it closes")
+}
+
+/// True for the characters sexplib treats as blanks between tokens.
+pub(crate) fn is_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c')
+}
+
+/// True for the characters that end a bare atom.
+pub(crate) fn ends_bare_atom(c: char) -> bool {
+    is_whitespace(c) || matches!(c, '(' | ')' | '"' | ';')
+}
+
+struct Reader {
+    chars: Vec<char>,
+    at: usize,
+    line: u32,
+    col: u32,
+    /// Open lists plus pending `#;` comments: both recurse, so both count.
+    depth: usize,
+}
+
+impl Reader {
+    fn new(text: &str) -> Self {
+        Reader { chars: text.chars().collect(), at: 0, line: 1, col: 1, depth: 0 }
+    }
+
+    fn pos(&self) -> Pos {
+        Pos { line: self.line, col: self.col }
+    }
+
+    fn at_end(&self) -> bool {
+        self.at >= self.chars.len()
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.at).copied()
+    }
+
+    fn peek2(&self) -> Option<char> {
+        self.chars.get(self.at + 1).copied()
+    }
+
+    fn starts_with(&self, a: char, b: char) -> bool {
+        self.peek() == Some(a) && self.peek2() == Some(b)
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.at += 1;
+        if c == '\n' {
+            self.line = self.line.saturating_add(1);
+            self.col = 1;
+        } else {
+            self.col = self.col.saturating_add(1);
+        }
+        Some(c)
+    }
+
+    /// Skips whitespace and all three kinds of comments.
+    fn skip_trivia(&mut self) -> Result<(), SpecError> {
+        loop {
+            match self.peek() {
+                Some(c) if is_whitespace(c) => {
+                    self.bump();
+                }
+                Some(';') => self.skip_line_comment(),
+                Some('#') if self.peek2() == Some('|') => self.skip_block_comment()?,
+                Some('#') if self.peek2() == Some(';') => self.skip_datum_comment()?,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn skip_line_comment(&mut self) {
+        while let Some(c) = self.bump() {
+            if c == '\n' {
+                break;
+            }
+        }
+    }
+
+    fn skip_block_comment(&mut self) -> Result<(), SpecError> {
+        let start = self.pos();
+        let unterminated =
+            || SpecError::new(start, "unterminated block comment: close this `#|` with `|#`");
+        self.bump();
+        self.bump();
+        let mut depth = 1usize;
+        while depth > 0 {
+            if self.starts_with('#', '|') {
+                self.bump();
+                self.bump();
+                depth += 1;
+            } else if self.starts_with('|', '#') {
+                self.bump();
+                self.bump();
+                depth -= 1;
+            } else {
+                match self.bump() {
+                    None => return Err(unterminated()),
+                    Some('"') => {
+                        if !self.skip_string_body() {
+                            return Err(unterminated());
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Skips a string inside a block comment without decoding it; false at end of input.
+    fn skip_string_body(&mut self) -> bool {
+        loop {
+            match self.bump() {
+                None => return false,
+                Some('"') => return true,
+                Some('\\') => {
+                    if self.bump().is_none() {
+                        return false;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn skip_datum_comment(&mut self) -> Result<(), SpecError> {
+        let start = self.pos();
+        self.enter(start)?;
+        self.bump();
+        self.bump();
+        self.skip_trivia()?;
+        let result = match self.peek() {
+            None | Some(')') => Err(SpecError::new(
+                start,
+                "`#;` comments out the S-expression after it, but none follows: delete the `#;`",
+            )),
+            Some(_) => self.datum().map(drop),
+        };
+        self.depth -= 1;
+        result
+    }
+
+    /// Counts one more level of recursion, refusing to go past [`MAX_DEPTH`].
+    fn enter(&mut self, pos: Pos) -> Result<(), SpecError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(SpecError::new(
+                pos,
+                format!("lists are nested more than {MAX_DEPTH} deep: a spec never needs that many"),
+            ));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Reads one datum at the current position (trivia already skipped).
+    fn datum(&mut self) -> Result<Sexp, SpecError> {
+        match self.peek() {
+            Some('(') => self.list().map(Sexp::List),
+            Some(')') => Err(unmatched_close(self.pos())),
+            Some('"') => self.quoted().map(Sexp::Atom),
+            Some('|') if self.peek2() == Some('#') => Err(SpecError::new(
+                self.pos(),
+                "`|#` without an opening `#|`: delete it or quote the atom",
+            )),
+            Some(_) => self.bare().map(Sexp::Atom),
+            None => Err(SpecError::new(self.pos(), "unexpected end of input")),
+        }
+    }
+
+    fn list(&mut self) -> Result<List, SpecError> {
+        let pos = self.pos();
+        self.enter(pos)?;
+        self.bump();
+        let mut items = Vec::new();
+        loop {
+            self.skip_trivia()?;
+            match self.peek() {
+                None => {
+                    return Err(SpecError::new(
+                        pos,
+                        "unclosed `(`: add the matching `)` at the end of this list",
+                    ))
+                }
+                Some(')') => {
+                    self.bump();
+                    self.depth -= 1;
+                    return Ok(List { items, pos });
+                }
+                Some(_) => items.push(self.datum()?),
+            }
+        }
+    }
+
+    fn bare(&mut self) -> Result<Atom, SpecError> {
+        let pos = self.pos();
+        let mut text = String::new();
+        while let Some(c) = self.peek() {
+            if ends_bare_atom(c) {
+                break;
+            }
+            if self.starts_with('#', '|') || self.starts_with('|', '#') {
+                return Err(SpecError::new(
+                    self.pos(),
+                    "comment marker `#|` or `|#` inside an unquoted atom: put the atom in double quotes",
+                ));
+            }
+            text.push(c);
+            self.bump();
+        }
+        Ok(Atom { text, pos })
+    }
+
+    fn quoted(&mut self) -> Result<Atom, SpecError> {
+        let pos = self.pos();
+        self.bump();
+        let mut bytes = Vec::new();
+        loop {
+            match self.peek() {
+                None => {
+                    return Err(SpecError::new(
+                        pos,
+                        "unterminated string: add the closing `\"`",
+                    ))
+                }
+                Some('"') => {
+                    self.bump();
+                    break;
+                }
+                Some('\\') => self.escape(pos, &mut bytes)?,
+                Some(c) => {
+                    let mut buf = [0u8; 4];
+                    bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    self.bump();
+                }
+            }
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            SpecError::new(
+                pos,
+                "string is not valid UTF-8 once its `\\DDD`/`\\xHH` escapes are decoded: escape whole UTF-8 sequences",
+            )
+        })?;
+        Ok(Atom { text, pos })
+    }
+
+    /// Decodes one escape; the reader is on its backslash. `start` is the string's `"`.
+    fn escape(&mut self, start: Pos, bytes: &mut Vec<u8>) -> Result<(), SpecError> {
+        let at = self.pos();
+        self.bump();
+        let unterminated = || SpecError::new(start, "unterminated string: add the closing `\"`");
+        let Some(c) = self.bump() else {
+            return Err(unterminated());
+        };
+        let simple = match c {
+            '"' => Some(b'"'),
+            '\\' => Some(b'\\'),
+            '\'' => Some(b'\''),
+            'n' => Some(b'\n'),
+            't' => Some(b'\t'),
+            'r' => Some(b'\r'),
+            'b' => Some(b'\x08'),
+            ' ' => Some(b' '),
+            _ => None,
+        };
+        if let Some(b) = simple {
+            bytes.push(b);
+            return Ok(());
+        }
+        match c {
+            '\n' => self.skip_continuation_blanks(),
+            '\r' if self.peek() == Some('\n') => {
+                self.bump();
+                self.skip_continuation_blanks();
+            }
+            '0'..='9' => bytes.push(self.decimal_escape(at, c)?),
+            'x' => bytes.push(self.hex_escape(at)?),
+            other => {
+                return Err(SpecError::new(
+                    at,
+                    format!(
+                        "unknown escape `\\{}` in string: write `\\\\` for a literal backslash",
+                        other.escape_default()
+                    ),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_continuation_blanks(&mut self) {
+        while matches!(self.peek(), Some(' ' | '\t')) {
+            self.bump();
+        }
+    }
+
+    fn decimal_escape(&mut self, at: Pos, first: char) -> Result<u8, SpecError> {
+        let bad = || {
+            SpecError::new(
+                at,
+                "bad escape: `\\DDD` needs exactly three decimal digits from 000 to 255",
+            )
+        };
+        let mut value = first.to_digit(10).ok_or_else(bad)?;
+        for _ in 0..2 {
+            let d = self.peek().and_then(|c| c.to_digit(10)).ok_or_else(bad)?;
+            self.bump();
+            value = value * 10 + d;
+        }
+        u8::try_from(value).map_err(|_| bad())
+    }
+
+    fn hex_escape(&mut self, at: Pos) -> Result<u8, SpecError> {
+        let mut value = 0u32;
+        for _ in 0..2 {
+            let d = self.peek().and_then(|c| c.to_digit(16)).ok_or_else(|| {
+                SpecError::new(at, "bad escape: `\\xHH` needs exactly two hex digits")
+            })?;
+            self.bump();
+            value = value * 16 + d;
+        }
+        // Two hex digits never exceed 255.
+        Ok(value as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn atom(s: &Sexp) -> &str {
+        match s {
+            Sexp::Atom(a) => &a.text,
+            Sexp::List(_) => panic!("expected an atom, got {s:?}"),
+        }
+    }
+
+    fn items(s: &Sexp) -> &[Sexp] {
+        match s {
+            Sexp::List(l) => &l.items,
+            Sexp::Atom(_) => panic!("expected a list, got {s:?}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        read(text).err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into())
+    }
+
+    #[test]
+    fn reads_bare_and_quoted_atoms_with_positions() {
+        let s = read("(a \"b c\"\n  dé)").unwrap();
+        let it = items(&s);
+        assert_eq!(atom(&it[0]), "a");
+        assert_eq!(atom(&it[1]), "b c");
+        assert_eq!(atom(&it[2]), "dé");
+        assert_eq!(it[1].pos(), Pos { line: 1, col: 4 });
+        assert_eq!(it[2].pos(), Pos { line: 2, col: 3 });
+    }
+
+    #[test]
+    fn columns_count_chars_not_bytes() {
+        let s = read("(ééé x)").unwrap();
+        assert_eq!(items(&s)[1].pos(), Pos { line: 1, col: 6 });
+    }
+
+    #[test]
+    fn decodes_every_escape() {
+        let s = read(r#"("\"\\\'\n\t\r\b\ \065\x41")"#).unwrap();
+        assert_eq!(atom(&items(&s)[0]), "\"\\'\n\t\r\x08 AA");
+    }
+
+    #[test]
+    fn decimal_escapes_build_utf8() {
+        let s = read(r#"("\226\128\148")"#).unwrap();
+        assert_eq!(atom(&items(&s)[0]), "—");
+    }
+
+    #[test]
+    fn backslash_newline_skips_leading_blanks() {
+        let s = read("(\"one \\\n     two\" \"a\\\r\n\tb\")").unwrap();
+        assert_eq!(atom(&items(&s)[0]), "one two");
+        assert_eq!(atom(&items(&s)[1]), "ab");
+    }
+
+    #[test]
+    fn literal_newlines_stay_in_strings() {
+        let s = read("(\"a\nb\")").unwrap();
+        assert_eq!(atom(&items(&s)[0]), "a\nb");
+    }
+
+    #[test]
+    fn skips_all_comment_kinds() {
+        let text = "; header\n(a #| block #| nested |# \"|#\" |# b #;(c d) #; #; e f g ; tail\n)";
+        let s = read(text).unwrap();
+        let names: Vec<&str> = items(&s).iter().map(atom).collect();
+        assert_eq!(names, ["a", "b", "g"]);
+    }
+
+    #[test]
+    fn semicolon_and_quote_end_bare_atoms() {
+        let s = read("(a;c\nb\"q\")").unwrap();
+        let names: Vec<&str> = items(&s).iter().map(atom).collect();
+        assert_eq!(names, ["a", "b", "q"]);
+    }
+
+    #[test]
+    fn hash_alone_is_an_atom() {
+        let s = read("(#a # a#)").unwrap();
+        let names: Vec<&str> = items(&s).iter().map(atom).collect();
+        assert_eq!(names, ["#a", "#", "a#"]);
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        assert_eq!(err(""), "1:1: the spec is empty: write a list such as `((from debian:bookworm) (run (shell \"true\")))`");
+        assert_eq!(err("  ; only a comment\n"), err("").replace("1:1", "2:1"));
+        assert_eq!(err("(a (b)"), "1:1: unclosed `(`: add the matching `)` at the end of this list");
+        assert_eq!(err("(a))"), "1:4: unmatched `)`: delete it or add the `(` it closes");
+        assert_eq!(err("(a \"bc)"), "1:4: unterminated string: add the closing `\"`");
+        assert_eq!(
+            err("(a \"b\\qc\")"),
+            "1:6: unknown escape `\\q` in string: write `\\\\` for a literal backslash"
+        );
+        assert_eq!(
+            err("(\"\\256\")"),
+            "1:3: bad escape: `\\DDD` needs exactly three decimal digits from 000 to 255"
+        );
+        assert_eq!(err("(\"\\4\")"), err("(\"\\256\")"));
+        assert_eq!(err("(\"\\xG0\")"), "1:3: bad escape: `\\xHH` needs exactly two hex digits");
+        assert!(err("(\"\\xff\")").contains("not valid UTF-8"), "{}", err("(\"\\xff\")"));
+        assert_eq!(err("(a #| x)"), "1:4: unterminated block comment: close this `#|` with `|#`");
+        assert!(err("(a) b").starts_with("1:5: unexpected text after"));
+        assert!(err("(a#|b)").starts_with("1:3: comment marker"));
+        assert!(err("(|# a)").starts_with("1:2: `|#` without"));
+        assert!(err("(a #;)").starts_with("1:4: `#;` comments out"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = "(".repeat(100_000);
+        assert!(err(&text).contains("nested more than"));
+        let text = format!("(a {})", "#; ".repeat(100_000));
+        assert!(err(&text).contains("nested more than"));
+        let ok = format!("{}{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(read(&ok).is_ok());
+    }
+}

@@ -1,1 +1,208 @@
+//! Value rules: the checks on what an atom says, once the parser knows where it sits.
+//!
+//! Each check takes the atom it judges so its error points at it. Shape rules
+//! (which forms and fields exist, how many arguments) live in `parse.rs`.
 
+use crate::sexp::Atom;
+use crate::SpecError;
+
+/// The highest uid/gid accepted; `u32::MAX` is `(uid_t)-1`, which means "no id".
+pub(crate) const MAX_ID: u32 = u32::MAX - 1;
+
+/// mmdebstrap's variants, the values `(bootstrap (variant V))` accepts.
+pub(crate) const BOOTSTRAP_VARIANTS: &[&str] = &[
+    "extract",
+    "custom",
+    "essential",
+    "apt",
+    "required",
+    "minbase",
+    "buildd",
+    "important",
+    "debootstrap",
+    "standard",
+];
+
+/// The known name closest to `name`, if it is close enough to be a likely typo.
+///
+/// Uses the optimal-string-alignment distance (a swap of two neighbours costs 1)
+/// on lowercased names; short names may be one edit off, longer ones two.
+pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let lower = name.to_lowercase();
+    let limit = if lower.chars().count() <= 3 { 1 } else { 2 };
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in known {
+        let distance = strsim::osa_distance(&lower, candidate);
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, c)| c.to_string())
+}
+
+/// `env` names must be `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn env_name(atom: &Atom) -> Result<(), SpecError> {
+    let mut chars = atom.text.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        atom.pos,
+        format!(
+            "invalid environment variable name `{}`: a name starts with a letter or `_` and has only letters, digits and `_`",
+            atom.text
+        ),
+    ))
+}
+
+/// A cache or secret id must not be empty. `kind` is `cache` or `secret`.
+pub(crate) fn mount_id(kind: &str, atom: &Atom) -> Result<(), SpecError> {
+    if atom.text.is_empty() {
+        return Err(SpecError::new(
+            atom.pos,
+            format!("empty {kind} id: give the {kind} a name, e.g. `(my-{kind} (target /path))`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A cache or secret target must be an absolute path.
+pub(crate) fn absolute_target(kind: &str, atom: &Atom) -> Result<(), SpecError> {
+    if !atom.text.starts_with('/') {
+        return Err(SpecError::new(
+            atom.pos,
+            format!(
+                "{kind} target `{}` is not absolute: write the path inside the build, starting with `/`",
+                atom.text
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A copy source may not climb out of its root with a `..` component.
+pub(crate) fn copy_source(atom: &Atom) -> Result<(), SpecError> {
+    if atom.text.split('/').any(|component| component == "..") {
+        return Err(SpecError::new(
+            atom.pos,
+            format!(
+                "copy source `{}` contains `..`: sources must stay inside the build context or build result; move the files there",
+                atom.text
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// With several sources, `dst` must name a directory (end with `/`).
+pub(crate) fn copy_destination(source_count: usize, dst: &Atom) -> Result<(), SpecError> {
+    if source_count > 1 && !dst.text.ends_with('/') {
+        return Err(SpecError::new(
+            dst.pos,
+            format!(
+                "`copy` has {source_count} sources, so `dst` must end with `/` to name a directory: write `{}/`",
+                dst.text
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A `uid` or `gid`: a decimal number from 0 to [`MAX_ID`].
+pub(crate) fn unix_id(field: &str, atom: &Atom) -> Result<u32, SpecError> {
+    let text = &atom.text;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SpecError::new(
+            atom.pos,
+            format!("`{field}` must be a number, found `{text}`: write e.g. `({field} 1000)`"),
+        ));
+    }
+    match text.parse::<u32>() {
+        Ok(n) if n <= MAX_ID => Ok(n),
+        _ => Err(SpecError::new(
+            atom.pos,
+            format!("`{field}` {text} is out of range: it must be from 0 to {MAX_ID}"),
+        )),
+    }
+}
+
+/// A `(bootstrap (variant V))` must name an mmdebstrap variant.
+pub(crate) fn bootstrap_variant(atom: &Atom) -> Result<(), SpecError> {
+    if BOOTSTRAP_VARIANTS.contains(&atom.text.as_str()) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        atom.pos,
+        format!(
+            "unknown bootstrap variant `{}`: use one of {}",
+            atom.text,
+            BOOTSTRAP_VARIANTS.join(", ")
+        ),
+    )
+    .with_suggestion(suggest(&atom.text, BOOTSTRAP_VARIANTS.iter().copied())))
+}
+
+/// Names that must not be empty: the base in `from`, a child build's name.
+pub(crate) fn non_empty(what: &str, example: &str, atom: &Atom) -> Result<(), SpecError> {
+    if atom.text.is_empty() {
+        return Err(SpecError::new(atom.pos, format!("{what} is empty: write e.g. `{example}`")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Pos;
+
+    fn atom(text: &str) -> Atom {
+        Atom { text: text.into(), pos: Pos { line: 1, col: 1 } }
+    }
+
+    #[test]
+    fn suggest_picks_the_closest_and_ignores_far_names() {
+        let known = ["run", "copy", "user", "env", "workdir"];
+        assert_eq!(suggest("rnu", known).as_deref(), Some("run"));
+        assert_eq!(suggest("RUN", known).as_deref(), Some("run"));
+        assert_eq!(suggest("wrokdir", known).as_deref(), Some("workdir"));
+        assert_eq!(suggest("copyy", known).as_deref(), Some("copy"));
+        assert_eq!(suggest("xyz", known), None);
+        assert_eq!(suggest("install", known), None);
+    }
+
+    #[test]
+    fn env_names() {
+        for ok in ["A", "_", "PATH", "a_1", "_X9"] {
+            assert!(env_name(&atom(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "É", "A="] {
+            assert!(env_name(&atom(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unix_ids() {
+        assert_eq!(unix_id("uid", &atom("0")), Ok(0));
+        assert_eq!(unix_id("uid", &atom("4294967294")), Ok(MAX_ID));
+        assert_eq!(unix_id("uid", &atom("007")), Ok(7));
+        assert!(unix_id("uid", &atom("4294967295")).unwrap_err().message.contains("out of range"));
+        assert!(unix_id("uid", &atom("99999999999999999999")).unwrap_err().message.contains("out of range"));
+        for bad in ["", "-1", "+1", "1e3", "root", " 1"] {
+            assert!(unix_id("gid", &atom(bad)).unwrap_err().message.contains("must be a number"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn copy_paths() {
+        for bad in ["..", "../x", "a/../b", "a/..", "/.."] {
+            assert!(copy_source(&atom(bad)).is_err(), "{bad}");
+        }
+        for ok in ["...", "a..b", "..a", "./x", "/src/"] {
+            assert!(copy_source(&atom(ok)).is_ok(), "{ok}");
+        }
+        assert!(copy_destination(1, &atom("/a")).is_ok());
+        assert!(copy_destination(2, &atom("/a/")).is_ok());
+        assert!(copy_destination(2, &atom("/a")).is_err());
+    }
+}
