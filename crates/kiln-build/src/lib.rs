@@ -1,1 +1,383 @@
-//! builder
+//! kiln's builder: walks a spec, computes each step's id, reuses stored results, and
+//! runs what is missing in a sandbox, committing each result atomically.
+//!
+//! The builder talks to the world only through the seams [`Store`], [`Sandbox`] and
+//! [`Fetcher`] plus overlay mounts (for `copy` and chain flattening), so its caching
+//! logic is unit-tested with mocks and its behaviour end to end with the real ones.
+//!
+//! Concurrency: before building a step the builder takes the store's lock for that
+//! step id and looks again, so two builds of the same spec share every identical step.
+
+pub mod context;
+pub mod copy;
+mod error;
+pub mod output;
+
+pub use error::BuildError;
+
+use kiln_fetch::{parse_base, Fetcher};
+use kiln_sandbox::{mount, BindMount, RootFs, RunSpec, Sandbox, Secret};
+use kiln_spec::{hash, Copy, CopyFrom, LayerId, Located, Op, Run, Spec, StepContext, User};
+use kiln_store::{BaseConfig, Store};
+use output::StepOutput;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Chains deeper than this are flattened into a full tree (overlayfs stacks at most a
+/// few hundred layers, and its mount options must fit in one page).
+pub const DEFAULT_FLATTEN_DEPTH: usize = 100;
+
+/// Knobs of a build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Make the sync family of syscalls no-ops inside `run` steps.
+    pub fast_sync: bool,
+    /// Secret values by id, from `--secret ID:FILE`.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// See [`DEFAULT_FLATTEN_DEPTH`].
+    pub flatten_depth: usize,
+    /// Set (e.g. by a SIGINT handler) to stop the build after the running step.
+    pub cancelled: Arc<AtomicBool>,
+    /// The hostname steps see.
+    pub hostname: String,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            fast_sync: true,
+            secrets: BTreeMap::new(),
+            flatten_depth: DEFAULT_FLATTEN_DEPTH,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            hostname: "kiln".into(),
+        }
+    }
+}
+
+/// Builds specs against one store.
+pub struct Builder<'a> {
+    pub store: &'a dyn Store,
+    pub sandbox: &'a dyn Sandbox,
+    pub fetcher: &'a dyn Fetcher,
+    pub options: BuildOptions,
+}
+
+/// What a step does once its temporary layer is ready.
+type StepBody<'b> = Box<dyn FnOnce(&RootFs, &mut StepOutput) -> Result<(), BuildError> + 'b>;
+
+impl Builder<'_> {
+    /// Builds `spec` with `context` as the build context; progress and step output go to
+    /// `out`. Returns the id of the final layer.
+    pub fn build(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+        self.check_secrets(spec)?;
+        let id = self.build_spec(spec, context, out)?;
+        writeln!(out, "Got: \"{id}\"").map_err(BuildError::output)?;
+        Ok(id)
+    }
+
+    /// Every secret a `run` asks for must have been given.
+    fn check_secrets(&self, spec: &Spec) -> Result<(), BuildError> {
+        for child in &spec.child_builds {
+            self.check_secrets(&child.value.spec)?;
+        }
+        for op in &spec.ops {
+            if let Op::Run(run) = &op.value {
+                if let Some(m) = run.secrets.iter().find(|m| !self.options.secrets.contains_key(&m.id)) {
+                    return Err(BuildError::MissingSecret { id: m.id.clone(), pos: op.pos });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn build_spec(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+        let mut stages = BTreeMap::new();
+        for child in &spec.child_builds {
+            writeln!(out, "(build {} …)", child.value.name).map_err(BuildError::output)?;
+            let id = self.build_spec(&child.value.spec, context, out)?;
+            stages.insert(child.value.name.clone(), id);
+        }
+        let (mut parent, config) = self.base(spec, context, out)?;
+        let base_root = self.store.chain(&parent)?.into_iter().next().unwrap_or_default();
+        let mut ctx = context::initial(&config, &base_root);
+        for op in &spec.ops {
+            self.check_cancelled()?;
+            match &op.value {
+                Op::Comment(_) => {}
+                Op::Workdir(dir) => ctx.workdir = context::join_workdir(&ctx.workdir, dir),
+                Op::Shell(args) => ctx.shell = args.clone(),
+                Op::Env(name, value) => context::set_env(&mut ctx.env, name, value),
+                Op::User(user) => ctx.user = user.clone(),
+                Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, out)?,
+                Op::Copy(copy) => parent = self.copy_step(op, copy, &ctx, &parent, context, &stages, out)?,
+            }
+        }
+        Ok(parent)
+    }
+
+    /// The `(from …)` layer: reused when stored, fetched otherwise.
+    fn base(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<(LayerId, BaseConfig), BuildError> {
+        let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
+        let source = parse_base(&spec.from.value, bootstrap, context)?;
+        let base = self.fetcher.resolve(&source)?;
+        writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
+        if let Some(config) = self.reuse(&base.id, out)? {
+            return Ok((base.id, config.unwrap_or_default()));
+        }
+        let _lock = self.store.lock_step(&base.id)?;
+        if let Some(config) = self.reuse(&base.id, out)? {
+            return Ok((base.id, config.unwrap_or_default()));
+        }
+        let tmp = self.store.begin(&base.id, None, true)?;
+        let fetched = (|| {
+            let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
+            let mut output = StepOutput::new(out, &mut log, Vec::new());
+            let config = self.fetcher.fetch(&base, &tmp.rootfs, &mut output)?;
+            output.finish().map_err(BuildError::output)?;
+            Ok(config)
+        })();
+        match fetched.and_then(|c| self.check_cancelled().map(|()| c)) {
+            Ok(config) => {
+                self.store.commit(tmp, &base.description, Some(config.clone()))?;
+                writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
+                Ok((base.id, config))
+            }
+            Err(e) => {
+                self.store.abort(tmp)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn run_step(&self, op: &Located<Op>, run: &Run, ctx: &StepContext, parent: &LayerId, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+        let secret_values: Vec<(String, Vec<u8>)> = run
+            .secrets
+            .iter()
+            .map(|m| (m.id.clone(), self.options.secrets.get(&m.id).cloned().unwrap_or_default()))
+            .collect();
+        let id = hash::run_id(parent, ctx, run, &secret_values);
+        let header = step_header(ctx, op);
+        let masks: Vec<Vec<u8>> = secret_values.iter().map(|(_, v)| v.clone()).collect();
+        let body: StepBody = Box::new(move |root, output| {
+            let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
+            let mut leases = Vec::new();
+            let mut mounts = Vec::new();
+            for cache in &run.cache {
+                let lease = self.store.cache_acquire(&cache.id)?;
+                mounts.push(BindMount { source: lease.dir.clone(), target: cache.target.clone(), readonly: false });
+                leases.push(lease);
+            }
+            let mut argv = ctx.shell.clone();
+            argv.push(run.shell.clone());
+            let spec = RunSpec {
+                root: root.clone(),
+                argv,
+                env: ctx.env.clone(),
+                cwd: ctx.workdir.clone(),
+                uid,
+                gid,
+                host_network: run.network.iter().any(|n| n == "host"),
+                mounts,
+                secrets: run
+                    .secrets
+                    .iter()
+                    .zip(&secret_values)
+                    .map(|(m, (_, v))| Secret { target: m.target.clone(), value: v.clone() })
+                    .collect(),
+                hostname: self.options.hostname.clone(),
+                fast_sync: self.options.fast_sync,
+            };
+            let outcome = self.sandbox.run(&spec, output);
+            let ok = matches!(outcome, Ok(o) if o.success()) && !self.options.cancelled.load(Ordering::SeqCst);
+            for lease in leases {
+                self.store.cache_release(lease, ok)?;
+            }
+            let outcome = outcome?;
+            if outcome.success() {
+                Ok(())
+            } else {
+                Err(BuildError::StepFailed { step: header_op(op), pos: op.pos, outcome, tail: String::new() })
+            }
+        });
+        self.step(&id, parent, &header, masks, body, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_step(
+        &self,
+        op: &Located<Op>,
+        copy: &Copy,
+        ctx: &StepContext,
+        parent: &LayerId,
+        context: &Path,
+        stages: &BTreeMap<String, LayerId>,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
+        let dst = destination(&ctx.workdir, &copy.dst);
+        let items = match &copy.from {
+            CopyFrom::Context => copy::plan(context, copy, &dst, "the build context")?,
+            CopyFrom::Build(name) => {
+                let stage = stages.get(name).ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
+                let scratch = Scratch::new(self.store, "copy-src")?;
+                let src = mount::mount_lower_readonly(&self.store.chain(stage)?, &scratch.path.join("root"))?;
+                copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?
+            }
+        };
+        let manifest: Vec<_> = items.iter().map(|i| i.entry.clone()).collect();
+        let id = hash::copy_id(parent, &ctx.user, &dst, &manifest);
+        let header = step_header(ctx, op);
+        let body: StepBody = Box::new(move |root, _output| {
+            let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
+            let scratch = Scratch::new(self.store, "copy-dst")?;
+            let target = mount::mount_root(root, &scratch.path.join("root"))?;
+            copy::apply(target.path(), &items, uid, gid)
+        });
+        self.step(&id, parent, &header, Vec::new(), body, out)
+    }
+
+    /// Reuses a stored step, or builds it in a temporary layer and commits it.
+    fn step(&self, id: &LayerId, parent: &LayerId, header: &str, masks: Vec<Vec<u8>>, body: StepBody, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+        writeln!(out, "{header}").map_err(BuildError::output)?;
+        if self.reuse(id, out)?.is_some() {
+            return Ok(id.clone());
+        }
+        let _lock = self.store.lock_step(id)?;
+        if self.reuse(id, out)?.is_some() {
+            return Ok(id.clone());
+        }
+        let flat = self.store.chain(parent)?.len() >= self.options.flatten_depth;
+        let tmp = self.store.begin(id, Some(parent), flat)?;
+        let result = (|| {
+            let root = if flat {
+                self.flatten_into(parent, &tmp.rootfs)?;
+                RootFs::Dir(tmp.rootfs.clone())
+            } else {
+                RootFs::Overlay { lower: self.store.chain(parent)?, upper: tmp.rootfs.clone(), work: tmp.work.clone() }
+            };
+            let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
+            let mut output = StepOutput::new(out, &mut log, masks);
+            let result = body(&root, &mut output);
+            output.finish().map_err(BuildError::output)?;
+            match result {
+                Err(BuildError::StepFailed { step, pos, outcome, .. }) => {
+                    Err(BuildError::StepFailed { step, pos, outcome, tail: output.tail() })
+                }
+                other => other,
+            }
+        })();
+        match result.and_then(|()| self.check_cancelled()) {
+            Ok(()) => {
+                self.store.commit(tmp, header, None)?;
+                writeln!(out, "---> saved as \"{id}\"").map_err(BuildError::output)?;
+                Ok(id.clone())
+            }
+            Err(e) => {
+                self.store.abort(tmp)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// If `id` is stored: marks it used, replays its log and returns its base config.
+    fn reuse(&self, id: &LayerId, out: &mut dyn Write) -> Result<Option<Option<BaseConfig>>, BuildError> {
+        let Some(info) = self.store.get(id)? else { return Ok(None) };
+        self.store.touch(id)?;
+        let log = self.store.log_path(id);
+        if let Ok(mut f) = fs::File::open(&log) {
+            std::io::copy(&mut f, out).map_err(BuildError::output)?;
+        }
+        writeln!(out, "---> using \"{id}\" from cache").map_err(BuildError::output)?;
+        Ok(Some(info.meta.config))
+    }
+
+    /// Copies the merged view of `parent`'s chain into `dest`, which becomes a flat layer.
+    fn flatten_into(&self, parent: &LayerId, dest: &Path) -> Result<(), BuildError> {
+        let scratch = Scratch::new(self.store, "flatten")?;
+        let src = mount::mount_lower_readonly(&self.store.chain(parent)?, &scratch.path.join("root"))?;
+        tools::cp_archive(src.path(), dest)
+    }
+
+    /// uid/gid for a `user`: numbers as given, names looked up in the layer's /etc/passwd.
+    fn numeric_user(&self, user: &User, layer: &LayerId) -> Result<(u32, u32), BuildError> {
+        match user {
+            User::Unix { uid, gid } => Ok((*uid, *gid)),
+            User::Name(name) => {
+                let scratch = Scratch::new(self.store, "passwd")?;
+                let root = mount::mount_lower_readonly(&self.store.chain(layer)?, &scratch.path.join("root"))?;
+                let passwd_path = copy::resolve_in_root(root.path(), "/etc/passwd", true, None).map_err(|e| BuildError::io("/etc/passwd", e))?;
+                let passwd = fs::read_to_string(&passwd_path).unwrap_or_default();
+                context::lookup_passwd(&passwd, name).ok_or_else(|| BuildError::UnknownUser(name.clone()))
+            }
+        }
+    }
+
+    fn check_cancelled(&self) -> Result<(), BuildError> {
+        if self.options.cancelled.load(Ordering::SeqCst) {
+            Err(BuildError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A copy's destination: relative paths join onto the workdir; a trailing `/` is kept.
+fn destination(workdir: &str, dst: &str) -> String {
+    let joined = context::join_workdir(workdir, dst);
+    if dst.ends_with('/') && joined != "/" {
+        format!("{joined}/")
+    } else {
+        joined
+    }
+}
+
+/// The line printed before a step, OBuilder style: `WORKDIR: (op …)`.
+fn step_header(ctx: &StepContext, op: &Located<Op>) -> String {
+    format!("{}: {}", ctx.workdir, header_op(op))
+}
+
+fn header_op(op: &Located<Op>) -> String {
+    kiln_spec::print_op(&op.value)
+}
+
+/// A scratch directory in the store, removed on drop (after the mounts in it are gone).
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new(store: &dyn Store, prefix: &str) -> Result<Scratch, BuildError> {
+        Ok(Scratch { path: store.scratch_dir(prefix)? })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+mod tools {
+    //! `cp` from coreutils, used to flatten a layer chain with every attribute kept.
+    use crate::BuildError;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// `cp -a SRC/. DEST/`: owners, modes, times, links, xattrs, hardlinks.
+    pub fn cp_archive(src: &Path, dest: &Path) -> Result<(), BuildError> {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(src.join("."))
+            .arg(dest)
+            .status()
+            .map_err(|e| BuildError::Tool(format!("cp (Debian package coreutils): {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(BuildError::Tool(format!("cp -a {} {} failed: {status}", src.display(), dest.display())))
+        }
+    }
+}

@@ -1,1 +1,50 @@
-fn main() { kiln_sandbox::maybe_run_init(); }
+//! `kiln`: build, test and ship custom OS images.
+//!
+//! This binary only wires the library crates together: argument parsing, output,
+//! exit codes. Every command's logic lives in the crates.
+
+mod cli;
+mod cmd_build;
+mod cmd_store;
+mod size;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // The sandbox re-executes this binary as its init; that must happen before anything else.
+    kiln_sandbox::maybe_run_init();
+    let cli = cli::Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    let store_dir = cli.store_dir()?;
+    match cli.command {
+        cli::Command::Build(args) => cmd_build::build(&store_dir, args),
+        cli::Command::Export(args) => cmd_build::export(&store_dir, args),
+        cli::Command::Fmt(args) => cmd_build::fmt(args),
+        cli::Command::Ls(args) => cmd_store::ls(&store_dir, args),
+        cli::Command::Delete(args) => cmd_store::delete(&store_dir, args),
+        cli::Command::Prune(args) => cmd_store::prune(&store_dir, args),
+        cli::Command::Clean(args) => cmd_store::clean(&store_dir, args),
+        cli::Command::Healthcheck(args) => cmd_store::healthcheck(&store_dir, args),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
