@@ -150,7 +150,7 @@ impl<'a> Fields<'a> {
             let field = Form::of(arg, &owner)?;
             if !known.contains(&field.name()) {
                 return Err(SpecError::new(
-                    field.name.pos,
+                    field.pos,
                     format!(
                         "unknown field `{}` in {owner}: its fields are {}",
                         field.name(),
@@ -210,7 +210,7 @@ impl SpecParts {
         let known_here = KILN_FORMS.contains(&name) || OP_FORMS.contains(&name);
         if !known_here {
             let known = STRUCTURE_FORMS.iter().chain(KILN_FORMS).chain(OP_FORMS).copied();
-            return Err(SpecError::new(form.name.pos, format!("unknown directive `{name}`"))
+            return Err(SpecError::new(form.pos, format!("unknown directive `{name}`"))
                 .with_suggestion(suggest(name, known)));
         }
         if self.from.is_none() {
