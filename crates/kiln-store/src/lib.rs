@@ -9,18 +9,33 @@
 //!   l/<16 hex>          short symlinks to result/<id>/rootfs, keeping overlay mount options short
 //!   cache/<name>/       persistent `(cache …)` mounts;  cache-tmp/ their per-step working copies
 //!   locks/<id>.lock     flock held while a step with that id is being built
+//!   locks/<id>.pin      shared flocks of builds using the layer (prune skips it)
 //!   debs/               downloaded .deb files shared by every bootstrap
+//!   tmp/                scratch directories (`scratch_dir`), each flocked by its owner
+//!   trash/              trees being deleted (renamed here first, removed after)
 //!   index.sqlite        id, parent, created, last used, size, children
 //! ```
 //! The directory tree is the truth; the index is rebuilt from each layer's meta.json
-//! when they disagree (checked at open).
+//! when they disagree (checked at open). Open also removes the temporaries of dead
+//! builds, and only those: a live build holds a flock on each of its temporaries.
 
+mod cache;
 mod error;
 mod fs_store;
+mod fsutil;
+mod health;
+mod index;
+mod layers;
+mod layout;
+mod lock;
+mod recover;
+mod remove;
+mod tools;
 
 pub use error::StoreError;
-pub use fs_store::FsStore;
+pub use fs_store::{Durability, FsStore, StoreOptions};
 pub use kiln_spec::LayerId;
+pub use recover::Recovery;
 
 use std::path::{Path, PathBuf};
 
@@ -116,11 +131,21 @@ pub trait Store: Send + Sync {
     fn lock_step(&self, id: &LayerId) -> Result<StepLock, StoreError>;
 
     /// Creates an empty `result-tmp/<id>` (removing a stale one). The caller holds the step lock.
-    fn begin(&self, id: &LayerId, parent: Option<&LayerId>, flat: bool) -> Result<TmpLayer, StoreError>;
+    fn begin(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        flat: bool,
+    ) -> Result<TmpLayer, StoreError>;
 
     /// Writes meta.json, removes work/, measures the size and atomically renames the
     /// temp dir to `result/<id>`, then indexes it.
-    fn commit(&self, tmp: TmpLayer, description: &str, config: Option<BaseConfig>) -> Result<LayerInfo, StoreError>;
+    fn commit(
+        &self,
+        tmp: TmpLayer,
+        description: &str,
+        config: Option<BaseConfig>,
+    ) -> Result<LayerInfo, StoreError>;
 
     /// Deletes the temp dir of a failed or cancelled step.
     fn abort(&self, tmp: TmpLayer) -> Result<(), StoreError>;
