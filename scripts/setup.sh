@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what kiln and its tests need on Debian 12 (as root) and builds kiln.
+# Safe to run again: packages already present are not fetched twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Runtime: mmdebstrap bootstraps Debian bases (debootstrap is the fallback).
+# Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback.
+PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 e2fsprogs)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# docker-registry's package starts a system service on :5000; the tests start their own.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing; install Rust (https://rustup.rs) or Debian's cargo" >&2
+  exit 1
+fi
+cargo build --release -q -p kiln
+echo "setup: kiln built at target/release/kiln"
