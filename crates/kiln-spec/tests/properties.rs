@@ -1,0 +1,246 @@
+//! Property tests: random specs round-trip through print/parse, and random or
+//! mutated text never panics the parser. The second half is the stable-toolchain
+//! twin of `fuzz/fuzz_targets/parse.rs`, so `cargo test` exercises it too.
+
+use kiln_spec::{
+    parse, print, Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, User,
+};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use std::fs;
+use std::path::Path;
+
+fn at<T>(value: T) -> Located<T> {
+    Located::new(value, Pos::default())
+}
+
+/// Any text an atom may hold: plain words, printable ASCII, anything at all.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z][a-z0-9_./:@-]{0,12}",
+        "[ -~]{0,24}",
+        "[\"\\\\#|;() \n\t\r\u{8}\u{1}\u{7f}a-c]{0,12}",
+        any::<String>(),
+    ]
+}
+
+fn non_empty_text() -> impl Strategy<Value = String> {
+    text().prop_filter("must not be empty", |s| !s.is_empty())
+}
+
+fn absolute_path() -> impl Strategy<Value = String> {
+    text().prop_map(|s| format!("/{s}"))
+}
+
+fn copy_source() -> impl Strategy<Value = String> {
+    text().prop_filter("no `..` component", |s| !s.split('/').any(|c| c == ".."))
+}
+
+fn mount() -> impl Strategy<Value = Mount> {
+    (non_empty_text(), absolute_path()).prop_map(|(id, target)| Mount { id, target })
+}
+
+fn user() -> impl Strategy<Value = User> {
+    prop_oneof![
+        (0..=u32::MAX - 1, 0..=u32::MAX - 1).prop_map(|(uid, gid)| User::Unix { uid, gid }),
+        text().prop_map(User::Name),
+    ]
+}
+
+fn run() -> impl Strategy<Value = Run> {
+    (
+        prop::collection::vec(mount(), 0..3),
+        prop_oneof![Just(vec![]), Just(vec!["host".to_string()]), prop::collection::vec(text(), 0..3)],
+        prop::collection::vec(mount(), 0..3),
+        text(),
+    )
+        .prop_map(|(cache, network, secrets, shell)| Run { cache, network, secrets, shell })
+}
+
+fn copy(builds: Vec<String>) -> impl Strategy<Value = Copy> {
+    let from = if builds.is_empty() {
+        Just(CopyFrom::Context).boxed()
+    } else {
+        prop_oneof![Just(CopyFrom::Context), prop::sample::select(builds).prop_map(CopyFrom::Build)].boxed()
+    };
+    (from, prop::collection::vec(copy_source(), 1..4), text(), prop::collection::vec(text(), 0..3)).prop_map(
+        |(from, src, mut dst, exclude)| {
+            if src.len() > 1 && !dst.ends_with('/') {
+                dst.push('/');
+            }
+            Copy { from, src, dst, exclude }
+        },
+    )
+}
+
+fn op(builds: Vec<String>) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        text().prop_map(Op::Comment),
+        text().prop_map(Op::Workdir),
+        prop::collection::vec(text(), 1..4).prop_map(Op::Shell),
+        run().prop_map(Op::Run),
+        copy(builds).prop_map(Op::Copy),
+        user().prop_map(Op::User),
+        ("[A-Za-z_][A-Za-z0-9_]{0,8}", text()).prop_map(|(n, v)| Op::Env(n, v)),
+    ]
+}
+
+fn bootstrap() -> impl Strategy<Value = Option<Bootstrap>> {
+    let variant = prop::option::of(prop::sample::select(vec!["minbase", "apt", "essential", "standard"]));
+    let fields = (variant, prop::collection::vec(text(), 0..3), prop::option::of(text()), prop::option::of(text()))
+        .prop_map(|(variant, include, mirror, arch)| Bootstrap {
+            variant: variant.map(str::to_string),
+            include,
+            mirror,
+            arch,
+        });
+    prop::option::of(fields)
+}
+
+/// A valid spec with child builds nested up to `depth` levels.
+fn spec(depth: u32) -> BoxedStrategy<Spec> {
+    let builds = if depth == 0 {
+        Just(Vec::new()).boxed()
+    } else {
+        prop::collection::vec((non_empty_text(), spec(depth - 1)), 0..3)
+            .prop_map(|mut builds| {
+                let mut seen = std::collections::HashSet::new();
+                builds.retain(|(name, _)| seen.insert(name.clone()));
+                builds
+            })
+            .boxed()
+    };
+    (builds, non_empty_text(), bootstrap())
+        .prop_flat_map(|(builds, from, bootstrap)| {
+            let names: Vec<String> = builds.iter().map(|(n, _)| n.clone()).collect();
+            prop::collection::vec(op(names), 0..8).prop_map(move |ops| Spec {
+                child_builds: builds
+                    .iter()
+                    .map(|(name, spec)| at(ChildBuild { name: name.clone(), spec: spec.clone() }))
+                    .collect(),
+                from: at(from.clone()),
+                bootstrap: bootstrap.clone().map(at),
+                ops: ops.into_iter().map(at).collect(),
+            })
+        })
+        .boxed()
+}
+
+/// What must hold for any text: no panic, and a spec that parses round-trips.
+fn check_text(text: &str) -> Result<(), TestCaseError> {
+    if let Ok(spec) = parse(text) {
+        let printed = print(&spec);
+        let reparsed = parse(&printed);
+        prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);
+        prop_assert_eq!(print(&spec), printed);
+    }
+    Ok(())
+}
+
+/// Every fixture spec, good and bad, as mutation seeds.
+fn seeds() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut seeds = Vec::new();
+    for dir in ["obuilder", "canonical", "malformed"] {
+        let mut paths: Vec<_> = fs::read_dir(root.join(dir))
+            .expect("fixture directory")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "spec"))
+            .collect();
+        paths.sort();
+        seeds.extend(paths.iter().map(|p| fs::read_to_string(p).expect("fixture")));
+    }
+    seeds
+}
+
+/// One edit of a seed: delete, insert or swap characters, or splice in a token.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(usize),
+    Insert(usize, char),
+    Swap(usize, usize),
+    Splice(usize, &'static str),
+}
+
+const TOKENS: &[&str] = &[
+    "(", ")", "\"", "\\", "#|", "|#", "#;", ";", " ", "\n", "..", "/", "(from x)", "(build b ((from y)))",
+    "(run (shell x))", "(copy (from (build b)) (src a) (dst d))", "(bootstrap)", "(env A b)", "\\300", "\\x",
+];
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Delete),
+        (any::<usize>(), any::<char>()).prop_map(|(i, c)| Mutation::Insert(i, c)),
+        (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Mutation::Swap(i, j)),
+        (any::<usize>(), prop::sample::select(TOKENS)).prop_map(|(i, t)| Mutation::Splice(i, t)),
+    ]
+}
+
+fn mutate(seed: &str, mutations: &[Mutation]) -> String {
+    let mut chars: Vec<char> = seed.chars().collect();
+    for m in mutations {
+        let n = chars.len();
+        match *m {
+            Mutation::Delete(i) if n > 0 => {
+                chars.remove(i % n);
+            }
+            Mutation::Insert(i, c) => chars.insert(i % (n + 1), c),
+            Mutation::Swap(i, j) if n > 0 => chars.swap(i % n, j % n),
+            Mutation::Splice(i, token) => {
+                let at = i % (n + 1);
+                chars.splice(at..at, token.chars());
+            }
+            _ => {}
+        }
+    }
+    chars.into_iter().collect()
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, ..Config::default() })]
+
+    #[test]
+    fn random_specs_round_trip(spec in spec(2)) {
+        let printed = print(&spec);
+        let reparsed = parse(&printed);
+        prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);
+        prop_assert_eq!(print(&spec), printed);
+    }
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, ..Config::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in any::<String>()) {
+        check_text(&text)?;
+    }
+
+    #[test]
+    fn sexp_shaped_text_never_panics(
+        text in "[()\" \n;#|\\\\a-z0-9/.:]{0,200}",
+    ) {
+        check_text(&format!("((from x) {text})"))?;
+        check_text(&text)?;
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic(
+        index in any::<prop::sample::Index>(),
+        mutations in prop::collection::vec(mutation(), 1..6),
+    ) {
+        let seeds = seeds();
+        let seed = index.get(&seeds);
+        check_text(&mutate(seed, &mutations))?;
+    }
+}
+
+#[test]
+fn mutation_helper_changes_text() {
+    // Guards the mutation test: a mutation must actually reach the parser.
+    assert_eq!(mutate("abc", &[Mutation::Delete(1)]), "ac");
+    assert_eq!(mutate("abc", &[Mutation::Insert(5, 'x')]), "axbc");
+    assert_eq!(mutate("abc", &[Mutation::Swap(0, 2)]), "cba");
+    assert_eq!(mutate("ab", &[Mutation::Splice(1, "#|")]), "a#|b");
+    assert!(seeds().len() > 60);
+}
