@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Runtime: mmdebstrap bootstraps Debian bases (debootstrap is the fallback).
 # Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback.
-PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 e2fsprogs)
+PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 e2fsprogs bc)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
