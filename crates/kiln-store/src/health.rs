@@ -47,6 +47,7 @@ fn check_filesystem(store: &FsStore, problems: &mut Vec<String>) {
     let Ok(stat) = nix::sys::statfs::statfs(store.layout.root()) else {
         return;
     };
+    #[allow(clippy::unnecessary_cast)] // the field's integer type differs between targets
     let kind = stat.filesystem_type().0 as i64;
     if let Some((_, name)) = UNSUITABLE_FS.iter().find(|(magic, _)| *magic == kind) {
         problems.push(format!(
