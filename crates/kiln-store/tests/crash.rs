@@ -129,9 +129,10 @@ fn crash_consistency_under_sigkill() {
         | 1;
     eprintln!("crash test seed {seed} (set KILN_STORE_CRASH_SEED to replay)");
     let mut rng = Rng(seed);
-    let mut committed: BTreeSet<LayerId> = BTreeSet::new();
+    let mut progress = Progress::default();
     let mut step_time = Duration::from_millis(2);
-    let mut stats = (0usize, 0usize); // (kills that left a temp dir, kills that left an unindexed layer)
+    // kills that left: a temp dir, an unindexed layer, a deletion half done
+    let mut stats = (0usize, 0usize, 0usize);
 
     for run in 0..KILLS {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
@@ -151,22 +152,10 @@ fn crash_consistency_under_sigkill() {
         let stdout = child.stdout.take().expect("piped stdout");
         let target = 1 + rng.next() % 12;
         let mut reports = 0;
-        let mut deleting = false;
         let mut last = None::<Instant>;
-        // Kept open until the child is dead, so it never sees a broken pipe.
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
-            let line = line.expect("child output");
-            if let Some(layer) = line.strip_prefix("COMMIT ") {
-                committed.insert(LayerId::parse(layer).expect("id"));
-            } else if line == "BEGIN-DELETE" {
-                deleting = true;
-            } else if let Some(ids) = line.strip_prefix("END-DELETE") {
-                deleting = false;
-                for gone in ids.split_whitespace() {
-                    committed.remove(&LayerId::parse(gone).expect("id"));
-                }
-            } else {
+            if !progress.apply(&line.expect("child output")) {
                 continue;
             }
             let now = Instant::now();
@@ -191,28 +180,62 @@ fn crash_consistency_under_sigkill() {
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
-        drop(lines);
+        // What the child reported after the chosen moment happened too.
+        for line in lines {
+            progress.apply(&line.expect("child output"));
+        }
 
         let store = FsStore::open(&root).expect("reopen after kill");
         stats.0 += usize::from(!store.recovery().purged.is_empty());
         stats.1 += store.recovery().reindexed.len();
         let present = check_store(&store, &root);
-        if deleting {
-            // Killed mid-deletion: any layer may be gone, but only whole subtrees.
-            committed.retain(|l| present.contains(l));
+        stats.2 += usize::from(progress.deleting);
+        if progress.deleting {
+            // Killed mid-deletion: any layer may be gone (check_store saw only whole subtrees go).
+            progress.committed.retain(|l| present.contains(l));
+            progress.deleting = false;
         }
-        let lost: Vec<_> = committed.difference(&present).collect();
+        let lost: Vec<_> = progress.committed.difference(&present).collect();
         assert!(
             lost.is_empty(),
             "run {run} (seed {seed}): committed layers lost: {lost:?}"
         );
     }
     eprintln!(
-        "{KILLS} kills: {} interrupted a build, {} hit between rename and index insert; {} layers remain",
+        "{KILLS} kills: {} interrupted a build, {} hit between rename and index insert, {} interrupted a deletion; {} layers remain",
         stats.0,
         stats.1,
-        committed.len()
+        stats.2,
+        progress.committed.len()
     );
+}
+
+/// What the child reported.
+#[derive(Default)]
+struct Progress {
+    /// Layers committed and not since reported deleted: they must survive any kill.
+    committed: BTreeSet<LayerId>,
+    /// A delete or prune started and did not report its end.
+    deleting: bool,
+}
+
+impl Progress {
+    /// Applies one line of the child's output; false if it is not a report.
+    fn apply(&mut self, line: &str) -> bool {
+        if let Some(layer) = line.strip_prefix("COMMIT ") {
+            self.committed.insert(LayerId::parse(layer).expect("id"));
+        } else if line == "BEGIN-DELETE" {
+            self.deleting = true;
+        } else if let Some(ids) = line.strip_prefix("END-DELETE") {
+            self.deleting = false;
+            for gone in ids.split_whitespace() {
+                self.committed.remove(&LayerId::parse(gone).expect("id"));
+            }
+        } else {
+            return false;
+        }
+        true
+    }
 }
 
 /// Checks every invariant of a recovered store; returns the layers present.
