@@ -19,5 +19,9 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("printed spec does not parse: {e}\n{printed}"),
     };
     assert_eq!(reparsed, spec, "print/parse changed the spec:\n{printed}");
-    assert_eq!(kiln_spec::print(&reparsed), printed, "printing is not idempotent");
+    assert_eq!(
+        kiln_spec::print(&reparsed),
+        printed,
+        "printing is not idempotent"
+    );
 });

@@ -16,7 +16,12 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(pos: Pos, message: impl Into<String>) -> Self {
-        SpecError { pos, message: message.into(), suggestion: None, file: None }
+        SpecError {
+            pos,
+            message: message.into(),
+            suggestion: None,
+            file: None,
+        }
     }
 
     pub fn with_suggestion(mut self, suggestion: Option<String>) -> Self {

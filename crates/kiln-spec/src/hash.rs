@@ -8,14 +8,19 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// A layer (step result) id: 64 lowercase hex digits of a sha256.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct LayerId(String);
 
 impl LayerId {
     /// Accepts exactly 64 lowercase hex digits.
     pub fn parse(s: &str) -> Result<LayerId, String> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(LayerId(s.to_string()))
         } else {
             Err(format!("`{s}` is not a layer id (64 lowercase hex digits)"))
@@ -132,7 +137,12 @@ pub fn base_id(kind: &str, inputs: &[(&str, &str)]) -> LayerId {
 }
 
 /// The id of a `run` step. Cache mounts do not enter it; secret ids and values do.
-pub fn run_id(parent: &LayerId, ctx: &StepContext, run: &Run, secret_values: &[(String, Vec<u8>)]) -> LayerId {
+pub fn run_id(
+    parent: &LayerId,
+    ctx: &StepContext,
+    run: &Run,
+    secret_values: &[(String, Vec<u8>)],
+) -> LayerId {
     let mut h = Hasher::new("run");
     h.field("parent", parent.as_str());
     h.field("workdir", &ctx.workdir);
@@ -151,7 +161,10 @@ pub fn run_id(parent: &LayerId, ctx: &StepContext, run: &Run, secret_values: &[(
     for m in &run.secrets {
         h.str(&m.id);
         h.str(&m.target);
-        let value = secret_values.iter().find(|(id, _)| *id == m.id).map(|(_, v)| v.as_slice());
+        let value = secret_values
+            .iter()
+            .find(|(id, _)| *id == m.id)
+            .map(|(_, v)| v.as_slice());
         h.bytes(value.unwrap_or_default());
     }
     h.finish()
@@ -206,7 +219,10 @@ mod tests {
     }
 
     fn run(cmd: &str) -> Run {
-        Run { shell: cmd.into(), ..Default::default() }
+        Run {
+            shell: cmd.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -225,7 +241,10 @@ mod tests {
         net.network = vec!["host".into()];
         assert_ne!(base, run_id(&p, &ctx(), &net, &[]));
         let mut cached = run("true");
-        cached.cache.push(crate::Mount { id: "apt".into(), target: "/var/cache/apt".into() });
+        cached.cache.push(crate::Mount {
+            id: "apt".into(),
+            target: "/var/cache/apt".into(),
+        });
         assert_eq!(base, run_id(&p, &ctx(), &cached, &[]));
     }
 
@@ -233,7 +252,10 @@ mod tests {
     fn secret_values_enter_the_hash() {
         let p = base_id("debian", &[("suite", "bookworm")]);
         let mut r = run("cat /run/s");
-        r.secrets.push(crate::Mount { id: "tok".into(), target: "/run/s".into() });
+        r.secrets.push(crate::Mount {
+            id: "tok".into(),
+            target: "/run/s".into(),
+        });
         let a = run_id(&p, &ctx(), &r, &[("tok".into(), b"one".to_vec())]);
         let b = run_id(&p, &ctx(), &r, &[("tok".into(), b"two".to_vec())]);
         assert_ne!(a, b);

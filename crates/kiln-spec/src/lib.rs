@@ -19,6 +19,10 @@ pub use error::SpecError;
 pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
 
 /// Parses and validates a spec.
+///
+/// The syntax is sexplib's (comments `;`, `#| |#`, `#;`; quoted atoms with OCaml
+/// escapes). The first error found is returned, with the `line:col` of the form
+/// or atom at fault and, for misspelt names, the closest known one.
 pub fn parse(text: &str) -> Result<Spec, SpecError> {
     parse::parse_spec(text)
 }
@@ -30,7 +34,14 @@ pub fn parse_file(text: &str, file: &str) -> Result<Spec, SpecError> {
     parse::parse_spec(text).map_err(|e| e.in_file(file))
 }
 
-/// Prints a spec in canonical layout (described in the `print` module's source).
+/// Prints a spec in canonical layout.
+///
+/// The layout is fixed, so printing is deterministic and idempotent: the spec list
+/// has one item per line (`((` then one-space indent), child builds are
+/// `(build NAME` with the spec two columns in on the next line, other forms sit on
+/// one line when they fit in 80 columns and otherwise keep their first argument on
+/// the form's line and align the rest under it. Atoms are bare when they read back
+/// as themselves, else quoted. `src/print.rs` documents every rule.
 pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }

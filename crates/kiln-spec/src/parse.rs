@@ -7,10 +7,16 @@
 //!
 //! Value rules (env names, absolute targets, `..` in sources, …) are in
 //! `validate.rs`; this module calls them with the atom being judged.
+//!
+//! Record-like forms (`run`, `copy`, `user`, `bootstrap`, cache and secret
+//! mounts) take their fields in any order, each at most once. `(network …)`
+//! accepts any names, as OBuilder does; only `host` changes anything.
 
 use crate::sexp::{self, Atom, List, Sexp};
 use crate::validate::{self, suggest};
-use crate::{Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, SpecError, User};
+use crate::{
+    Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, SpecError, User,
+};
 
 /// Forms that structure a spec.
 const STRUCTURE_FORMS: &[&str] = &["build", "from"];
@@ -63,12 +69,19 @@ impl<'a> Form<'a> {
             Sexp::Atom(atom) => {
                 return Err(SpecError::new(
                     atom.pos,
-                    format!("expected a form like `(name …)` in {context}, found the atom `{}`", atom.text),
+                    format!(
+                        "expected a form like `(name …)` in {context}, found the atom `{}`",
+                        atom.text
+                    ),
                 ))
             }
         };
         match list.items.split_first() {
-            Some((Sexp::Atom(name), args)) => Ok(Form { name, args, pos: list.pos }),
+            Some((Sexp::Atom(name), args)) => Ok(Form {
+                name,
+                args,
+                pos: list.pos,
+            }),
             Some((Sexp::List(inner), _)) => Err(SpecError::new(
                 inner.pos,
                 format!("expected a name at the start of this list in {context}, found a list"),
@@ -99,7 +112,9 @@ impl<'a> Form<'a> {
             ));
         }
         let atoms = self.any_atoms(usage)?;
-        atoms.try_into().map_err(|_| SpecError::new(self.pos, "internal error: argument count changed"))
+        atoms
+            .try_into()
+            .map_err(|_| SpecError::new(self.pos, "internal error: argument count changed"))
     }
 
     /// Requires every argument to be an atom, however many there are.
@@ -110,7 +125,10 @@ impl<'a> Form<'a> {
                 Sexp::Atom(atom) => Ok(atom),
                 Sexp::List(list) => Err(SpecError::new(
                     list.pos,
-                    format!("`{}` takes atoms, found a list: write `{usage}`", self.name()),
+                    format!(
+                        "`{}` takes atoms, found a list: write `{usage}`",
+                        self.name()
+                    ),
                 )),
             })
             .collect()
@@ -121,7 +139,10 @@ impl<'a> Form<'a> {
         if self.args.is_empty() {
             return Err(SpecError::new(
                 self.pos,
-                format!("`{}` needs at least one argument: write `{usage}`", self.name()),
+                format!(
+                    "`{}` needs at least one argument: write `{usage}`",
+                    self.name()
+                ),
             ));
         }
         self.any_atoms(usage)
@@ -144,7 +165,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn of(owner: String, pos: Pos, args: &'a [Sexp], known: &[&str]) -> Result<Fields<'a>, SpecError> {
+    fn of(
+        owner: String,
+        pos: Pos,
+        args: &'a [Sexp],
+        known: &[&str],
+    ) -> Result<Fields<'a>, SpecError> {
         let mut found: Vec<Form<'a>> = Vec::new();
         for arg in args {
             let field = Form::of(arg, &owner)?;
@@ -154,7 +180,11 @@ impl<'a> Fields<'a> {
                     format!(
                         "unknown field `{}` in {owner}: its fields are {}",
                         field.name(),
-                        known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
                 .with_suggestion(suggest(field.name(), known.iter().copied())));
@@ -182,7 +212,10 @@ impl<'a> Fields<'a> {
         self.get(name).ok_or_else(|| {
             SpecError::new(
                 self.pos,
-                format!("{} is missing its `{name}` field: add `{usage}`", self.owner),
+                format!(
+                    "{} is missing its `{name}` field: add `{usage}`",
+                    self.owner
+                ),
             )
         })
     }
@@ -209,9 +242,15 @@ impl SpecParts {
         }
         let known_here = KILN_FORMS.contains(&name) || OP_FORMS.contains(&name);
         if !known_here {
-            let known = STRUCTURE_FORMS.iter().chain(KILN_FORMS).chain(OP_FORMS).copied();
-            return Err(SpecError::new(form.pos, format!("unknown directive `{name}`"))
-                .with_suggestion(suggest(name, known)));
+            let known = STRUCTURE_FORMS
+                .iter()
+                .chain(KILN_FORMS)
+                .chain(OP_FORMS)
+                .copied();
+            return Err(
+                SpecError::new(form.pos, format!("unknown directive `{name}`"))
+                    .with_suggestion(suggest(name, known)),
+            );
         }
         if self.from.is_none() {
             return Err(SpecError::new(
@@ -247,7 +286,10 @@ impl SpecParts {
                 let pos = args.get(2).map_or(form.pos, Sexp::pos);
                 return Err(SpecError::new(
                     pos,
-                    format!("`build` takes 2 arguments, found {}: write `{usage}`", args.len()),
+                    format!(
+                        "`build` takes 2 arguments, found {}: write `{usage}`",
+                        args.len()
+                    ),
                 ));
             }
         };
@@ -262,7 +304,13 @@ impl SpecParts {
             ));
         }
         let spec = spec_from_list(spec)?;
-        self.builds.push(Located::new(ChildBuild { name: name.text.clone(), spec }, form.pos));
+        self.builds.push(Located::new(
+            ChildBuild {
+                name: name.text.clone(),
+                spec,
+            },
+            form.pos,
+        ));
         Ok(())
     }
 
@@ -287,13 +335,19 @@ impl SpecParts {
                 if let Some(first) = &self.bootstrap {
                     return Err(SpecError::new(
                         form.pos,
-                        format!("second `bootstrap` (the first is at {}): merge them into one", first.pos),
+                        format!(
+                            "second `bootstrap` (the first is at {}): merge them into one",
+                            first.pos
+                        ),
                     ));
                 }
                 self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos));
                 Ok(())
             }
-            other => Err(SpecError::new(form.pos, format!("internal error: kiln form `{other}` has no parser"))),
+            other => Err(SpecError::new(
+                form.pos,
+                format!("internal error: kiln form `{other}` has no parser"),
+            )),
         }
     }
 
@@ -304,7 +358,12 @@ impl SpecParts {
                 "spec has no `from`: add `(from BASE)` after the child builds, e.g. `(from debian:bookworm)`",
             ));
         };
-        Ok(Spec { child_builds: self.builds, from, bootstrap: self.bootstrap, ops: self.ops })
+        Ok(Spec {
+            child_builds: self.builds,
+            from,
+            bootstrap: self.bootstrap,
+            ops: self.ops,
+        })
     }
 }
 
@@ -322,7 +381,12 @@ fn op(form: Form, builds: &[Located<ChildBuild>]) -> Result<Op, SpecError> {
         "user" => Op::User(user(form)?),
         "run" => Op::Run(run(form)?),
         "copy" => Op::Copy(copy(form, builds)?),
-        other => return Err(SpecError::new(form.pos, format!("internal error: op `{other}` has no parser"))),
+        other => {
+            return Err(SpecError::new(
+                form.pos,
+                format!("internal error: op `{other}` has no parser"),
+            ))
+        }
     })
 }
 
@@ -349,12 +413,28 @@ fn user(form: Form) -> Result<User, SpecError> {
     }
     let uid = fields.require("uid", "(uid N)")?.atom("(uid N)")?;
     let gid = fields.require("gid", "(gid N)")?.atom("(gid N)")?;
-    Ok(User::Unix { uid: validate::unix_id("uid", uid)?, gid: validate::unix_id("gid", gid)? })
+    Ok(User::Unix {
+        uid: validate::unix_id("uid", uid)?,
+        gid: validate::unix_id("gid", gid)?,
+    })
 }
 
 fn run(form: Form) -> Result<Run, SpecError> {
+    // `(run "make")` is the likeliest slip; say exactly what to write instead.
+    if let Some(Sexp::Atom(command)) = form.args.first() {
+        return Err(SpecError::new(
+            command.pos,
+            format!(
+                "`run` takes fields, found the atom `{}`: write `(run (shell {}))`",
+                command.text,
+                crate::print::quote(&command.text)
+            ),
+        ));
+    }
     let fields = Fields::of("`run`".into(), form.pos, form.args, RUN_FIELDS)?;
-    let shell = fields.require("shell", "(shell \"COMMAND\")")?.atom("(shell \"COMMAND\")")?;
+    let shell = fields
+        .require("shell", "(shell \"COMMAND\")")?
+        .atom("(shell \"COMMAND\")")?;
     let cache = match fields.get("cache") {
         Some(f) => mounts("cache", f)?,
         None => Vec::new(),
@@ -367,7 +447,12 @@ fn run(form: Form) -> Result<Run, SpecError> {
         Some(f) => texts(f.any_atoms("(network host)")?),
         None => Vec::new(),
     };
-    Ok(Run { cache, network, secrets, shell: shell.text.clone() })
+    Ok(Run {
+        cache,
+        network,
+        secrets,
+        shell: shell.text.clone(),
+    })
 }
 
 /// `(cache (ID (target PATH))…)` or `(secrets …)`; `kind` is `cache` or `secret`.
@@ -385,9 +470,14 @@ fn mounts(kind: &str, field: Form) -> Result<Vec<Mount>, SpecError> {
             validate::mount_id(kind, mount.name)?;
             let owner = format!("{kind} `{}`", mount.name());
             let fields = Fields::of(owner, mount.pos, mount.args, MOUNT_FIELDS)?;
-            let target = fields.require("target", "(target /absolute/path)")?.atom("(target PATH)")?;
+            let target = fields
+                .require("target", "(target /absolute/path)")?
+                .atom("(target PATH)")?;
             validate::absolute_target(kind, target)?;
-            Ok(Mount { id: mount.name.text.clone(), target: target.text.clone() })
+            Ok(Mount {
+                id: mount.name.text.clone(),
+                target: target.text.clone(),
+            })
         })
         .collect()
 }
@@ -409,7 +499,12 @@ fn copy(form: Form, builds: &[Located<ChildBuild>]) -> Result<Copy, SpecError> {
         Some(f) => texts(f.any_atoms("(exclude NAME…)")?),
         None => Vec::new(),
     };
-    Ok(Copy { from, src: texts(src), dst: dst.text.clone(), exclude })
+    Ok(Copy {
+        from,
+        src: texts(src),
+        dst: dst.text.clone(),
+        exclude,
+    })
 }
 
 /// `(from context)` or `(from (build NAME))` inside a `copy`.
@@ -419,7 +514,10 @@ fn copy_from(field: Form, builds: &[Located<ChildBuild>]) -> Result<CopyFrom, Sp
         let pos = field.args.get(1).map_or(field.pos, Sexp::pos);
         return Err(SpecError::new(
             pos,
-            format!("`from` in `copy` takes 1 argument, found {}: write `{usage}`", field.args.len()),
+            format!(
+                "`from` in `copy` takes 1 argument, found {}: write `{usage}`",
+                field.args.len()
+            ),
         ));
     };
     let source = match arg {
@@ -436,7 +534,10 @@ fn copy_from(field: Form, builds: &[Located<ChildBuild>]) -> Result<CopyFrom, Sp
     if source.name() != "build" {
         return Err(SpecError::new(
             source.name.pos,
-            format!("`copy` cannot read from `({} …)`: write `{usage}`", source.name()),
+            format!(
+                "`copy` cannot read from `({} …)`: write `{usage}`",
+                source.name()
+            ),
         )
         .with_suggestion(suggest(source.name(), ["build"])));
     }
@@ -448,10 +549,20 @@ fn copy_from(field: Form, builds: &[Located<ChildBuild>]) -> Result<CopyFrom, Sp
     let hint = if defined.is_empty() {
         "this spec defines no child builds; add `(build NAME …)` before `from`".to_string()
     } else {
-        format!("this spec defines {}", defined.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            "this spec defines {}",
+            defined
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
-    Err(SpecError::new(name.pos, format!("`copy` reads from unknown build `{}`: {hint}", name.text))
-        .with_suggestion(suggest(&name.text, defined)))
+    Err(SpecError::new(
+        name.pos,
+        format!("`copy` reads from unknown build `{}`: {hint}", name.text),
+    )
+    .with_suggestion(suggest(&name.text, defined)))
 }
 
 fn bootstrap(form: Form) -> Result<Bootstrap, SpecError> {

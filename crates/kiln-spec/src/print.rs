@@ -41,7 +41,9 @@ const WIDTH: usize = 80;
 
 /// Prints `spec` in canonical layout.
 pub(crate) fn print_spec(spec: &Spec) -> String {
-    let mut out = Printer { text: String::new() };
+    let mut out = Printer {
+        text: String::new(),
+    };
     out.doc(&spec_doc(spec), 0, 0);
     out.text.push('\n');
     out.text
@@ -155,7 +157,11 @@ impl Printer {
 }
 
 fn spec_doc(spec: &Spec) -> Doc {
-    let mut items: Vec<Doc> = spec.child_builds.iter().map(|b| build_doc(&b.value)).collect();
+    let mut items: Vec<Doc> = spec
+        .child_builds
+        .iter()
+        .map(|b| build_doc(&b.value))
+        .collect();
     items.push(form("from", [atom(&spec.from.value)]));
     if let Some(b) = &spec.bootstrap {
         items.push(bootstrap_doc(&b.value));
@@ -184,7 +190,10 @@ fn user_doc(user: &User) -> Doc {
     match user {
         User::Unix { uid, gid } => form(
             "user",
-            [form("uid", [Doc::Atom(uid.to_string())]), form("gid", [Doc::Atom(gid.to_string())])],
+            [
+                form("uid", [Doc::Atom(uid.to_string())]),
+                form("gid", [Doc::Atom(gid.to_string())]),
+            ],
         ),
         User::Name(name) => form("user", [form("name", [atom(name)])]),
     }
@@ -256,7 +265,9 @@ fn atoms(texts: &[String]) -> Vec<Doc> {
 /// Whether `text` reads back as the same bare atom.
 fn can_be_bare(text: &str) -> bool {
     !text.is_empty()
-        && text.chars().all(|c| c.is_ascii_graphic() && !ends_bare_atom(c) && c != '\\')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !ends_bare_atom(c) && c != '\\')
         && !text.contains("#|")
         && !text.contains("|#")
 }

@@ -95,11 +95,20 @@ struct Reader {
 
 impl Reader {
     fn new(text: &str) -> Self {
-        Reader { chars: text.chars().collect(), at: 0, line: 1, col: 1, depth: 0 }
+        Reader {
+            chars: text.chars().collect(),
+            at: 0,
+            line: 1,
+            col: 1,
+            depth: 0,
+        }
     }
 
     fn pos(&self) -> Pos {
-        Pos { line: self.line, col: self.col }
+        Pos {
+            line: self.line,
+            col: self.col,
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -155,8 +164,12 @@ impl Reader {
 
     fn skip_block_comment(&mut self) -> Result<(), SpecError> {
         let start = self.pos();
-        let unterminated =
-            || SpecError::new(start, "unterminated block comment: close this `#|` with `|#`");
+        let unterminated = || {
+            SpecError::new(
+                start,
+                "unterminated block comment: close this `#|` with `|#`",
+            )
+        };
         self.bump();
         self.bump();
         let mut depth = 1usize;
@@ -222,7 +235,9 @@ impl Reader {
         if self.depth >= MAX_DEPTH {
             return Err(SpecError::new(
                 pos,
-                format!("lists are nested more than {MAX_DEPTH} deep: a spec never needs that many"),
+                format!(
+                    "lists are nested more than {MAX_DEPTH} deep: a spec never needs that many"
+                ),
             ));
         }
         self.depth += 1;
@@ -419,7 +434,10 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        read(text).err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into())
+        read(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no error".into())
     }
 
     #[test]
@@ -490,9 +508,18 @@ mod tests {
     fn syntax_errors_have_positions() {
         assert_eq!(err(""), "1:1: the spec is empty: write a list such as `((from debian:bookworm) (run (shell \"true\")))`");
         assert_eq!(err("  ; only a comment\n"), err("").replace("1:1", "2:1"));
-        assert_eq!(err("(a (b)"), "1:1: unclosed `(`: add the matching `)` at the end of this list");
-        assert_eq!(err("(a))"), "1:4: unmatched `)`: delete it or add the `(` it closes");
-        assert_eq!(err("(a \"bc)"), "1:4: unterminated string: add the closing `\"`");
+        assert_eq!(
+            err("(a (b)"),
+            "1:1: unclosed `(`: add the matching `)` at the end of this list"
+        );
+        assert_eq!(
+            err("(a))"),
+            "1:4: unmatched `)`: delete it or add the `(` it closes"
+        );
+        assert_eq!(
+            err("(a \"bc)"),
+            "1:4: unterminated string: add the closing `\"`"
+        );
         assert_eq!(
             err("(a \"b\\qc\")"),
             "1:6: unknown escape `\\q` in string: write `\\\\` for a literal backslash"
@@ -502,9 +529,19 @@ mod tests {
             "1:3: bad escape: `\\DDD` needs exactly three decimal digits from 000 to 255"
         );
         assert_eq!(err("(\"\\4\")"), err("(\"\\256\")"));
-        assert_eq!(err("(\"\\xG0\")"), "1:3: bad escape: `\\xHH` needs exactly two hex digits");
-        assert!(err("(\"\\xff\")").contains("not valid UTF-8"), "{}", err("(\"\\xff\")"));
-        assert_eq!(err("(a #| x)"), "1:4: unterminated block comment: close this `#|` with `|#`");
+        assert_eq!(
+            err("(\"\\xG0\")"),
+            "1:3: bad escape: `\\xHH` needs exactly two hex digits"
+        );
+        assert!(
+            err("(\"\\xff\")").contains("not valid UTF-8"),
+            "{}",
+            err("(\"\\xff\")")
+        );
+        assert_eq!(
+            err("(a #| x)"),
+            "1:4: unterminated block comment: close this `#|` with `|#`"
+        );
         assert!(err("(a) b").starts_with("1:5: unexpected text after"));
         assert!(err("(a#|b)").starts_with("1:3: comment marker"));
         assert!(err("(|# a)").starts_with("1:2: `|#` without"));

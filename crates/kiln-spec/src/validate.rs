@@ -43,7 +43,9 @@ pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) 
 /// `env` names must be `[A-Za-z_][A-Za-z0-9_]*`.
 pub(crate) fn env_name(atom: &Atom) -> Result<(), SpecError> {
     let mut chars = atom.text.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Ok(());
     }
@@ -146,7 +148,10 @@ pub(crate) fn bootstrap_variant(atom: &Atom) -> Result<(), SpecError> {
 /// Names that must not be empty: the base in `from`, a child build's name.
 pub(crate) fn non_empty(what: &str, example: &str, atom: &Atom) -> Result<(), SpecError> {
     if atom.text.is_empty() {
-        return Err(SpecError::new(atom.pos, format!("{what} is empty: write e.g. `{example}`")));
+        return Err(SpecError::new(
+            atom.pos,
+            format!("{what} is empty: write e.g. `{example}`"),
+        ));
     }
     Ok(())
 }
@@ -157,7 +162,10 @@ mod tests {
     use crate::Pos;
 
     fn atom(text: &str) -> Atom {
-        Atom { text: text.into(), pos: Pos { line: 1, col: 1 } }
+        Atom {
+            text: text.into(),
+            pos: Pos { line: 1, col: 1 },
+        }
     }
 
     #[test]
@@ -186,10 +194,22 @@ mod tests {
         assert_eq!(unix_id("uid", &atom("0")), Ok(0));
         assert_eq!(unix_id("uid", &atom("4294967294")), Ok(MAX_ID));
         assert_eq!(unix_id("uid", &atom("007")), Ok(7));
-        assert!(unix_id("uid", &atom("4294967295")).unwrap_err().message.contains("out of range"));
-        assert!(unix_id("uid", &atom("99999999999999999999")).unwrap_err().message.contains("out of range"));
+        assert!(unix_id("uid", &atom("4294967295"))
+            .unwrap_err()
+            .message
+            .contains("out of range"));
+        assert!(unix_id("uid", &atom("99999999999999999999"))
+            .unwrap_err()
+            .message
+            .contains("out of range"));
         for bad in ["", "-1", "+1", "1e3", "root", " 1"] {
-            assert!(unix_id("gid", &atom(bad)).unwrap_err().message.contains("must be a number"), "{bad}");
+            assert!(
+                unix_id("gid", &atom(bad))
+                    .unwrap_err()
+                    .message
+                    .contains("must be a number"),
+                "{bad}"
+            );
         }
     }
 

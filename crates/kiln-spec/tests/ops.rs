@@ -27,16 +27,16 @@ fn at<T>(value: T) -> Located<T> {
     Located::new(value, Pos::default())
 }
 
-fn base(from: &str, ops: Vec<Op>) -> Spec {
-    Spec { child_builds: vec![], from: at(from.into()), bootstrap: None, ops: ops.into_iter().map(at).collect() }
-}
-
 #[test]
 fn workdir_keeps_the_path_verbatim() {
     assert_eq!(one_op("(workdir /src)"), Op::Workdir("/src".into()));
     assert_eq!(one_op("(workdir src/lib)"), Op::Workdir("src/lib".into()));
     assert_eq!(one_op("(workdir \"/a b/c\")"), Op::Workdir("/a b/c".into()));
-    assert_eq!(one_op("(workdir ../up)"), Op::Workdir("../up".into()), "workdir may be relative");
+    assert_eq!(
+        one_op("(workdir ../up)"),
+        Op::Workdir("../up".into()),
+        "workdir may be relative"
+    );
     assert_eq!(one_op("(workdir \"\")"), Op::Workdir(String::new()));
     assert!(error("(workdir)").contains("`workdir` takes 1 argument, found 0"));
     assert!(error("(workdir a b)").starts_with("2:13: `workdir` takes 1 argument, found 2"));
@@ -44,10 +44,28 @@ fn workdir_keeps_the_path_verbatim() {
 
 #[test]
 fn user_accepts_both_forms_in_any_field_order() {
-    assert_eq!(one_op("(user (uid 1000) (gid 100))"), Op::User(User::Unix { uid: 1000, gid: 100 }));
-    assert_eq!(one_op("(user (gid 100) (uid 1000))"), Op::User(User::Unix { uid: 1000, gid: 100 }));
-    assert_eq!(one_op("(user (uid 0) (gid 0))"), Op::User(User::Unix { uid: 0, gid: 0 }));
-    assert_eq!(one_op("(user (name opam))"), Op::User(User::Name("opam".into())));
+    assert_eq!(
+        one_op("(user (uid 1000) (gid 100))"),
+        Op::User(User::Unix {
+            uid: 1000,
+            gid: 100
+        })
+    );
+    assert_eq!(
+        one_op("(user (gid 100) (uid 1000))"),
+        Op::User(User::Unix {
+            uid: 1000,
+            gid: 100
+        })
+    );
+    assert_eq!(
+        one_op("(user (uid 0) (gid 0))"),
+        Op::User(User::Unix { uid: 0, gid: 0 })
+    );
+    assert_eq!(
+        one_op("(user (name opam))"),
+        Op::User(User::Name("opam".into()))
+    );
     assert_eq!(
         one_op("(user (name ContainerAdministrator))"),
         Op::User(User::Name("ContainerAdministrator".into()))
@@ -60,46 +78,96 @@ fn user_accepts_both_forms_in_any_field_order() {
 
 #[test]
 fn env_sets_name_and_value() {
-    assert_eq!(one_op("(env PATH /usr/bin:/bin)"), Op::Env("PATH".into(), "/usr/bin:/bin".into()));
-    assert_eq!(one_op("(env _A1 \"\")"), Op::Env("_A1".into(), String::new()));
-    assert_eq!(one_op("(env X \"a b=c\")"), Op::Env("X".into(), "a b=c".into()));
+    assert_eq!(
+        one_op("(env PATH /usr/bin:/bin)"),
+        Op::Env("PATH".into(), "/usr/bin:/bin".into())
+    );
+    assert_eq!(
+        one_op("(env _A1 \"\")"),
+        Op::Env("_A1".into(), String::new())
+    );
+    assert_eq!(
+        one_op("(env X \"a b=c\")"),
+        Op::Env("X".into(), "a b=c".into())
+    );
     assert!(error("(env \"\" x)").contains("invalid environment variable name ``"));
     assert!(error("(env A=B x)").contains("invalid environment variable name `A=B`"));
 }
 
 #[test]
 fn shell_takes_an_argv_prefix() {
-    assert_eq!(one_op("(shell /bin/bash -c)"), Op::Shell(vec!["/bin/bash".into(), "-c".into()]));
+    assert_eq!(
+        one_op("(shell /bin/bash -c)"),
+        Op::Shell(vec!["/bin/bash".into(), "-c".into()])
+    );
     assert_eq!(one_op("(shell /bin/sh)"), Op::Shell(vec!["/bin/sh".into()]));
-    assert_eq!(one_op("(shell cmd /S /C)"), Op::Shell(vec!["cmd".into(), "/S".into(), "/C".into()]));
+    assert_eq!(
+        one_op("(shell cmd /S /C)"),
+        Op::Shell(vec!["cmd".into(), "/S".into(), "/C".into()])
+    );
     assert!(error("(shell)").contains("needs at least one argument"));
     assert!(error("(shell /bin/sh (-c))").contains("takes atoms"));
 }
 
 #[test]
 fn comment_keeps_its_text() {
-    assert_eq!(one_op("(comment \"Build: step 1\")"), Op::Comment("Build: step 1".into()));
+    assert_eq!(
+        one_op("(comment \"Build: step 1\")"),
+        Op::Comment("Build: step 1".into())
+    );
     assert_eq!(one_op("(comment bare)"), Op::Comment("bare".into()));
 }
 
 #[test]
 fn run_fields_come_in_any_order() {
     let want = Op::Run(Run {
-        cache: vec![Mount { id: "c".into(), target: "/c".into() }],
+        cache: vec![Mount {
+            id: "c".into(),
+            target: "/c".into(),
+        }],
         network: vec!["host".into()],
-        secrets: vec![Mount { id: "s".into(), target: "/s".into() }],
+        secrets: vec![Mount {
+            id: "s".into(),
+            target: "/s".into(),
+        }],
         shell: "make".into(),
     });
-    assert_eq!(one_op("(run (cache (c (target /c))) (network host) (secrets (s (target /s))) (shell make))"), want);
-    assert_eq!(one_op("(run (shell make) (secrets (s (target /s))) (network host) (cache (c (target /c))))"), want);
-    let plain = Op::Run(Run { shell: "make".into(), ..Run::default() });
-    assert_eq!(one_op("(run (network) (cache) (secrets) (shell make))"), plain);
+    assert_eq!(
+        one_op(
+            "(run (cache (c (target /c))) (network host) (secrets (s (target /s))) (shell make))"
+        ),
+        want
+    );
+    assert_eq!(
+        one_op(
+            "(run (shell make) (secrets (s (target /s))) (network host) (cache (c (target /c))))"
+        ),
+        want
+    );
+    let plain = Op::Run(Run {
+        shell: "make".into(),
+        ..Run::default()
+    });
+    assert_eq!(
+        one_op("(run (network) (cache) (secrets) (shell make))"),
+        plain
+    );
 }
 
 #[test]
 fn copy_defaults_and_sources() {
-    let Op::Copy(copy) = one_op("(copy (src a) (dst b))") else { panic!("copy expected") };
-    assert_eq!(copy, Copy { from: CopyFrom::Context, src: vec!["a".into()], dst: "b".into(), exclude: vec![] });
+    let Op::Copy(copy) = one_op("(copy (src a) (dst b))") else {
+        panic!("copy expected")
+    };
+    assert_eq!(
+        copy,
+        Copy {
+            from: CopyFrom::Context,
+            src: vec!["a".into()],
+            dst: "b".into(),
+            exclude: vec![]
+        }
+    );
     let Op::Copy(copy) = one_op("(copy (exclude .git) (dst /x/) (src a b) (from context))") else {
         panic!("copy expected")
     };
@@ -122,15 +190,22 @@ fn bootstrap_fields_are_optional_and_go_after_from() {
     assert_eq!(b.include, vec!["a", "b"]);
     assert_eq!(b.mirror.as_deref(), Some("http://m/debian"));
     assert_eq!(b.arch.as_deref(), Some("arm64"));
-    let printed = print(&parse("((from d) (run (shell true)) (bootstrap (arch arm64)))").expect("parses"));
-    assert_eq!(printed, "((from d)\n (bootstrap (arch arm64))\n (run (shell true)))\n");
+    let printed =
+        print(&parse("((from d) (run (shell true)) (bootstrap (arch arm64)))").expect("parses"));
+    assert_eq!(
+        printed,
+        "((from d)\n (bootstrap (arch arm64))\n (run (shell true)))\n"
+    );
 }
 
 #[test]
 fn positions_point_at_forms_and_the_base() {
     let spec = parse("((build b ((from x)))\n (from  base)\n  (workdir /a))").expect("parses");
     assert_eq!(spec.child_builds[0].pos, Pos { line: 1, col: 2 });
-    assert_eq!(spec.child_builds[0].value.spec.from.pos, Pos { line: 1, col: 18 });
+    assert_eq!(
+        spec.child_builds[0].value.spec.from.pos,
+        Pos { line: 1, col: 18 }
+    );
     assert_eq!(spec.from.pos, Pos { line: 2, col: 9 });
     assert_eq!(spec.ops[0].pos, Pos { line: 3, col: 3 });
 }
@@ -141,9 +216,15 @@ fn child_build_scopes_are_separate() {
  (from z)
  (copy (from (build a)) (src /i) (dst /i)))";
     let spec = parse(text).expect("parses");
-    assert_eq!(spec.child_builds[0].value.spec.child_builds[0].value.name, "inner");
+    assert_eq!(
+        spec.child_builds[0].value.spec.child_builds[0].value.name,
+        "inner"
+    );
     let bad = "((build a ((build inner ((from x))) (from y)))\n (from z)\n (copy (from (build inner)) (src /i) (dst /i)))";
-    assert!(parse(bad).expect_err("inner is not visible").to_string().contains("unknown build `inner`"));
+    assert!(parse(bad)
+        .expect_err("inner is not visible")
+        .to_string()
+        .contains("unknown build `inner`"));
 }
 
 /// A spec using every construct, built by hand.
@@ -167,7 +248,10 @@ fn everything() -> Spec {
         ],
     };
     Spec {
-        child_builds: vec![at(ChildBuild { name: "dev".into(), spec: dev })],
+        child_builds: vec![at(ChildBuild {
+            name: "dev".into(),
+            spec: dev,
+        })],
         from: at("debian:bookworm".into()),
         bootstrap: Some(at(Bootstrap {
             variant: Some("minbase".into()),
@@ -176,8 +260,14 @@ fn everything() -> Spec {
             arch: None,
         })),
         ops: vec![
-            at(Op::Comment("multi-line\ncomment with \"quotes\", tabs\t, unicode ✓ and a backslash \\".into())),
-            at(Op::Shell(vec!["/bin/bash".into(), "-e".into(), "-c".into()])),
+            at(Op::Comment(
+                "multi-line\ncomment with \"quotes\", tabs\t, unicode ✓ and a backslash \\".into(),
+            )),
+            at(Op::Shell(vec![
+                "/bin/bash".into(),
+                "-e".into(),
+                "-c".into(),
+            ])),
             at(Op::Env("LANG".into(), "C.UTF-8".into())),
             at(Op::Copy(Copy {
                 from: CopyFrom::Build("dev".into()),
@@ -194,7 +284,10 @@ fn everything() -> Spec {
             at(Op::Run(Run {
                 cache: vec![],
                 network: vec![],
-                secrets: vec![Mount { id: "token".into(), target: "/run/secrets/token".into() }],
+                secrets: vec![Mount {
+                    id: "token".into(),
+                    target: "/run/secrets/token".into(),
+                }],
                 shell: "printf '%s\\n' \"$(cat /run/secrets/token | wc -c)\"\nexit 0".into(),
             })),
             at(Op::User(User::Name("app".into()))),
@@ -218,7 +311,10 @@ fn round_trip_detects_a_changed_field() {
     // Guards the round-trip tests themselves: equality must see every field.
     let spec = everything();
     let mut other = parse(&print(&spec)).expect("parses");
-    other.ops[5] = at(Op::Run(Run { shell: "different".into(), ..Run::default() }));
+    other.ops[5] = at(Op::Run(Run {
+        shell: "different".into(),
+        ..Run::default()
+    }));
     assert_ne!(other, spec);
     let mut other = parse(&print(&spec)).expect("parses");
     other.bootstrap = None;

@@ -50,27 +50,49 @@ fn user() -> impl Strategy<Value = User> {
 fn run() -> impl Strategy<Value = Run> {
     (
         prop::collection::vec(mount(), 0..3),
-        prop_oneof![Just(vec![]), Just(vec!["host".to_string()]), prop::collection::vec(text(), 0..3)],
+        prop_oneof![
+            Just(vec![]),
+            Just(vec!["host".to_string()]),
+            prop::collection::vec(text(), 0..3)
+        ],
         prop::collection::vec(mount(), 0..3),
         text(),
     )
-        .prop_map(|(cache, network, secrets, shell)| Run { cache, network, secrets, shell })
+        .prop_map(|(cache, network, secrets, shell)| Run {
+            cache,
+            network,
+            secrets,
+            shell,
+        })
 }
 
 fn copy(builds: Vec<String>) -> impl Strategy<Value = Copy> {
     let from = if builds.is_empty() {
         Just(CopyFrom::Context).boxed()
     } else {
-        prop_oneof![Just(CopyFrom::Context), prop::sample::select(builds).prop_map(CopyFrom::Build)].boxed()
+        prop_oneof![
+            Just(CopyFrom::Context),
+            prop::sample::select(builds).prop_map(CopyFrom::Build)
+        ]
+        .boxed()
     };
-    (from, prop::collection::vec(copy_source(), 1..4), text(), prop::collection::vec(text(), 0..3)).prop_map(
-        |(from, src, mut dst, exclude)| {
+    (
+        from,
+        prop::collection::vec(copy_source(), 1..4),
+        text(),
+        prop::collection::vec(text(), 0..3),
+    )
+        .prop_map(|(from, src, mut dst, exclude)| {
             if src.len() > 1 && !dst.ends_with('/') {
                 dst.push('/');
             }
-            Copy { from, src, dst, exclude }
-        },
-    )
+            Copy {
+                from,
+                src,
+                dst,
+                exclude,
+            }
+        })
 }
 
 fn op(builds: Vec<String>) -> impl Strategy<Value = Op> {
@@ -86,8 +108,18 @@ fn op(builds: Vec<String>) -> impl Strategy<Value = Op> {
 }
 
 fn bootstrap() -> impl Strategy<Value = Option<Bootstrap>> {
-    let variant = prop::option::of(prop::sample::select(vec!["minbase", "apt", "essential", "standard"]));
-    let fields = (variant, prop::collection::vec(text(), 0..3), prop::option::of(text()), prop::option::of(text()))
+    let variant = prop::option::of(prop::sample::select(vec![
+        "minbase",
+        "apt",
+        "essential",
+        "standard",
+    ]));
+    let fields = (
+        variant,
+        prop::collection::vec(text(), 0..3),
+        prop::option::of(text()),
+        prop::option::of(text()),
+    )
         .prop_map(|(variant, include, mirror, arch)| Bootstrap {
             variant: variant.map(str::to_string),
             include,
@@ -116,7 +148,12 @@ fn spec(depth: u32) -> BoxedStrategy<Spec> {
             prop::collection::vec(op(names), 0..8).prop_map(move |ops| Spec {
                 child_builds: builds
                     .iter()
-                    .map(|(name, spec)| at(ChildBuild { name: name.clone(), spec: spec.clone() }))
+                    .map(|(name, spec)| {
+                        at(ChildBuild {
+                            name: name.clone(),
+                            spec: spec.clone(),
+                        })
+                    })
                     .collect(),
                 from: at(from.clone()),
                 bootstrap: bootstrap.clone().map(at),
@@ -148,7 +185,11 @@ fn seeds() -> Vec<String> {
             .filter(|p| p.extension().is_some_and(|e| e == "spec"))
             .collect();
         paths.sort();
-        seeds.extend(paths.iter().map(|p| fs::read_to_string(p).expect("fixture")));
+        seeds.extend(
+            paths
+                .iter()
+                .map(|p| fs::read_to_string(p).expect("fixture")),
+        );
     }
     seeds
 }
@@ -163,8 +204,26 @@ enum Mutation {
 }
 
 const TOKENS: &[&str] = &[
-    "(", ")", "\"", "\\", "#|", "|#", "#;", ";", " ", "\n", "..", "/", "(from x)", "(build b ((from y)))",
-    "(run (shell x))", "(copy (from (build b)) (src a) (dst d))", "(bootstrap)", "(env A b)", "\\300", "\\x",
+    "(",
+    ")",
+    "\"",
+    "\\",
+    "#|",
+    "|#",
+    "#;",
+    ";",
+    " ",
+    "\n",
+    "..",
+    "/",
+    "(from x)",
+    "(build b ((from y)))",
+    "(run (shell x))",
+    "(copy (from (build b)) (src a) (dst d))",
+    "(bootstrap)",
+    "(env A b)",
+    "\\300",
+    "\\x",
 ];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
