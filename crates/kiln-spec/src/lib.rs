@@ -2,8 +2,8 @@
 //!
 //! This crate is pure: it reads and writes text and computes hashes, and never
 //! touches the filesystem. The pieces:
-//! - [`parse`]: text → validated [`Spec`], errors carry `line:col` and "did you mean";
-//! - [`print`]: [`Spec`] → canonical text (`parse(print(s)) == s`; canonical text prints back byte for byte);
+//! - [`parse()`] and [`parse_file()`]: text → validated [`Spec`], errors carry `line:col` and "did you mean";
+//! - [`print()`]: [`Spec`] → canonical text (`parse(print(s)) == s`; canonical text prints back byte for byte);
 //! - [`hash`]: step ids ([`LayerId`]) computed as the store contract in DESIGN.md says.
 
 pub mod ast;
