@@ -1,2 +1,251 @@
-//! namespace sandbox
-pub fn init_main() -> ! { std::process::exit(125) }
+//! The namespace sandbox: fresh mount/pid/uts/ipc/net namespaces, `pivot_root` into an
+//! overlay of the layer chain, minimal /dev, read-only /sys, tmpfs /tmp, secrets on a
+//! private tmpfs, cache bind mounts, and an optional seccomp filter for fast sync.
+//!
+//! Processes (kiln's pid namespace on the left):
+//! ```text
+//! kiln ──spawn── supervisor (exe __kiln-sandbox-init)   fd 3: spec in, fd 4: status out
+//!                   │  unshare(NEWNS|NEWPID|NEWUTS|NEWIPC[|NEWNET]); mounts the root
+//!                   └─fork── pid 1 (new pid ns; own nested mount ns)
+//!                              │  mounts /dev /sys /tmp binds secrets /proc; pivot_root
+//!                              └─fork── the command (setuid, seccomp, execve)
+//! ```
+//! stdout and stderr of all three are one pipe that [`NamespaceSandbox::run`] copies to
+//! its output as bytes arrive. Each process dies with its parent (PR_SET_PDEATHSIG), so a
+//! SIGKILLed kiln leaves nothing behind.
+
+mod command;
+mod inroot;
+mod net;
+mod pid1;
+mod report;
+mod root;
+mod rootfs;
+mod step;
+mod supervisor;
+mod traces;
+mod validate;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::pipe2;
+
+use crate::{Outcome, RunSpec, Sandbox, SandboxError, INIT_ARG, SPEC_FD};
+use report::{verdict, Verdict, STATUS_FD};
+
+/// Runs steps in Linux namespaces by re-executing `exe` as the sandbox init.
+#[derive(Debug, Clone)]
+pub struct NamespaceSandbox {
+    exe: PathBuf,
+}
+
+impl NamespaceSandbox {
+    /// A sandbox that re-executes the running program (`/proc/self/exe`), whose `main`
+    /// must call [`crate::maybe_run_init`] first.
+    pub fn new() -> Self {
+        Self::with_exe("/proc/self/exe")
+    }
+
+    /// A sandbox that runs `exe` as its init; `exe`'s `main` must call
+    /// [`crate::maybe_run_init`] first.
+    pub fn with_exe(exe: impl Into<PathBuf>) -> Self {
+        NamespaceSandbox { exe: exe.into() }
+    }
+}
+
+impl Default for NamespaceSandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox for NamespaceSandbox {
+    fn run(&self, spec: &RunSpec, output: &mut dyn Write) -> Result<Outcome, SandboxError> {
+        validate::check(spec)?;
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| SandboxError::Setup(format!("encode the run spec: {e}")))?;
+        let Started { mut child, spec_in, output_out, status_out } = self.start()?;
+        // The init reads the whole spec before doing anything else. If it died early the
+        // write fails with EPIPE; the status channel then explains.
+        let _ = File::from(spec_in).write_all(&json);
+        let pumped = pump(&output_out, &status_out, output);
+        if pumped.is_err() {
+            let _ = child.kill(); // the parent-death signals take the rest down
+        }
+        let exit = child
+            .wait()
+            .map_err(|e| SandboxError::sys(format!("wait for the sandbox init {}", self.exe.display()), e))?;
+        match verdict(&pumped?) {
+            Verdict::Interrupted(signal) => Err(SandboxError::Interrupted { signal }),
+            Verdict::Setup(message) => Err(SandboxError::Setup(message)),
+            Verdict::Finished(outcome) => Ok(outcome),
+            Verdict::Silent => Err(self.silent_init(exit)),
+        }
+    }
+}
+
+/// A running sandbox init and kiln's ends of its pipes.
+struct Started {
+    child: Child,
+    spec_in: OwnedFd,
+    output_out: OwnedFd,
+    status_out: OwnedFd,
+}
+
+impl NamespaceSandbox {
+    /// Spawns the supervisor with the spec pipe on [`SPEC_FD`], the status pipe on
+    /// [`STATUS_FD`], stdin from /dev/null and stdout+stderr into one output pipe.
+    fn start(&self) -> Result<Started, SandboxError> {
+        let pipe = |what: &str| {
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::sys(format!("create the {what} pipe"), e))
+        };
+        let (output_out, output_in) = pipe("output")?;
+        let (spec_out, spec_in) = pipe("spec")?;
+        let (status_out, status_in) = pipe("status")?;
+        // Above the target numbers, so the dup2 calls below cannot clobber one another.
+        let spec_out = dup_above(&spec_out, 10)?;
+        let status_in = dup_above(&status_in, 10)?;
+        let (spec_fd, status_fd) = (spec_out.as_raw_fd(), status_in.as_raw_fd());
+        let stderr = output_in
+            .try_clone()
+            .map_err(|e| SandboxError::sys("duplicate the output pipe", e))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg(INIT_ARG)
+            .arg(std::process::id().to_string())
+            .env_clear() // nothing of kiln's environment is visible in /proc/1/environ
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(output_in))
+            .stderr(Stdio::from(stderr));
+        // SAFETY: dup2 is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(move || {
+                for (from, to) in [(spec_fd, SPEC_FD), (status_fd, STATUS_FD)] {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            SandboxError::sys(format!("start the sandbox init {}", self.exe.display()), e)
+        })?;
+        drop(command); // closes our copies of the output pipe's write end
+        Ok(Started { child, spec_in, output_out, status_out })
+    }
+
+    fn silent_init(&self, exit: ExitStatus) -> SandboxError {
+        SandboxError::Setup(format!(
+            "the sandbox init {} ended ({exit}) without saying how the command ended; the \
+             program must call kiln_sandbox::maybe_run_init() first thing in main()",
+            self.exe.display()
+        ))
+    }
+}
+
+fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
+    let new = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(min))
+        .map_err(|e| SandboxError::sys("duplicate a pipe fd", e))?;
+    // SAFETY: fcntl just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Copies the output pipe to `output` as bytes arrive and collects the status channel,
+/// until both are closed (every sandbox process is gone). Returns the status bytes.
+fn pump(output_out: &OwnedFd, status_out: &OwnedFd, output: &mut dyn Write) -> Result<Vec<u8>, SandboxError> {
+    let mut status = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut output_open, mut status_open) = (true, true);
+    while output_open || status_open {
+        let mut fds = Vec::with_capacity(2);
+        if output_open {
+            fds.push(PollFd::new(output_out.as_fd(), PollFlags::POLLIN));
+        }
+        if status_open {
+            fds.push(PollFd::new(status_out.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(SandboxError::sys("wait for sandbox output", e)),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let mut ready = ready.into_iter();
+        if output_open && ready.next() == Some(true) {
+            match read_some(output_out, &mut buf)? {
+                0 => output_open = false,
+                n => {
+                    output
+                        .write_all(&buf[..n])
+                        .and_then(|()| output.flush())
+                        .map_err(|e| SandboxError::sys("write the command's output", e))?;
+                }
+            }
+        }
+        if status_open && ready.next() == Some(true) {
+            match read_some(status_out, &mut buf)? {
+                0 => status_open = false,
+                n => status.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, SandboxError> {
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), buf) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(|e| SandboxError::sys("read from the sandbox", e)),
+        }
+    }
+}
+
+/// Entry point of the sandbox init (see [`crate::maybe_run_init`]).
+pub fn init_main() -> ! {
+    supervisor::main()
+}
+
+/// Marks `fd` close-on-exec.
+fn set_cloexec(fd: RawFd) -> Result<(), Errno> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+fn fd_is_open(fd: RawFd) -> bool {
+    fcntl(fd, FcntlArg::F_GETFD).is_ok()
+}
+
+/// Closes every fd numbered `first` or higher.
+fn close_fds_from(first: RawFd) -> Result<(), Errno> {
+    let first = libc::c_uint::try_from(first).map_err(|_| Errno::EBADF)?;
+    // SAFETY: close_range only closes descriptors; nothing in this process uses them.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0 as libc::c_uint) };
+    match Errno::result(rc) {
+        Ok(_) => Ok(()),
+        Err(Errno::ENOSYS) => close_listed_fds(first as RawFd),
+        Err(e) => Err(e),
+    }
+}
+
+/// close_range(2) needs Linux 5.9; before that, close what /proc/self/fd lists.
+fn close_listed_fds(first: RawFd) -> Result<(), Errno> {
+    let entries = std::fs::read_dir("/proc/self/fd").map_err(|_| Errno::ENOSYS)?;
+    let fds: Vec<RawFd> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: closing a descriptor number; EBADF (the read_dir fd, now gone) is harmless.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
