@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use std::fs;
 use std::path::Path;
+use std::sync::OnceLock;
 
 fn at<T>(value: T) -> Located<T> {
     Located::new(value, Pos::default())
@@ -174,8 +175,13 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Every fixture spec, good and bad, as mutation seeds.
-fn seeds() -> Vec<String> {
+/// Every fixture spec, good and bad, as mutation seeds (read once).
+fn seeds() -> &'static [String] {
+    static SEEDS: OnceLock<Vec<String>> = OnceLock::new();
+    SEEDS.get_or_init(read_seeds)
+}
+
+fn read_seeds() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let mut seeds = Vec::new();
     for dir in ["obuilder", "canonical", "malformed"] {
@@ -288,8 +294,7 @@ proptest! {
         index in any::<prop::sample::Index>(),
         mutations in prop::collection::vec(mutation(), 1..6),
     ) {
-        let seeds = seeds();
-        let seed = index.get(&seeds);
+        let seed = index.get(seeds());
         check_text(&mutate(seed, &mutations))?;
     }
 }
