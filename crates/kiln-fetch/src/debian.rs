@@ -1,1 +1,286 @@
-//! debian
+//! `debian:SUITE` bases, bootstrapped with mmdebstrap (debootstrap when it is missing).
+//!
+//! Downloaded `.deb`s go to the store's deb cache ([`crate::debcache`]) so a second
+//! bootstrap of any suite downloads no package already fetched once: a setup hook links
+//! the cached packages into the new root's `/var/cache/apt/archives` before apt looks for
+//! them (apt checks their hashes), and a customize hook hands the new ones back before
+//! mmdebstrap's cleanup empties the apt cache. apt's lists are cached per (suite, mirror,
+//! arch) the same way, so `apt-get update` only revalidates them.
+
+use crate::debcache::{DebCache, Stage};
+use crate::tarball::DEFAULT_PATH;
+use crate::tools::{debootstrap, dpkg, mmdebstrap, ToolError};
+use crate::{fsutil, FetchError};
+use kiln_spec::{hash, LayerId};
+use kiln_store::BaseConfig;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::Path;
+
+/// Overrides the default mirror.
+pub const MIRROR_ENV: &str = "KILN_DEBIAN_MIRROR";
+/// The mirror used when neither `(mirror …)` nor `$KILN_DEBIAN_MIRROR` says otherwise.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// A Debian base's bootstrap inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct DebianBase<'a> {
+    pub suite: &'a str,
+    pub variant: &'a str,
+    pub include: &'a [String],
+    /// `None`: `$KILN_DEBIAN_MIRROR` or [`DEFAULT_MIRROR`].
+    pub mirror: Option<&'a str>,
+    /// `None`: the host's architecture.
+    pub arch: Option<&'a str>,
+}
+
+/// Links cached packages and lists into the new root before `apt-get update`.
+const SETUP_HOOK: &str = r#"set -e
+mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists"
+for f in "$KILN_STAGE"/lists-in/*; do
+  if [ -f "$f" ]; then cp -p "$f" "$1/var/lib/apt/lists/"; fi
+done
+if [ "$KILN_DEB_LINK" = 1 ]; then copy="cp -l"; else copy="cp -p"; fi
+find "$KILN_DEB_CACHE" -maxdepth 1 -type f -name '*.deb' -exec $copy -t "$1/var/cache/apt/archives/" {} +
+"#;
+
+/// Hands packages the cache lacks, and the fresh lists, to the staging area.
+const CUSTOMIZE_HOOK: &str = r#"set -e
+for f in "$1"/var/cache/apt/archives/*.deb; do
+  if [ ! -f "$f" ]; then continue; fi
+  c="$KILN_DEB_CACHE/${f##*/}"
+  if [ "$f" -ef "$c" ]; then continue; fi
+  if [ -f "$c" ] && cmp -s "$f" "$c"; then continue; fi
+  ln "$f" "$KILN_STAGE/debs-out/" 2>/dev/null || cp -p "$f" "$KILN_STAGE/debs-out/"
+done
+for f in "$1"/var/lib/apt/lists/*; do
+  if [ -f "$f" ]; then cp -p "$f" "$KILN_STAGE/lists-out/"; fi
+done
+"#;
+
+impl DebianBase<'_> {
+    /// The base's name in messages: `debian:SUITE`.
+    pub fn name(&self) -> String {
+        format!("debian:{}", self.suite)
+    }
+
+    fn mirror_url(&self) -> String {
+        match self.mirror {
+            Some(m) => m.to_string(),
+            None => std::env::var(MIRROR_ENV)
+                .ok()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| DEFAULT_MIRROR.to_string()),
+        }
+    }
+
+    fn architecture(&self) -> Result<String, FetchError> {
+        if let Some(arch) = self.arch {
+            return Ok(arch.to_string());
+        }
+        dpkg::host_architecture().map_err(|e| match e {
+            dpkg::ArchError::Missing => FetchError::MissingTool {
+                base: self.name(),
+                program: dpkg::PROGRAM,
+                package: dpkg::PACKAGE,
+            },
+            dpkg::ArchError::Failed(message) => FetchError::base(&self.name(), message),
+        })
+    }
+
+    /// The base id: hash of suite, variant, sorted includes, mirror and architecture. No
+    /// network access.
+    pub fn id(&self) -> Result<(LayerId, String), FetchError> {
+        let arch = self.architecture()?;
+        let mut include = self.include.to_vec();
+        include.sort();
+        include.dedup();
+        let include = include.join(",");
+        let id = hash::base_id(
+            "debian",
+            &[
+                ("suite", self.suite),
+                ("variant", self.variant),
+                ("include", &include),
+                ("mirror", self.mirror.unwrap_or("default")),
+                ("arch", &arch),
+            ],
+        );
+        let extra = if include.is_empty() {
+            String::new()
+        } else {
+            format!(" +{include}")
+        };
+        Ok((
+            id,
+            format!("debian:{} ({}{extra}, {arch})", self.suite, self.variant),
+        ))
+    }
+
+    /// Bootstraps into the empty directory `rootfs`.
+    pub fn fetch(
+        &self,
+        deb_cache: &Path,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<BaseConfig, FetchError> {
+        let arch = self.architecture()?;
+        let mirror = self.mirror_url();
+        let cache = DebCache::open(deb_cache)
+            .map_err(|e| FetchError::io(&self.name(), "preparing the deb cache", deb_cache, e))?;
+        if let Some(program) = mmdebstrap::find() {
+            self.with_mmdebstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+        } else if let Some(program) = debootstrap::find() {
+            self.with_debootstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+        } else {
+            return Err(FetchError::MissingTool {
+                base: self.name(),
+                program: mmdebstrap::PROGRAM,
+                package: mmdebstrap::PACKAGE,
+            });
+        }
+        remove_cached_debs(rootfs)
+            .map_err(|e| FetchError::io(&self.name(), "emptying the apt cache of", rootfs, e))?;
+        Ok(BaseConfig {
+            env: vec![("PATH".into(), DEFAULT_PATH.into())],
+            workdir: None,
+            user: None,
+        })
+    }
+
+    fn with_mmdebstrap(
+        &self,
+        program: &Path,
+        cache: &DebCache,
+        arch: &str,
+        mirror: &str,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<(), FetchError> {
+        let name = self.name();
+        let cache_err = |e| FetchError::io(&name, "using the deb cache", cache.debs_dir(), e);
+        let stage = cache.stage().map_err(cache_err)?;
+        let key = DebCache::lists_key(self.suite, mirror, arch);
+        let lists = cache
+            .load_lists(&key, &stage.lists_in())
+            .map_err(cache_err)?;
+        let link = cache.can_link_into(rootfs);
+        let _ = writeln!(
+            progress,
+            "deb cache: {} packages, {lists} cached index files",
+            cache.deb_count()
+        );
+        let run = mmdebstrap::Bootstrap {
+            suite: self.suite,
+            variant: self.variant,
+            include: self.include,
+            arch,
+            mirror,
+            target: rootfs,
+            setup_hooks: &[SETUP_HOOK],
+            customize_hooks: &[CUSTOMIZE_HOOK],
+            env: vec![
+                ("KILN_DEB_CACHE", cache.debs_dir().into_os_string()),
+                ("KILN_STAGE", stage.dir.clone().into_os_string()),
+                (
+                    "KILN_DEB_LINK",
+                    OsStr::new(if link { "1" } else { "0" }).to_os_string(),
+                ),
+            ],
+        };
+        mmdebstrap::run(program, &run, progress)
+            .map_err(|e| self.tool_error(mmdebstrap::PROGRAM, mmdebstrap::PACKAGE, mirror, e))?;
+        self.save_to_cache(cache, &stage, &key, progress)
+    }
+
+    fn save_to_cache(
+        &self,
+        cache: &DebCache,
+        stage: &Stage,
+        key: &str,
+        progress: &mut dyn Write,
+    ) -> Result<(), FetchError> {
+        let name = self.name();
+        let cache_err = |e| FetchError::io(&name, "saving to the deb cache", cache.debs_dir(), e);
+        let saved = cache.save_debs(&stage.debs_out()).map_err(cache_err)?;
+        cache
+            .save_lists(key, &stage.lists_out())
+            .map_err(cache_err)?;
+        let _ = writeln!(progress, "deb cache: {saved} new packages saved");
+        Ok(())
+    }
+
+    fn with_debootstrap(
+        &self,
+        program: &Path,
+        cache: &DebCache,
+        arch: &str,
+        mirror: &str,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<(), FetchError> {
+        let Some(variant) = debootstrap::variant_for(self.variant) else {
+            return Err(FetchError::MissingTool {
+                base: self.name(),
+                program: mmdebstrap::PROGRAM,
+                package: mmdebstrap::PACKAGE,
+            });
+        };
+        let _ = writeln!(
+            progress,
+            "mmdebstrap is not installed; falling back to debootstrap"
+        );
+        let run = debootstrap::Bootstrap {
+            suite: self.suite,
+            variant,
+            include: self.include,
+            arch,
+            mirror,
+            target: rootfs,
+            cache_dir: &cache.debs_dir(),
+        };
+        debootstrap::run(program, &run, progress)
+            .map_err(|e| self.tool_error(debootstrap::PROGRAM, debootstrap::PACKAGE, mirror, e))
+    }
+
+    fn tool_error(
+        &self,
+        program: &'static str,
+        package: &'static str,
+        mirror: &str,
+        e: ToolError,
+    ) -> FetchError {
+        match e {
+            ToolError::Spawn(e) if e.kind() == std::io::ErrorKind::NotFound => FetchError::MissingTool { base: self.name(), program, package },
+            ToolError::Spawn(e) => FetchError::base(&self.name(), format!("{program} could not be started: {e} (kiln must run as root)")),
+            ToolError::Failed { status, tail } => FetchError::Tool {
+                base: self.name(),
+                program,
+                message: format!(
+                    "{program} failed ({status}) bootstrapping suite `{}` ({}) from mirror {mirror}; check that the mirror \
+                     is reachable and serves this suite, or set the mirror with (bootstrap (mirror URL)) or ${MIRROR_ENV}",
+                    self.suite, self.variant
+                ),
+                tail,
+            },
+        }
+    }
+}
+
+/// Removes `.deb`s left in the root's apt cache (mmdebstrap already does; debootstrap may not).
+fn remove_cached_debs(rootfs: &Path) -> std::io::Result<()> {
+    let mut dir = fsutil::open_dir(rootfs)?;
+    for comp in ["var", "cache", "apt", "archives"] {
+        dir = match fsutil::open_dir_at(&dir, OsStr::new(comp)) {
+            Ok(next) => next,
+            Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    for name in fsutil::list_names(&dir)? {
+        if name.to_string_lossy().ends_with(".deb") {
+            fsutil::remove_at(&dir, &name)?;
+        }
+    }
+    Ok(())
+}

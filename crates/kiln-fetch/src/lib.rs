@@ -7,16 +7,25 @@
 //!   layers applied with whiteouts honoured ([`oci`]).
 //!
 //! A base's id is computed before anything is written, and fetching writes only into the
-//! temporary rootfs the builder hands over, so a failed fetch leaves the store untouched.
+//! temporary rootfs the builder hands over (OCI layer blobs are staged in hidden temporary
+//! files beside it and removed), so a failed fetch leaves the store untouched. A failed
+//! fetch also empties the rootfs again.
+//!
+//! Archives are unpacked by [`unpack`](crate) code that never writes outside the root:
+//! absolute paths, `..` and paths through symlinks are refused.
 
+mod debcache;
 pub mod debian;
 mod error;
+mod fsutil;
 pub mod oci;
-pub mod tarball;
 mod source;
+pub mod tarball;
+mod tools;
+mod unpack;
 
 pub use error::FetchError;
-pub use source::{parse_base, BaseSource};
+pub use source::{parse_base, BaseSource, DEBIAN_VARIANTS};
 
 use kiln_spec::LayerId;
 use kiln_store::BaseConfig;
@@ -26,6 +35,8 @@ use std::path::{Path, PathBuf};
 /// A base whose id is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedBase {
+    /// What to fetch. For OCI bases this is the pinned `REGISTRY/REPOSITORY@sha256:…`, so
+    /// the fetch gets exactly the image the id names even if the tag moves meanwhile.
     pub source: BaseSource,
     pub id: LayerId,
     /// Human description, e.g. `debian:bookworm (minbase)` or `registry/name@sha256:…`.
@@ -40,7 +51,12 @@ pub trait Fetcher: Send + Sync {
 
     /// Writes the base's complete root filesystem into `rootfs` (an empty directory) and
     /// returns the image config it carries. Progress goes to `progress`.
-    fn fetch(&self, base: &ResolvedBase, rootfs: &Path, progress: &mut dyn Write) -> Result<BaseConfig, FetchError>;
+    fn fetch(
+        &self,
+        base: &ResolvedBase,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<BaseConfig, FetchError>;
 }
 
 /// The real fetcher.
@@ -50,4 +66,100 @@ pub struct RealFetcher {
     pub deb_cache: PathBuf,
     /// `$KILN_REGISTRY`: registry used for bare Docker Hub names (e.g. `busybox`).
     pub default_registry: Option<String>,
+}
+
+impl Fetcher for RealFetcher {
+    fn resolve(&self, source: &BaseSource) -> Result<ResolvedBase, FetchError> {
+        match source {
+            BaseSource::Debian {
+                suite,
+                variant,
+                include,
+                mirror,
+                arch,
+            } => {
+                let debian = debian::DebianBase {
+                    suite,
+                    variant,
+                    include,
+                    mirror: mirror.as_deref(),
+                    arch: arch.as_deref(),
+                };
+                let (id, description) = debian.id()?;
+                Ok(ResolvedBase {
+                    source: source.clone(),
+                    id,
+                    description,
+                })
+            }
+            BaseSource::Tar(path) => {
+                let name = source.to_string();
+                let id = tarball::base_id(&name, path)?;
+                Ok(ResolvedBase {
+                    source: source.clone(),
+                    id,
+                    description: name,
+                })
+            }
+            BaseSource::Oci(reference) => oci::resolve(reference, self.default_registry.as_deref()),
+        }
+    }
+
+    fn fetch(
+        &self,
+        base: &ResolvedBase,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<BaseConfig, FetchError> {
+        let name = base.source.to_string();
+        check_target(&name, rootfs)?;
+        let fetched = match &base.source {
+            BaseSource::Debian {
+                suite,
+                variant,
+                include,
+                mirror,
+                arch,
+            } => {
+                let debian = debian::DebianBase {
+                    suite,
+                    variant,
+                    include,
+                    mirror: mirror.as_deref(),
+                    arch: arch.as_deref(),
+                };
+                debian.fetch(&self.deb_cache, rootfs, progress)
+            }
+            BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),
+            BaseSource::Oci(reference) => oci::fetch(reference, rootfs, progress),
+        };
+        match fetched {
+            Ok(config) => Ok(config),
+            Err(e) => match fsutil::clear_dir(rootfs) {
+                Ok(()) => Err(e),
+                Err(clear) => Err(FetchError::Target {
+                    base: name,
+                    path: rootfs.to_path_buf(),
+                    problem: format!("could not be emptied after a failure ({clear}); remove it by hand. The failure: {e}"),
+                }),
+            },
+        }
+    }
+}
+
+/// The rootfs must be an existing, empty directory: fetching never mixes into old content.
+fn check_target(name: &str, rootfs: &Path) -> Result<(), FetchError> {
+    match fsutil::is_empty_dir(rootfs) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(FetchError::Target {
+            base: name.to_string(),
+            path: rootfs.to_path_buf(),
+            problem: "is not empty".into(),
+        }),
+        Err(e) => Err(FetchError::Target {
+            base: name.to_string(),
+            path: rootfs.to_path_buf(),
+            problem: format!("is not a usable directory: {e}"),
+        }),
+    }
 }

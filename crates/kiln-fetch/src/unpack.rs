@@ -1,0 +1,682 @@
+//! Safe extraction of tar streams (rootfs tarballs and OCI layers) into a root directory.
+//!
+//! Every entry is created relative to a directory descriptor opened component by component
+//! with `O_NOFOLLOW`, so an entry can never escape the root: absolute paths and `..` are
+//! refused, and so is any path whose parent is a symlink (`link -> /etc` then `link/passwd`).
+//! Ownership, permission bits (set-id included), mtimes, `SCHILY.xattr.*` extended attributes,
+//! symlinks, hard links, device nodes and FIFOs are restored exactly; we run as root.
+//!
+//! In [`Whiteouts::Apply`] mode the OCI layer rules hold: `.wh.NAME` deletes `NAME` from the
+//! layers below and `.wh..wh..opq` empties its directory of what the layers below put there.
+//! Either marker spares what the current layer itself wrote, wherever it sits in the stream.
+
+use crate::fsutil::{self, is_dir, list_names, lstat_at, open_dir_at, reopen_dir};
+use crate::tarball::Compression;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use tar::EntryType;
+
+/// How `.wh.` entries are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whiteouts {
+    /// Plain tarball: `.wh.` names are ordinary files.
+    Literal,
+    /// OCI layer: `.wh.` names delete from the layers below.
+    Apply,
+}
+
+/// What an extraction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct UnpackStats {
+    /// Entries read from the archive.
+    pub entries: u64,
+    /// Extended attributes the target filesystem does not support (skipped).
+    pub skipped_xattrs: u64,
+}
+
+/// Why an archive could not be extracted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UnpackError {
+    #[error("reading the archive failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("entry `{entry}`: {message}")]
+    Entry { entry: String, message: String },
+}
+
+/// Extracts the tar stream `reader` into the directory `root`.
+pub(crate) fn unpack(
+    reader: impl Read,
+    root: &Path,
+    whiteouts: Whiteouts,
+) -> Result<UnpackStats, UnpackError> {
+    let root_fd = fsutil::open_dir(root).map_err(|e| UnpackError::Entry {
+        entry: ".".into(),
+        message: format!("opening the target: {e}"),
+    })?;
+    let mut unpacker = Unpacker {
+        root: root_fd,
+        whiteouts,
+        layer_paths: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: UnpackStats::default(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        unpacker.stats.entries += 1;
+        unpacker
+            .entry(&mut entry)
+            .map_err(|message| UnpackError::Entry {
+                entry: shown,
+                message,
+            })?;
+    }
+    unpacker.finish().map_err(|message| UnpackError::Entry {
+        entry: "(directory times)".into(),
+        message,
+    })?;
+    Ok(unpacker.stats)
+}
+
+/// Decompresses `reader` as `compression` says and unpacks the tar stream into `root`.
+pub(crate) fn unpack_compressed(
+    reader: impl io::BufRead,
+    compression: Compression,
+    root: &Path,
+    whiteouts: Whiteouts,
+) -> Result<UnpackStats, UnpackError> {
+    match compression {
+        Compression::None => unpack(reader, root, whiteouts),
+        Compression::Gzip => unpack(
+            flate2::bufread::MultiGzDecoder::new(reader),
+            root,
+            whiteouts,
+        ),
+        Compression::Zstd => {
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?;
+            unpack(decoder, root, whiteouts)
+        }
+    }
+}
+
+/// A step's failure, already worded for the user.
+type Step<T> = Result<T, String>;
+
+/// Ownership, mode, times and extended attributes of one entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(CString, Vec<u8>)>,
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    whiteouts: Whiteouts,
+    /// Paths (and their ancestors) written by the current layer; whiteouts spare them.
+    layer_paths: HashSet<PathBuf>,
+    /// Directory mtimes, applied last because creating children changes them.
+    dir_times: Vec<(Vec<OsString>, TimeSpec)>,
+    stats: UnpackStats,
+}
+
+impl Unpacker {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Step<()> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let comps = normalize(&entry.path_bytes())?;
+        if self.whiteouts == Whiteouts::Apply {
+            if let Some((dir, name)) = comps.split_last().map(|(n, d)| (d, n)) {
+                if let Some(target) = name.as_bytes().strip_prefix(b".wh.") {
+                    return self.whiteout(dir, target);
+                }
+            }
+        }
+        let meta = read_meta(entry)?;
+        let Some((name, dir)) = comps.split_last() else {
+            return self.root_entry(kind, meta);
+        };
+        let parent = self.parent(dir, true)?.ok_or("parent directory vanished")?;
+        match kind {
+            EntryType::Directory => self.make_dir(&parent, &comps, meta)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => make_file(&parent, name, entry, &meta, &mut self.stats)?,
+            EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or("symlink without a target")?.into_owned();
+                make_symlink(&parent, name, &target, &meta, &mut self.stats)?;
+            }
+            EntryType::Link => {
+                let target = normalize(&entry.link_name_bytes().ok_or("hard link without a target")?)?;
+                self.make_hardlink(&parent, name, &comps, &target)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let (major, minor) = device_numbers(entry.header())?;
+                make_node(&parent, name, kind, libc::makedev(major, minor), &meta, &mut self.stats)?;
+            }
+            other => return Err(format!("unsupported entry type {other:?}; only files, directories, links, devices and FIFOs are allowed")),
+        }
+        self.mark(&comps);
+        Ok(())
+    }
+
+    /// The entry naming the root itself (`./`): only its metadata applies.
+    fn root_entry(&mut self, kind: EntryType, meta: Meta) -> Step<()> {
+        if kind != EntryType::Directory {
+            return Err("the archive root must be a directory".into());
+        }
+        let root = reopen_dir(&self.root).map_err(|e| format!("opening the root: {e}"))?;
+        set_dir_meta(&root, &meta, &mut self.stats)?;
+        self.dir_times.push((Vec::new(), meta.mtime));
+        Ok(())
+    }
+
+    /// Opens the directory `dir` (components under the root) without following symlinks,
+    /// creating missing components when `create` is set. `None`: missing and not created.
+    fn parent(&self, dir: &[OsString], create: bool) -> Step<Option<OwnedFd>> {
+        let mut fd = reopen_dir(&self.root).map_err(|e| format!("opening the root: {e}"))?;
+        for (i, comp) in dir.iter().enumerate() {
+            fd = match open_dir_at(&fd, comp) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) if create => {
+                    mkdirat(Some(fd.as_raw_fd()), comp.as_os_str(), Mode::from_bits_truncate(0o755))
+                        .map_err(|e| format!("creating directory `{}`: {e}", shown(&dir[..=i])))?;
+                    open_dir_at(&fd, comp).map_err(|e| format!("opening directory `{}`: {e}", shown(&dir[..=i])))?
+                }
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    return Err(format!(
+                        "`{}` is a symlink or not a directory; refusing to write through it (it could point outside the root)",
+                        shown(&dir[..=i])
+                    ))
+                }
+                Err(e) => return Err(format!("opening directory `{}`: {e}", shown(&dir[..=i]))),
+            };
+        }
+        Ok(Some(fd))
+    }
+
+    fn make_dir(&mut self, parent: &OwnedFd, comps: &[OsString], meta: Meta) -> Step<()> {
+        let name = comps.last().ok_or("empty directory name")?;
+        match lstat_at(parent, name).map_err(|e| format!("inspecting: {e}"))? {
+            Some(st) if is_dir(&st) => {}
+            existing => {
+                if existing.is_some() {
+                    fsutil::remove_at(parent, name)
+                        .map_err(|e| format!("replacing the existing entry: {e}"))?;
+                }
+                mkdirat(
+                    Some(parent.as_raw_fd()),
+                    name.as_os_str(),
+                    Mode::from_bits_truncate(0o700),
+                )
+                .map_err(|e| format!("creating the directory: {e}"))?;
+            }
+        }
+        let dir = open_dir_at(parent, name).map_err(|e| format!("opening the directory: {e}"))?;
+        set_dir_meta(&dir, &meta, &mut self.stats)?;
+        self.dir_times.push((comps.to_vec(), meta.mtime));
+        Ok(())
+    }
+
+    fn make_hardlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        comps: &[OsString],
+        target: &[OsString],
+    ) -> Step<()> {
+        let Some((target_name, target_dir)) = target.split_last() else {
+            return Err("hard link to the root directory".into());
+        };
+        if target == comps {
+            return Ok(());
+        }
+        let missing = || {
+            format!(
+                "hard link target `{}` does not exist (it must come earlier in the archive)",
+                shown(target)
+            )
+        };
+        let target_parent = self.parent(target_dir, false)?.ok_or_else(missing)?;
+        match lstat_at(&target_parent, target_name)
+            .map_err(|e| format!("inspecting the link target: {e}"))?
+        {
+            None => return Err(missing()),
+            Some(st) if is_dir(&st) => {
+                return Err(format!(
+                    "hard link target `{}` is a directory",
+                    shown(target)
+                ))
+            }
+            Some(_) => {}
+        }
+        fsutil::remove_at(parent, name)
+            .map_err(|e| format!("replacing the existing entry: {e}"))?;
+        linkat(
+            Some(target_parent.as_raw_fd()),
+            target_name.as_os_str(),
+            Some(parent.as_raw_fd()),
+            name,
+            AtFlags::empty(),
+        )
+        .map_err(|e| format!("creating the hard link to `{}`: {e}", shown(target)))
+    }
+
+    /// Applies `DIR/.wh.TARGET` (or the opaque marker when `TARGET` is `.wh..opq`).
+    fn whiteout(&mut self, dir: &[OsString], target: &[u8]) -> Step<()> {
+        self.mark(dir);
+        let dir_path: PathBuf = dir.iter().collect();
+        if target == b".wh..opq" {
+            let fd = self.parent(dir, true)?.ok_or("opaque directory vanished")?;
+            for child in
+                list_names(&fd).map_err(|e| format!("listing the opaque directory: {e}"))?
+            {
+                self.remove_lower(&fd, &dir_path.join(&child), &child)?;
+            }
+            return Ok(());
+        }
+        if target.starts_with(b".wh.") {
+            // Other `.wh..wh.` names are aufs bookkeeping, not content.
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+            return Err("malformed whiteout name".into());
+        }
+        let Some(fd) = self.parent(dir, false)? else {
+            return Ok(());
+        };
+        let name = OsStr::from_bytes(target);
+        self.remove_lower(&fd, &dir_path.join(name), name)
+    }
+
+    /// Removes `name` (at `rel` under the root) as far as the layers below put it there.
+    fn remove_lower(&self, dir: &OwnedFd, rel: &Path, name: &OsStr) -> Step<()> {
+        if !self.layer_paths.contains(rel) {
+            return fsutil::remove_at(dir, name)
+                .map_err(|e| format!("removing `{}`: {e}", rel.display()));
+        }
+        let st = lstat_at(dir, name).map_err(|e| format!("inspecting `{}`: {e}", rel.display()))?;
+        if st.is_some_and(|st| is_dir(&st)) {
+            let sub =
+                open_dir_at(dir, name).map_err(|e| format!("opening `{}`: {e}", rel.display()))?;
+            for child in
+                list_names(&sub).map_err(|e| format!("listing `{}`: {e}", rel.display()))?
+            {
+                self.remove_lower(&sub, &rel.join(&child), &child)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `comps` and its ancestors as written by the current layer.
+    fn mark(&mut self, comps: &[OsString]) {
+        if self.whiteouts == Whiteouts::Apply {
+            for end in 1..=comps.len() {
+                self.layer_paths.insert(comps[..end].iter().collect());
+            }
+        }
+    }
+
+    /// Sets directory mtimes now that no more children will be created.
+    fn finish(&mut self) -> Step<()> {
+        for (comps, mtime) in std::mem::take(&mut self.dir_times) {
+            let dir = match comps.split_last() {
+                None => Some(reopen_dir(&self.root).map_err(|e| format!("opening the root: {e}"))?),
+                Some((name, parent)) => match self.parent(parent, false)? {
+                    Some(parent) => open_dir_at(&parent, name).ok(),
+                    None => None,
+                },
+            };
+            if let Some(dir) = dir {
+                futimens(dir.as_raw_fd(), &mtime, &mtime)
+                    .map_err(|e| format!("setting the mtime of `{}`: {e}", shown(&comps)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits an entry path into components, refusing absolute paths and `..`.
+fn normalize(raw: &[u8]) -> Step<Vec<OsString>> {
+    if raw.starts_with(b"/") {
+        return Err(
+            "absolute path; entries must be relative to the root (refusing to write outside it)"
+                .into(),
+        );
+    }
+    let mut comps = Vec::new();
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("the path contains `..`, which would escape the root".into()),
+            _ => comps.push(OsStr::from_bytes(comp).to_os_string()),
+        }
+    }
+    Ok(comps)
+}
+
+fn shown(comps: &[OsString]) -> String {
+    comps.iter().collect::<PathBuf>().display().to_string()
+}
+
+/// Reads mode, owner, mtime and xattrs, pax records overriding the ustar header.
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Step<Meta> {
+    let mut uid = None;
+    let mut gid = None;
+    let mut mtime = None;
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| format!("reading pax headers: {e}"))?
+    {
+        for ext in pax {
+            let ext = ext.map_err(|e| format!("reading pax headers: {e}"))?;
+            let value = ext.value_bytes();
+            match ext.key_bytes() {
+                b"uid" => uid = Some(parse_id(value)?),
+                b"gid" => gid = Some(parse_id(value)?),
+                b"mtime" => mtime = Some(parse_pax_time(value)?),
+                key => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        let name = CString::new(name).map_err(|_| "xattr name contains NUL")?;
+                        xattrs.push((name, value.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    let header = entry.header();
+    let bad = |what: &str, e: io::Error| format!("invalid {what} in the tar header: {e}");
+    let uid = match uid {
+        Some(uid) => uid,
+        None => u32::try_from(header.uid().map_err(|e| bad("uid", e))?)
+            .map_err(|_| "uid out of range")?,
+    };
+    let gid = match gid {
+        Some(gid) => gid,
+        None => u32::try_from(header.gid().map_err(|e| bad("gid", e))?)
+            .map_err(|_| "gid out of range")?,
+    };
+    let mtime = match mtime {
+        Some(t) => t,
+        None => TimeSpec::new(
+            i64::try_from(header.mtime().map_err(|e| bad("mtime", e))?)
+                .map_err(|_| "mtime out of range")?,
+            0,
+        ),
+    };
+    Ok(Meta {
+        mode: header.mode().map_err(|e| bad("mode", e))? & 0o7777,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
+}
+
+fn parse_id(value: &[u8]) -> Step<u32> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| "invalid uid/gid in pax header".into())
+}
+
+/// Parses a pax time such as `1700000000` or `1700000000.25`.
+fn parse_pax_time(value: &[u8]) -> Step<TimeSpec> {
+    let text = std::str::from_utf8(value).map_err(|_| "invalid pax mtime")?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs
+        .parse()
+        .map_err(|_| format!("invalid pax mtime `{text}`"))?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        let n: i64 = digits
+            .parse()
+            .map_err(|_| format!("invalid pax mtime `{text}`"))?;
+        n * 10_i64.pow(9 - digits.len() as u32)
+    };
+    Ok(TimeSpec::new(secs, nanos))
+}
+
+fn device_numbers(header: &tar::Header) -> Step<(u32, u32)> {
+    let major = header
+        .device_major()
+        .map_err(|e| format!("invalid device major: {e}"))?
+        .unwrap_or(0);
+    let minor = header
+        .device_minor()
+        .map_err(|e| format!("invalid device minor: {e}"))?
+        .unwrap_or(0);
+    Ok((major, minor))
+}
+
+/// Owner, then mode (chown clears set-id bits), then xattrs (chown clears capabilities).
+fn set_dir_meta(dir: &OwnedFd, meta: &Meta, stats: &mut UnpackStats) -> Step<()> {
+    fchown(
+        dir.as_raw_fd(),
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| format!("setting the owner: {e}"))?;
+    fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(meta.mode))
+        .map_err(|e| format!("setting the mode: {e}"))?;
+    set_xattrs(XattrTarget::Fd(dir), &meta.xattrs, stats)
+}
+
+fn make_file<R: Read>(
+    parent: &OwnedFd,
+    name: &OsStr,
+    data: &mut R,
+    meta: &Meta,
+    stats: &mut UnpackStats,
+) -> Step<()> {
+    fsutil::remove_at(parent, name).map_err(|e| format!("replacing the existing entry: {e}"))?;
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let raw = nix::fcntl::openat(
+        Some(parent.as_raw_fd()),
+        name,
+        flags,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| format!("creating the file: {e}"))?;
+    // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(raw) };
+    io::copy(data, &mut file).map_err(|e| format!("writing the file: {e}"))?;
+    let fd = file.as_raw_fd();
+    fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| format!("setting the owner: {e}"))?;
+    fchmod(fd, Mode::from_bits_truncate(meta.mode))
+        .map_err(|e| format!("setting the mode: {e}"))?;
+    let owned = OwnedFd::from(file);
+    set_xattrs(XattrTarget::Fd(&owned), &meta.xattrs, stats)?;
+    futimens(owned.as_raw_fd(), &meta.mtime, &meta.mtime)
+        .map_err(|e| format!("setting the mtime: {e}"))
+}
+
+fn make_symlink(
+    parent: &OwnedFd,
+    name: &OsStr,
+    target: &[u8],
+    meta: &Meta,
+    stats: &mut UnpackStats,
+) -> Step<()> {
+    fsutil::remove_at(parent, name).map_err(|e| format!("replacing the existing entry: {e}"))?;
+    symlinkat(OsStr::from_bytes(target), Some(parent.as_raw_fd()), name)
+        .map_err(|e| format!("creating the symlink: {e}"))?;
+    set_link_meta(parent, name, meta, false, stats)
+}
+
+fn make_node(
+    parent: &OwnedFd,
+    name: &OsStr,
+    kind: EntryType,
+    dev: libc::dev_t,
+    meta: &Meta,
+    stats: &mut UnpackStats,
+) -> Step<()> {
+    fsutil::remove_at(parent, name).map_err(|e| format!("replacing the existing entry: {e}"))?;
+    let flag = match kind {
+        EntryType::Char => SFlag::S_IFCHR,
+        EntryType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFIFO,
+    };
+    mknodat(
+        Some(parent.as_raw_fd()),
+        name,
+        flag,
+        Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .map_err(|e| format!("creating the node: {e}"))?;
+    set_link_meta(parent, name, meta, true, stats)
+}
+
+/// Metadata of an entry that cannot be opened (symlink, device, FIFO), set by name.
+fn set_link_meta(
+    parent: &OwnedFd,
+    name: &OsStr,
+    meta: &Meta,
+    chmod: bool,
+    stats: &mut UnpackStats,
+) -> Step<()> {
+    let dirfd = Some(parent.as_raw_fd());
+    fchownat(
+        dirfd,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| format!("setting the owner: {e}"))?;
+    if chmod {
+        fchmodat(
+            dirfd,
+            name,
+            Mode::from_bits_truncate(meta.mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| format!("setting the mode: {e}"))?;
+    }
+    set_xattrs(XattrTarget::Name(parent, name), &meta.xattrs, stats)?;
+    utimensat(
+        dirfd,
+        name,
+        &meta.mtime,
+        &meta.mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| format!("setting the mtime: {e}"))
+}
+
+enum XattrTarget<'a> {
+    Fd(&'a OwnedFd),
+    /// By name under a directory, not following a final symlink.
+    Name(&'a OwnedFd, &'a OsStr),
+}
+
+fn set_xattrs(
+    target: XattrTarget<'_>,
+    xattrs: &[(CString, Vec<u8>)],
+    stats: &mut UnpackStats,
+) -> Step<()> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let proc_path = match target {
+        XattrTarget::Fd(_) => None,
+        XattrTarget::Name(dir, name) => {
+            let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            path.extend_from_slice(name.as_bytes());
+            Some(CString::new(path).map_err(|_| "file name contains NUL")?)
+        }
+    };
+    for (key, value) in xattrs {
+        // SAFETY: the pointers come from live CStrings and a live buffer of the given length.
+        let rc = unsafe {
+            match (&target, &proc_path) {
+                (XattrTarget::Fd(fd), _) => libc::fsetxattr(
+                    fd.as_raw_fd(),
+                    key.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                ),
+                (_, Some(path)) => libc::lsetxattr(
+                    path.as_ptr(),
+                    key.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                ),
+                (_, None) => 0,
+            }
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOTSUP) {
+                stats.skipped_xattrs += 1;
+                continue;
+            }
+            return Err(format!(
+                "setting extended attribute `{}`: {err}",
+                key.to_string_lossy()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_refuses_escapes() {
+        assert!(normalize(b"/etc/passwd").is_err());
+        assert!(normalize(b"a/../../x").is_err());
+        assert!(normalize(b"..").is_err());
+        assert_eq!(
+            normalize(b"./a//b/./c").unwrap(),
+            vec![
+                OsString::from("a"),
+                OsString::from("b"),
+                OsString::from("c")
+            ]
+        );
+        assert!(normalize(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pax_times_keep_fractions() {
+        assert_eq!(
+            parse_pax_time(b"12.5").unwrap(),
+            TimeSpec::new(12, 500_000_000)
+        );
+        assert_eq!(parse_pax_time(b"7").unwrap(), TimeSpec::new(7, 0));
+        assert!(parse_pax_time(b"x").is_err());
+    }
+}
