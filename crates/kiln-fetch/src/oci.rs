@@ -148,35 +148,36 @@ async fn pull(
         .pull_manifest(&target, &registry.auth)
         .await
         .map_err(|e| registry.error(text, "pulling the manifest", e))?;
-    let image =
-        match manifest {
-            OciManifest::Image(image) => image,
-            OciManifest::ImageIndex(index) => {
-                let entry = select_platform(text, &index)?;
-                let _ = writeln!(
-                    progress,
-                    "image index {digest}: using {} manifest {}",
-                    platform_name(),
-                    entry.digest
-                );
-                let by_digest = registry.by_digest(&reference.repository, &entry.digest);
-                match registry
-                    .client
-                    .pull_manifest(&by_digest, &registry.auth)
-                    .await
-                {
-                    Ok((OciManifest::Image(image), _)) => image,
-                    Ok((OciManifest::ImageIndex(_), _)) => return Err(FetchError::base(
+    let image = match manifest {
+        OciManifest::Image(image) => image,
+        OciManifest::ImageIndex(index) => {
+            let entry = select_platform(text, &index)?;
+            let _ = writeln!(
+                progress,
+                "image index {digest}: using {} manifest {}",
+                platform_name(),
+                entry.digest
+            );
+            let by_digest = registry.by_digest(&reference.repository, &entry.digest);
+            match registry
+                .client
+                .pull_manifest(&by_digest, &registry.auth)
+                .await
+            {
+                Ok((OciManifest::Image(image), _)) => image,
+                Ok((OciManifest::ImageIndex(_), _)) => {
+                    return Err(FetchError::base(
                         text,
                         format!(
                             "the index entry {} is itself an index; kiln needs an image manifest",
                             entry.digest
                         ),
-                    )),
-                    Err(e) => return Err(registry.error(text, "pulling the platform manifest", e)),
+                    ))
                 }
+                Err(e) => return Err(registry.error(text, "pulling the platform manifest", e)),
             }
-        };
+        }
+    };
     let compressions = layer_compressions(text, &image)?;
     let config = pull_config(text, registry, &target, &image).await?;
     let count = image.layers.len();

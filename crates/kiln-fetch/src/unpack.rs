@@ -163,7 +163,8 @@ impl Unpacker {
                 make_symlink(&parent, name, &target, &meta, &mut self.stats)?;
             }
             EntryType::Link => {
-                let target = normalize(&entry.link_name_bytes().ok_or("hard link without a target")?)?;
+                let raw = entry.link_name_bytes().ok_or("hard link without a target")?.into_owned();
+                let target = normalize(&raw).map_err(|e| format!("hard link target `{}`: {e}", String::from_utf8_lossy(&raw)))?;
                 self.make_hardlink(&parent, name, &comps, &target)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
