@@ -45,3 +45,8 @@ pub fn parse_file(text: &str, file: &str) -> Result<Spec, SpecError> {
 pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }
+
+/// Prints one op on a single line, the way build output names a step.
+pub fn print_op(op: &Op) -> String {
+    print::print_op_line(op)
+}

@@ -295,6 +295,15 @@ pub(crate) fn quote(text: &str) -> String {
     out
 }
 
+/// Prints one op on a single line, as build logs show it (`(run (shell "make"))`).
+pub(crate) fn print_op_line(op: &Op) -> String {
+    let mut out = Printer {
+        text: String::new(),
+    };
+    out.flat(&op_doc(op));
+    out.text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +322,26 @@ mod tests {
         assert_eq!(quote("c:\\x"), "\"c:\\\\x\"");
         assert_eq!(quote("\x01\x7f\x08\t\r"), "\"\\001\\127\\b\\t\\r\"");
         assert_eq!(quote("café"), "\"café\"");
+    }
+
+    #[test]
+    fn op_lines_stay_on_one_line_however_long() {
+        let run = Op::Run(crate::Run {
+            network: vec!["host".into()],
+            shell: format!("echo {}\nexit 0", "x".repeat(100)),
+            ..Default::default()
+        });
+        let line = print_op_line(&run);
+        assert_eq!(
+            line,
+            format!(
+                "(run (network host) (shell \"echo {}\\nexit 0\"))",
+                "x".repeat(100)
+            )
+        );
+        assert_eq!(
+            print_op_line(&Op::Env("A".into(), "".into())),
+            "(env A \"\")"
+        );
     }
 }
