@@ -2,11 +2,12 @@
 //! (`openat2` with `RESOLVE_IN_ROOT`), so a symlink in an image cannot aim a mount or a
 //! mkdir at the host. Mounts then target `/proc/self/fd/N` of the resolved file.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{mkdirat, Mode};
+use nix::fcntl::{openat, openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 
 use super::step::{Step, StepError};
 use super::traces::Traces;
@@ -36,34 +37,51 @@ pub(crate) fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// Most symlinks followed while creating one mountpoint (as the kernel's ELOOP limit).
+const MAX_SYMLINKS: usize = 40;
+
 /// Resolves `target` inside `root`, creating missing directories (and, for
-/// [`Kind::File`], the final file). When `traces` is given, everything created is
-/// recorded there so it can be removed after the run.
+/// [`Kind::File`], the final file). A dangling symlink on the way is followed inside the
+/// root and its target created. When `traces` is given, everything created is recorded
+/// there so it can be removed after the run.
 pub(crate) fn ensure(
     root: BorrowedFd<'_>,
     target: &str,
     kind: Kind,
     mut traces: Option<&mut Traces>,
 ) -> Result<OwnedFd, StepError> {
-    let components: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    let mut pending = components(target);
     let mut prefix = String::new();
-    for (i, name) in components.iter().enumerate() {
-        let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
-        let last = i + 1 == components.len();
+    let mut symlinks = 0;
+    while let Some(name) = pending.pop_front() {
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let last = pending.is_empty();
         match resolve(root, &path) {
             Ok(fd) if last => return Ok(fd),
             Ok(_) => {}
             Err(Errno::ENOENT) => {
                 let parent = resolve(root, &prefix).step(|| format!("resolve /{prefix} in the root"))?;
+                if let Some(link) = dangling_symlink(&parent, &name).step(|| format!("inspect /{path}"))? {
+                    symlinks += 1;
+                    if symlinks > MAX_SYMLINKS {
+                        return Err(StepError(format!("resolve {target} in the root: too many symlinks")));
+                    }
+                    // Go on from the link's target: absolute ones start again at the root.
+                    let mut next = components(&link);
+                    next.extend(pending.drain(..));
+                    pending = next;
+                    if link.starts_with('/') {
+                        prefix.clear();
+                    }
+                    continue;
+                }
                 let as_dir = !(last && kind == Kind::File);
                 if let Some(traces) = traces.as_deref_mut() {
                     traces.before_create(&parent)?;
                 }
-                create(&parent, name, as_dir).step(|| {
-                    format!("create mountpoint /{path} for {target} (a dangling symlink in the way?)")
-                })?;
+                create(&parent, &name, as_dir).step(|| format!("create mountpoint /{path} for {target}"))?;
                 if let Some(traces) = traces.as_deref_mut() {
-                    traces.created(&parent, name, as_dir)?;
+                    traces.created(&parent, &name, as_dir)?;
                 }
                 if last {
                     return resolve(root, &path).step(|| format!("open created mountpoint {target}"));
@@ -74,6 +92,24 @@ pub(crate) fn ensure(
         prefix = path;
     }
     resolve(root, ".").step(|| "open the root".to_string())
+}
+
+fn components(path: &str) -> VecDeque<String> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
+}
+
+/// The target of `name` in `parent` if it is a symlink (the caller found it dangling).
+fn dangling_symlink(parent: &OwnedFd, name: &str) -> Result<Option<String>, Errno> {
+    let st = match fstatat(Some(parent.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFLNK {
+        return Ok(None);
+    }
+    let link = readlinkat(Some(parent.as_raw_fd()), name)?;
+    link.into_string().map(Some).map_err(|_| Errno::EILSEQ)
 }
 
 fn create(parent: &OwnedFd, name: &str, as_dir: bool) -> Result<(), Errno> {

@@ -70,9 +70,9 @@ fn supervise() -> Result<i32, StepError> {
 /// SIGKILL when kiln dies; exit at once if it already has. The thread that spawned us must
 /// live as long as we do: `Sandbox::run` blocks in it until we exit.
 fn die_with_kiln() -> Result<(), StepError> {
-    let expected = std::env::args()
+    let expected = std::env::args_os()
         .nth(2)
-        .and_then(|pid| pid.parse::<i32>().ok())
+        .and_then(|pid| pid.to_str()?.parse::<i32>().ok())
         .ok_or_else(|| StepError("the sandbox init was started without kiln's pid; only kiln starts it".into()))?;
     set_pdeathsig(Signal::SIGKILL).step(|| "set the parent-death signal".to_string())?;
     if getppid() != Pid::from_raw(expected) {

@@ -311,3 +311,83 @@ pub fn layers_stack_and_paths_are_escaped(fx: &Fixture) -> TestResult {
     check!(out == "a\n0\n", "output: {out:?}");
     Ok(())
 }
+
+/// Targets inside /tmp and /dev get their mountpoints in those tmpfs mounts, not the layer.
+pub fn mounts_inside_tmp_and_dev(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let cache = layer.dir.path().join("cache");
+    std::fs::create_dir(&cache).map_err(|e| e.to_string())?;
+    let mut s = spec(fx.root(&layer), "cat /tmp/s; echo; cat /dev/kiln/s2; echo; echo c > /tmp/cache/c");
+    s.secrets.push(Secret { target: "/tmp/s".into(), value: b"one".to_vec() });
+    s.secrets.push(Secret { target: "/dev/kiln/s2".into(), value: b"two".to_vec() });
+    s.mounts.push(BindMount { source: cache.clone(), target: "/tmp/cache".into(), readonly: false });
+    let out = run_ok(&s)?;
+    check!(out == "one\ntwo\n", "output: {out:?}");
+    check!(cache.join("c").exists(), "cache write lost");
+    check!(layer.contents().is_empty(), "upper: {:?}", layer.contents());
+    Ok(())
+}
+
+/// A symlink in the image pointing at a host path cannot aim a mount at the host: targets
+/// resolve inside the root (here the link dangles there, so its target is created inside).
+pub fn symlinks_cannot_escape_the_root(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let host_dir = layer.dir.path().join("host");
+    std::fs::create_dir(&host_dir).map_err(|e| e.to_string())?;
+    let evil = layer.dir.path().join("evil");
+    std::fs::create_dir_all(evil.join("etc")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&host_dir, evil.join("etc/evil")).map_err(|e| e.to_string())?;
+    let root = layer.overlay(&[evil, fx.lower.clone()]);
+    let mut s = spec(root, "cat /etc/evil/token");
+    s.secrets.push(Secret { target: "/etc/evil/token".into(), value: b"inside".to_vec() });
+    let out = run_ok(&s)?;
+    check!(out == "inside", "output: {out:?}");
+    check!(tree(&host_dir).is_empty(), "the host directory was written: {:?}", tree(&host_dir));
+    check!(layer.contents().is_empty(), "upper: {:?}", layer.contents());
+    Ok(())
+}
+
+/// Several sandboxes at once (the builder runs steps in parallel) do not hold each other's
+/// pipes open or mix their output.
+pub fn concurrent_runs_are_independent(fx: &Fixture) -> TestResult {
+    let layers: Vec<_> = (0..4).map(|_| fx.layer()).collect();
+    let specs: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| spec(fx.root(layer), &format!("seq 1 {} | wc -l; echo {i} > /id", 1000 * (i + 1))))
+        .collect();
+    let outputs = std::thread::scope(|scope| {
+        let handles: Vec<_> = specs.iter().map(|s| scope.spawn(move || run_ok(s))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into()))).collect::<Vec<_>>()
+    });
+    for (i, (out, layer)) in outputs.into_iter().zip(&layers).enumerate() {
+        let out = out?;
+        check!(out == format!("{}\n", 1000 * (i + 1)), "run {i}: {out:?}");
+        let id = std::fs::read_to_string(layer.upper.join("id")).unwrap_or_default();
+        check!(id == format!("{i}\n"), "run {i} wrote {id:?}");
+    }
+    Ok(())
+}
+
+/// Set-up failures in the supervisor and in pid 1 name the step, and leave no mountpoints.
+pub fn failed_setup_cleans_up(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let mut s = spec(fx.root(&layer), "true");
+    s.secrets.push(Secret { target: "/etc/passwd/x".into(), value: b"v".to_vec() });
+    match run(&s) {
+        Err(SandboxError::Setup(m)) => check!(m.contains("/etc/passwd/x") && m.contains("ENOTDIR"), "message: {m}"),
+        other => return Err(format!("expected a set-up error, got {other:?}")),
+    }
+    check!(layer.contents().is_empty(), "upper after a supervisor failure: {:?}", layer.contents());
+
+    let file = layer.dir.path().join("file");
+    std::fs::write(&file, "f").map_err(|e| e.to_string())?;
+    let mut s = spec(fx.root(&layer), "true");
+    s.mounts.push(BindMount { source: file, target: "/etc".into(), readonly: false });
+    match run(&s) {
+        Err(SandboxError::Setup(m)) => check!(m.contains("bind-mount") && m.contains("at /etc"), "message: {m}"),
+        other => return Err(format!("expected a set-up error, got {other:?}")),
+    }
+    check!(layer.contents().is_empty(), "upper after a pid 1 failure: {:?}", layer.contents());
+    Ok(())
+}

@@ -40,7 +40,11 @@ const TESTS: &[Test] = &[
     ("cache_bind_writable_and_read_only", behaviour::cache_bind_writable_and_read_only),
     ("fast_sync_filter", behaviour::fast_sync_filter),
     ("setup_failure_names_the_step", behaviour::setup_failure_names_the_step),
+    ("failed_setup_cleans_up", behaviour::failed_setup_cleans_up),
     ("layers_stack_and_paths_are_escaped", behaviour::layers_stack_and_paths_are_escaped),
+    ("mounts_inside_tmp_and_dev", behaviour::mounts_inside_tmp_and_dev),
+    ("symlinks_cannot_escape_the_root", behaviour::symlinks_cannot_escape_the_root),
+    ("concurrent_runs_are_independent", behaviour::concurrent_runs_are_independent),
     ("background_process_is_killed_and_run_returns", lifecycle::background_process_is_killed_and_run_returns),
     ("sigint_to_the_process_group_ends_the_sandbox", lifecycle::sigint_to_the_process_group_ends_the_sandbox),
     ("killed_kiln_leaves_no_sandbox", lifecycle::killed_kiln_leaves_no_sandbox),
@@ -80,6 +84,7 @@ fn main() {
             }
         }
     }
+    drop(fixture); // exit() below skips destructors; remove the temp dirs now
     println!("total {} ms", started.elapsed().as_millis());
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
