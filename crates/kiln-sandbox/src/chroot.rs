@@ -72,7 +72,12 @@ impl Sandbox for NamespaceSandbox {
         validate::check(spec)?;
         let json = serde_json::to_vec(spec)
             .map_err(|e| SandboxError::Setup(format!("encode the run spec: {e}")))?;
-        let Started { mut child, spec_in, output_out, status_out } = self.start()?;
+        let Started {
+            mut child,
+            spec_in,
+            output_out,
+            status_out,
+        } = self.start()?;
         // The init reads the whole spec before doing anything else. If it died early the
         // write fails with EPIPE; the status channel then explains.
         let _ = File::from(spec_in).write_all(&json);
@@ -80,9 +85,12 @@ impl Sandbox for NamespaceSandbox {
         if pumped.is_err() {
             let _ = child.kill(); // the parent-death signals take the rest down
         }
-        let exit = child
-            .wait()
-            .map_err(|e| SandboxError::sys(format!("wait for the sandbox init {}", self.exe.display()), e))?;
+        let exit = child.wait().map_err(|e| {
+            SandboxError::sys(
+                format!("wait for the sandbox init {}", self.exe.display()),
+                e,
+            )
+        })?;
         match verdict(&pumped?) {
             Verdict::Interrupted(signal) => Err(SandboxError::Interrupted { signal }),
             Verdict::Setup(message) => Err(SandboxError::Setup(message)),
@@ -105,7 +113,8 @@ impl NamespaceSandbox {
     /// [`STATUS_FD`], stdin from /dev/null and stdout+stderr into one output pipe.
     fn start(&self) -> Result<Started, SandboxError> {
         let pipe = |what: &str| {
-            pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::sys(format!("create the {what} pipe"), e))
+            pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| SandboxError::sys(format!("create the {what} pipe"), e))
         };
         let (output_out, output_in) = pipe("output")?;
         let (spec_out, spec_in) = pipe("spec")?;
@@ -141,7 +150,12 @@ impl NamespaceSandbox {
             SandboxError::sys(format!("start the sandbox init {}", self.exe.display()), e)
         })?;
         drop(command); // closes our copies of the output pipe's write end
-        Ok(Started { child, spec_in, output_out, status_out })
+        Ok(Started {
+            child,
+            spec_in,
+            output_out,
+            status_out,
+        })
     }
 
     fn silent_init(&self, exit: ExitStatus) -> SandboxError {
@@ -162,7 +176,11 @@ fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
 
 /// Copies the output pipe to `output` as bytes arrive and collects the status channel,
 /// until both are closed (every sandbox process is gone). Returns the status bytes.
-fn pump(output_out: &OwnedFd, status_out: &OwnedFd, output: &mut dyn Write) -> Result<Vec<u8>, SandboxError> {
+fn pump(
+    output_out: &OwnedFd,
+    status_out: &OwnedFd,
+    output: &mut dyn Write,
+) -> Result<Vec<u8>, SandboxError> {
     let mut status = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let (mut output_open, mut status_open) = (true, true);
@@ -178,7 +196,10 @@ fn pump(output_out: &OwnedFd, status_out: &OwnedFd, output: &mut dyn Write) -> R
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(SandboxError::sys("wait for sandbox output", e)),
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
         let mut ready = ready.into_iter();
         if output_open && ready.next() == Some(true) {
             match read_some(output_out, &mut buf)? {
@@ -228,7 +249,14 @@ fn fd_is_open(fd: RawFd) -> bool {
 fn close_fds_from(first: RawFd) -> Result<(), Errno> {
     let first = libc::c_uint::try_from(first).map_err(|_| Errno::EBADF)?;
     // SAFETY: close_range only closes descriptors; nothing in this process uses them.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0 as libc::c_uint) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
     match Errno::result(rc) {
         Ok(_) => Ok(()),
         Err(Errno::ENOSYS) => close_listed_fds(first as RawFd),

@@ -3,7 +3,10 @@
 pub enum SandboxError {
     /// A system call made by kiln itself failed; `what` names the operation and its path.
     #[error("{what}: {source}")]
-    Sys { what: String, source: std::io::Error },
+    Sys {
+        what: String,
+        source: std::io::Error,
+    },
     /// The sandbox could not be set up (or cleaned up); the message names the failing step.
     #[error("sandbox set-up failed: {0}")]
     Setup(String),
@@ -13,7 +16,11 @@ pub enum SandboxError {
          bytes the kernel accepts in one mount call: the layer chain is too deep or its paths \
          too long; flatten the chain (commit a flat layer) or use shorter layer paths"
     )]
-    ChainTooLong { layers: usize, bytes: usize, max: usize },
+    ChainTooLong {
+        layers: usize,
+        bytes: usize,
+        max: usize,
+    },
     /// The sandbox was stopped because kiln received this signal (e.g. SIGINT from Ctrl-C);
     /// the command and everything it started were killed.
     #[error("sandbox interrupted by signal {signal}; the command was killed")]
@@ -22,6 +29,9 @@ pub enum SandboxError {
 
 impl SandboxError {
     pub fn sys(what: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
-        SandboxError::Sys { what: what.into(), source: source.into() }
+        SandboxError::Sys {
+            what: what.into(),
+            source: source.into(),
+        }
     }
 }

@@ -36,7 +36,11 @@ pub fn maybe_run_init() {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum RootFs {
     /// overlayfs: `lower` topmost first (from `Store::chain`), writes go to `upper` using `work`.
-    Overlay { lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf },
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
     /// A complete tree used directly, read-write (flattened layers).
     Dir(PathBuf),
 }

@@ -38,15 +38,24 @@ const RW_OVERLAY_OPTIONS: &str = "index=off,redirect_dir=off,metacopy=off,uuid=o
 /// will make and use the mounts: in a multi-threaded process only the calling thread moves.
 pub fn enter_private_mount_namespace() -> Result<(), SandboxError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
-        SandboxError::sys("unshare(CLONE_NEWNS): kiln needs root (CAP_SYS_ADMIN) to mount", e)
+        SandboxError::sys(
+            "unshare(CLONE_NEWNS): kiln needs root (CAP_SYS_ADMIN) to mount",
+            e,
+        )
     })?;
     make_root_private()
 }
 
 /// Marks every mount under `/` private, so our mounts do not propagate to the host.
 pub(crate) fn make_root_private() -> Result<(), SandboxError> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| SandboxError::sys("make / recursively private (mount --make-rprivate /)", e))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| SandboxError::sys("make / recursively private (mount --make-rprivate /)", e))
 }
 
 /// A mount that is detached (`umount2(MNT_DETACH)`) when dropped; the mountpoint
@@ -103,7 +112,11 @@ fn remove_created(created: &[PathBuf]) -> Result<(), SandboxError> {
 /// or a bind mount of a flat tree.
 pub fn mount_root(root: &RootFs, target: &Path) -> Result<MountGuard, SandboxError> {
     let created = create_dirs(target)?;
-    let mut guard = MountGuard { path: target.to_path_buf(), created, mounted: false };
+    let mut guard = MountGuard {
+        path: target.to_path_buf(),
+        created,
+        mounted: false,
+    };
     match root {
         RootFs::Overlay { lower, upper, work } => {
             mount_overlay(lower, Some((upper, work)), target, MsFlags::empty())?
@@ -128,7 +141,11 @@ pub fn mount_lower_readonly(lower: &[PathBuf], target: &Path) -> Result<MountGua
         _ => None,
     };
     let created = create_dirs(target)?;
-    let mut guard = MountGuard { path: target.to_path_buf(), created, mounted: false };
+    let mut guard = MountGuard {
+        path: target.to_path_buf(),
+        created,
+        mounted: false,
+    };
     match single {
         Some(dir) => {
             bind(dir, target, MsFlags::empty())?;
@@ -162,8 +179,18 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, SandboxError> {
 
 /// Bind-mounts `source` at `target` (not recursive).
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), SandboxError> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>).map_err(|e| {
-        SandboxError::sys(format!("bind-mount {} at {}", source.display(), target.display()), e)
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        SandboxError::sys(
+            format!("bind-mount {} at {}", source.display(), target.display()),
+            e,
+        )
     })
 }
 
@@ -183,7 +210,14 @@ pub(crate) fn mount_overlay(
     flags: MsFlags,
 ) -> Result<(), SandboxError> {
     let options = overlay_options(lower, upper_work)?;
-    mount(Some("overlay"), target, Some("overlay"), flags, Some(options.as_os_str())).map_err(|e| {
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(options.as_os_str()),
+    )
+    .map_err(|e| {
         SandboxError::Setup(format!(
             "mount overlay at {} ({}): {e}; check that every layer directory exists, that \
              upper and work dirs are on the same filesystem, and that the kernel has overlayfs \
@@ -224,7 +258,11 @@ pub(crate) fn overlay_options(
     }
     let max = page_size() - 1; // the kernel needs the terminating NUL inside the page
     if out.len() > max {
-        return Err(SandboxError::ChainTooLong { layers: lower.len(), bytes: out.len(), max });
+        return Err(SandboxError::ChainTooLong {
+            layers: lower.len(),
+            bytes: out.len(),
+            max,
+        });
     }
     Ok(OsString::from_vec(out))
 }
@@ -266,15 +304,22 @@ mod tests {
     #[test]
     fn read_only_options_have_only_lowerdirs() {
         let lower = vec![PathBuf::from("/a"), PathBuf::from("/b")];
-        assert_eq!(overlay_options(&lower, None).unwrap().to_str().unwrap(), "lowerdir=/a:/b");
+        assert_eq!(
+            overlay_options(&lower, None).unwrap().to_str().unwrap(),
+            "lowerdir=/a:/b"
+        );
     }
 
     #[test]
     fn options_longer_than_a_page_ask_for_flattening() {
-        let lower: Vec<PathBuf> =
-            (0..400).map(|i| PathBuf::from(format!("/store/result/{i:020}"))).collect();
+        let lower: Vec<PathBuf> = (0..400)
+            .map(|i| PathBuf::from(format!("/store/result/{i:020}")))
+            .collect();
         let err = overlay_options(&lower, None).unwrap_err();
-        assert!(matches!(err, SandboxError::ChainTooLong { layers: 400, .. }), "{err}");
+        assert!(
+            matches!(err, SandboxError::ChainTooLong { layers: 400, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("flatten"), "{err}");
     }
 

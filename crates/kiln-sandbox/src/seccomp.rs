@@ -44,15 +44,34 @@ pub(crate) fn fast_sync_program() -> Result<BpfProgram, String> {
             std::env::consts::ARCH
         )
     })?;
-    let rules = SYNC_SYSCALLS.iter().map(|&nr| (nr, Vec::new())).collect::<BTreeMap<_, _>>();
+    let rules = SYNC_SYSCALLS
+        .iter()
+        .map(|&nr| (nr, Vec::new()))
+        .collect::<BTreeMap<_, _>>();
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(0), arch)
         .map_err(|e| format!("build the fast_sync seccomp filter: {e}"))?;
-    let native: BpfProgram =
-        filter.try_into().map_err(|e| format!("compile the fast_sync seccomp filter: {e}"))?;
+    let native: BpfProgram = filter
+        .try_into()
+        .map_err(|e| format!("compile the fast_sync seccomp filter: {e}"))?;
     let mut program = vec![
-        sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: SECCOMP_DATA_ARCH_OFFSET },
-        sock_filter { code: BPF_JMP_JEQ_K, jt: 1, jf: 0, k: audit_arch },
-        sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
+        sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_DATA_ARCH_OFFSET,
+        },
+        sock_filter {
+            code: BPF_JMP_JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: audit_arch,
+        },
+        sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
     ];
     program.extend(native);
     Ok(program)

@@ -47,7 +47,8 @@ fn prepare(spec: &RunSpec) -> Result<(), StepError> {
     setgroups(&[]).step(|| "drop supplementary groups".to_string())?;
     setgid(gid).step(|| format!("set gid {gid}"))?;
     setuid(uid).step(|| format!("set uid {uid}"))?;
-    chdir(spec.cwd.as_str()).step(|| format!("enter the working directory {} as uid {uid}", spec.cwd))
+    chdir(spec.cwd.as_str())
+        .step(|| format!("enter the working directory {} as uid {uid}", spec.cwd))
 }
 
 /// Default dispositions and an empty mask: kiln (a Rust program) ignores SIGPIPE, and
@@ -73,7 +74,8 @@ fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), StepError> {
         missing.push(dir.to_path_buf());
     }
     for dir in missing.iter().rev() {
-        std::fs::create_dir(dir).step(|| format!("create the working directory {}", dir.display()))?;
+        std::fs::create_dir(dir)
+            .step(|| format!("create the working directory {}", dir.display()))?;
         chown(dir, Some(uid), Some(gid)).step(|| format!("give {} to uid {uid}", dir.display()))?;
     }
     Ok(())
@@ -83,7 +85,10 @@ fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), StepError> {
 /// after printing the shell-like reason to stderr (the step's output).
 fn exec_argv(spec: &RunSpec) -> i32 {
     let argv0 = spec.argv[0].as_str();
-    let (argv, env) = match (c_strings(spec.argv.iter().map(String::as_str)), environment(&spec.env)) {
+    let (argv, env) = match (
+        c_strings(spec.argv.iter().map(String::as_str)),
+        environment(&spec.env),
+    ) {
         (Ok(argv), Ok(env)) => (argv, env),
         _ => {
             eprintln!("kiln: {argv0}: argument or environment contains a NUL byte");
@@ -96,10 +101,15 @@ fn exec_argv(spec: &RunSpec) -> i32 {
         search_path(argv0, path_of(&spec.env), &argv, &env)
     };
     let (code, reason) = match error {
-        Errno::ENOENT | Errno::ENOTDIR if !argv0.contains('/') => (NOT_FOUND, "command not found".to_string()),
+        Errno::ENOENT | Errno::ENOTDIR if !argv0.contains('/') => {
+            (NOT_FOUND, "command not found".to_string())
+        }
         Errno::ENOENT | Errno::ENOTDIR => (NOT_FOUND, "No such file or directory".to_string()),
         Errno::EACCES => (CANNOT_EXECUTE, "Permission denied".to_string()),
-        Errno::ENOEXEC => (CANNOT_EXECUTE, "cannot execute: Exec format error".to_string()),
+        Errno::ENOEXEC => (
+            CANNOT_EXECUTE,
+            "cannot execute: Exec format error".to_string(),
+        ),
         other => (CANNOT_EXECUTE, format!("cannot execute: {}", other.desc())),
     };
     eprintln!("kiln: {argv0}: {reason}");
@@ -107,7 +117,10 @@ fn exec_argv(spec: &RunSpec) -> i32 {
 }
 
 fn path_of(env: &[(String, String)]) -> &str {
-    env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str())
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str())
 }
 
 /// Tries each PATH entry like execvp: a missing file moves on, a permission error is
@@ -116,7 +129,9 @@ fn search_path(name: &str, path: &str, argv: &[CString], env: &[CString]) -> Err
     let mut denied = false;
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
-        let Ok(candidate) = CString::new(format!("{dir}/{name}")) else { continue };
+        let Ok(candidate) = CString::new(format!("{dir}/{name}")) else {
+            continue;
+        };
         match try_exec(&candidate, argv, env) {
             Errno::ENOENT | Errno::ENOTDIR => {}
             Errno::EACCES => denied = true,
@@ -142,5 +157,7 @@ fn c_strings<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<CString>, s
 }
 
 fn environment(env: &[(String, String)]) -> Result<Vec<CString>, std::ffi::NulError> {
-    env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect()
+    env.iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect()
 }

@@ -54,17 +54,26 @@ pub(crate) fn ensure(
     let mut prefix = String::new();
     let mut symlinks = 0;
     while let Some(name) = pending.pop_front() {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let last = pending.is_empty();
         match resolve(root, &path) {
             Ok(fd) if last => return Ok(fd),
             Ok(_) => {}
             Err(Errno::ENOENT) => {
-                let parent = resolve(root, &prefix).step(|| format!("resolve /{prefix} in the root"))?;
-                if let Some(link) = dangling_symlink(&parent, &name).step(|| format!("inspect /{path}"))? {
+                let parent =
+                    resolve(root, &prefix).step(|| format!("resolve /{prefix} in the root"))?;
+                if let Some(link) =
+                    dangling_symlink(&parent, &name).step(|| format!("inspect /{path}"))?
+                {
                     symlinks += 1;
                     if symlinks > MAX_SYMLINKS {
-                        return Err(StepError(format!("resolve {target} in the root: too many symlinks")));
+                        return Err(StepError(format!(
+                            "resolve {target} in the root: too many symlinks"
+                        )));
                     }
                     // Go on from the link's target: absolute ones start again at the root.
                     let mut next = components(&link);
@@ -79,15 +88,21 @@ pub(crate) fn ensure(
                 if let Some(traces) = traces.as_deref_mut() {
                     traces.before_create(&parent)?;
                 }
-                create(&parent, &name, as_dir).step(|| format!("create mountpoint /{path} for {target}"))?;
+                create(&parent, &name, as_dir)
+                    .step(|| format!("create mountpoint /{path} for {target}"))?;
                 if let Some(traces) = traces.as_deref_mut() {
                     traces.created(&parent, &name, as_dir)?;
                 }
                 if last {
-                    return resolve(root, &path).step(|| format!("open created mountpoint {target}"));
+                    return resolve(root, &path)
+                        .step(|| format!("open created mountpoint {target}"));
                 }
             }
-            Err(e) => return Err(StepError(format!("resolve {target} (at /{path}) in the root: {e}"))),
+            Err(e) => {
+                return Err(StepError(format!(
+                    "resolve {target} (at /{path}) in the root: {e}"
+                )))
+            }
         }
         prefix = path;
     }
@@ -95,7 +110,10 @@ pub(crate) fn ensure(
 }
 
 fn components(path: &str) -> VecDeque<String> {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
 }
 
 /// The target of `name` in `parent` if it is a symlink (the caller found it dangling).
@@ -114,10 +132,20 @@ fn dangling_symlink(parent: &OwnedFd, name: &str) -> Result<Option<String>, Errn
 
 fn create(parent: &OwnedFd, name: &str, as_dir: bool) -> Result<(), Errno> {
     if as_dir {
-        return mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(0o755));
+        return mkdirat(
+            Some(parent.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o755),
+        );
     }
-    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-    let fd = openat(Some(parent.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o644))?;
+    let flags =
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let fd = openat(
+        Some(parent.as_raw_fd()),
+        name,
+        flags,
+        Mode::from_bits_truncate(0o644),
+    )?;
     // SAFETY: openat just returned this fd; wrapping it closes it.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(())

@@ -51,9 +51,14 @@ fn start(spec: &RunSpec, root: &Path, lifeline: OwnedFd) -> Result<i32, StepErro
     // A session of our own: no controlling terminal, and Ctrl-C on kiln's terminal reaches
     // only the supervisor, which then kills us (and with us the whole namespace).
     setsid().step(|| "start a new session".to_string())?;
-    unshare(CloneFlags::CLONE_NEWNS).step(|| "unshare the mount namespace for pid 1".to_string())?;
-    let root_fd = open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .step(|| format!("open the root {}", root.display()))?;
+    unshare(CloneFlags::CLONE_NEWNS)
+        .step(|| "unshare the mount namespace for pid 1".to_string())?;
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .step(|| format!("open the root {}", root.display()))?;
     // SAFETY: open just returned this fd; the OwnedFd closes it.
     let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
     rootfs::populate(root_fd.as_fd(), spec)?;
@@ -78,7 +83,8 @@ fn keep_only_needed_fds(lifeline: OwnedFd) -> Result<(), StepError> {
     } else {
         std::mem::forget(lifeline); // already where it belongs; LIFELINE_FD owns it
     }
-    super::close_fds_from(LIFELINE_FD + 1).step(|| "close inherited file descriptors".to_string())?;
+    super::close_fds_from(LIFELINE_FD + 1)
+        .step(|| "close inherited file descriptors".to_string())?;
     // dup2 cleared close-on-exec; the command must not inherit the lifeline.
     super::set_cloexec(LIFELINE_FD).step(|| "mark the lifeline close-on-exec".to_string())
 }
@@ -91,7 +97,10 @@ fn die_with_supervisor() -> Result<(), StepError> {
     let lifeline = unsafe { std::os::fd::BorrowedFd::borrow_raw(LIFELINE_FD) };
     let mut fds = [PollFd::new(lifeline, PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO).step(|| "check on the supervisor".to_string())?;
-    if fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN)) {
+    if fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN))
+    {
         std::process::exit(125);
     }
     Ok(())
@@ -129,7 +138,8 @@ fn reap(command: Pid) -> Result<i32, StepError> {
             Err(e) => return Err(StepError(format!("wait for the command: {e}"))),
         }
     }
-    let report = report.ok_or_else(|| StepError("the command vanished without an exit status".to_string()))?;
+    let report = report
+        .ok_or_else(|| StepError("the command vanished without an exit status".to_string()))?;
     let code = match report {
         Report::Exited(code) => code,
         Report::Signalled(sig) => 128 + sig,

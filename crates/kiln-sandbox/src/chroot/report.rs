@@ -31,7 +31,9 @@ impl Report {
     /// pipe by someone else cannot swallow it. Errors are ignored: if kiln is gone there
     /// is nobody to tell.
     pub(crate) fn send(&self) {
-        let Ok(json) = serde_json::to_string(self) else { return };
+        let Ok(json) = serde_json::to_string(self) else {
+            return;
+        };
         let line = format!("\n{json}\n");
         // SAFETY: writing a valid buffer to a raw fd; a closed fd just fails with EBADF.
         let written = unsafe { libc::write(STATUS_FD, line.as_ptr().cast(), line.len()) };
@@ -97,7 +99,11 @@ mod tests {
 
     #[test]
     fn setup_error_beats_status_and_first_one_is_kept() {
-        let bytes = lines(&[Report::Setup("a".into()), Report::Exited(125), Report::Setup("b".into())]);
+        let bytes = lines(&[
+            Report::Setup("a".into()),
+            Report::Exited(125),
+            Report::Setup("b".into()),
+        ]);
         assert_eq!(verdict(&bytes), Verdict::Setup("a".into()));
     }
 

@@ -41,19 +41,32 @@ impl PreparedRoot {
             RootFs::Overlay { lower, upper, work } => {
                 mount_overlay(lower, Some((upper, work)), &mountpoint, MsFlags::empty())?
             }
-            RootFs::Dir(_) => {
-                mount(Some(&mountpoint), &mountpoint, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .step(|| format!("bind-mount the root {} onto itself", mountpoint.display()))?
-            }
+            RootFs::Dir(_) => mount(
+                Some(&mountpoint),
+                &mountpoint,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .step(|| format!("bind-mount the root {} onto itself", mountpoint.display()))?,
         }
-        Ok(PreparedRoot { traces: Traces::new(mountpoint.clone(), real), mountpoint, mounted: true })
+        Ok(PreparedRoot {
+            traces: Traces::new(mountpoint.clone(), real),
+            mountpoint,
+            mounted: true,
+        })
     }
 
     /// Creates (and records) every mountpoint in the layer that pid 1 will need.
     pub(crate) fn create_mountpoints(&mut self, spec: &RunSpec) -> Result<(), StepError> {
         let merged = open_dir(&self.mountpoint)?;
         for (target, kind) in planned_mountpoints(spec)? {
-            ensure(std::os::fd::AsFd::as_fd(&merged), &target, kind, Some(&mut self.traces))?;
+            ensure(
+                std::os::fd::AsFd::as_fd(&merged),
+                &target,
+                kind,
+                Some(&mut self.traces),
+            )?;
         }
         Ok(())
     }
@@ -76,8 +89,12 @@ impl PreparedRoot {
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, StepError> {
-    let fd = open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .step(|| format!("open {}", path.display()))?;
+    let fd = open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .step(|| format!("open {}", path.display()))?;
     // SAFETY: open just returned this fd; the OwnedFd closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -89,12 +106,17 @@ fn inside_tmpfs(target: &str) -> bool {
 
 /// Every mountpoint that must exist in the layer itself.
 fn planned_mountpoints(spec: &RunSpec) -> Result<Vec<(String, Kind)>, StepError> {
-    let mut planned: Vec<(String, Kind)> =
-        ["/proc", "/dev", "/sys", "/tmp"].iter().map(|t| (t.to_string(), Kind::Dir)).collect();
+    let mut planned: Vec<(String, Kind)> = ["/proc", "/dev", "/sys", "/tmp"]
+        .iter()
+        .map(|t| (t.to_string(), Kind::Dir))
+        .collect();
     for bind in spec.mounts.iter().filter(|m| !inside_tmpfs(&m.target)) {
         let meta = std::fs::metadata(&bind.source)
             .step(|| format!("stat bind mount source {}", bind.source.display()))?;
-        planned.push((bind.target.clone(), if meta.is_dir() { Kind::Dir } else { Kind::File }));
+        planned.push((
+            bind.target.clone(),
+            if meta.is_dir() { Kind::Dir } else { Kind::File },
+        ));
     }
     for secret in spec.secrets.iter().filter(|s| !inside_tmpfs(&s.target)) {
         planned.push((secret.target.clone(), Kind::File));

@@ -38,7 +38,14 @@ pub(crate) fn populate(root: BorrowedFd<'_>, spec: &RunSpec) -> Result<(), StepE
     mount_dev(root)?;
     mount_sys(root, spec.host_network)?;
     let tmp = ensure(root, "/tmp", Kind::Dir, None)?;
-    mount_on(Some("tmpfs"), &tmp, "/tmp", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_on(
+        Some("tmpfs"),
+        &tmp,
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     for bind in &spec.mounts {
         mount_bind(root, bind)?;
     }
@@ -62,15 +69,29 @@ fn mount_on(
 }
 
 /// Bind-mounts the file or directory `source` (an fd) onto `target`.
-fn bind_on(source: &OwnedFd, what: &str, target: &OwnedFd, name: &str, flags: MsFlags) -> Result<(), StepError> {
-    mount(Some(fd_path(source).as_str()), fd_path(target).as_str(), None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
-        .step(|| format!("bind-mount {what} at {name}"))
+fn bind_on(
+    source: &OwnedFd,
+    what: &str,
+    target: &OwnedFd,
+    name: &str,
+    flags: MsFlags,
+) -> Result<(), StepError> {
+    mount(
+        Some(fd_path(source).as_str()),
+        fd_path(target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .step(|| format!("bind-mount {what} at {name}"))
 }
 
 /// Makes the bind mount now at `target` read-only, keeping its nosuid/nodev/noexec flags.
 fn make_read_only(root: BorrowedFd<'_>, target: &str, extra: MsFlags) -> Result<(), StepError> {
     let mounted = resolve(root, target).step(|| format!("open {target} after mounting it"))?;
-    let current = fstatvfs(&mounted).step(|| format!("statvfs {target}"))?.flags();
+    let current = fstatvfs(&mounted)
+        .step(|| format!("statvfs {target}"))?
+        .flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
     for (st, ms) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
@@ -81,18 +102,35 @@ fn make_read_only(root: BorrowedFd<'_>, target: &str, extra: MsFlags) -> Result<
             flags |= ms;
         }
     }
-    mount(None::<&str>, fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>)
-        .step(|| format!("remount {target} read-only"))
+    mount(
+        None::<&str>,
+        fd_path(&mounted).as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .step(|| format!("remount {target} read-only"))
 }
 
 fn mount_dev(root: BorrowedFd<'_>) -> Result<(), StepError> {
     let dev = ensure(root, "/dev", Kind::Dir, None)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
-    mount_on(Some("tmpfs"), &dev, "/dev", Some("tmpfs"), flags, Some("mode=755,size=65536k"))?;
+    mount_on(
+        Some("tmpfs"),
+        &dev,
+        "/dev",
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=65536k"),
+    )?;
     for name in DEVICES {
         let host = format!("/dev/{name}");
-        let node = open(host.as_str(), OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-            .step(|| format!("open the host's {host}"))?;
+        let node = open(
+            host.as_str(),
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .step(|| format!("open the host's {host}"))?;
         // SAFETY: open just returned this fd; the OwnedFd closes it.
         let node = unsafe { OwnedFd::from_raw_fd(node) };
         let target = ensure(root, &host, Kind::File, None)?;
@@ -100,13 +138,28 @@ fn mount_dev(root: BorrowedFd<'_>) -> Result<(), StepError> {
     }
     let pts = ensure(root, "/dev/pts", Kind::Dir, None)?;
     let data = "newinstance,ptmxmode=0666,mode=0620,gid=5";
-    mount_on(Some("devpts"), &pts, "/dev/pts", Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(data))?;
+    mount_on(
+        Some("devpts"),
+        &pts,
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(data),
+    )?;
     let shm = ensure(root, "/dev/shm", Kind::Dir, None)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_on(Some("shm"), &shm, "/dev/shm", Some("tmpfs"), flags, Some("mode=1777,size=65536k"))?;
+    mount_on(
+        Some("shm"),
+        &shm,
+        "/dev/shm",
+        Some("tmpfs"),
+        flags,
+        Some("mode=1777,size=65536k"),
+    )?;
     let dev = resolve(root, "/dev").step(|| "open /dev after mounting it".to_string())?;
     for (name, target) in DEV_LINKS {
-        symlinkat(target, Some(dev.as_raw_fd()), name).step(|| format!("create the symlink /dev/{name}"))?;
+        symlinkat(target, Some(dev.as_raw_fd()), name)
+            .step(|| format!("create the symlink /dev/{name}"))?;
     }
     Ok(())
 }
@@ -120,10 +173,18 @@ fn mount_sys(root: BorrowedFd<'_>, host_network: bool) -> Result<(), StepError> 
         Ok(()) => Ok(()),
         Err(e) if !host_network => Err(e),
         Err(_) => {
-            mount(Some("/sys"), fd_path(&sys).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .step(|| "bind-mount the host's /sys at /sys".to_string())?;
-            let mounted = resolve(root, "/sys").step(|| "open /sys after mounting it".to_string())?;
-            set_read_only_recursively(&mounted).step(|| "make /sys and its submounts read-only".to_string())
+            mount(
+                Some("/sys"),
+                fd_path(&sys).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .step(|| "bind-mount the host's /sys at /sys".to_string())?;
+            let mounted =
+                resolve(root, "/sys").step(|| "open /sys after mounting it".to_string())?;
+            set_read_only_recursively(&mounted)
+                .step(|| "make /sys and its submounts read-only".to_string())
         }
     }
 }
@@ -140,7 +201,12 @@ struct MountAttr {
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
 fn set_read_only_recursively(mount_root: &OwnedFd) -> Result<(), Errno> {
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     // SAFETY: an empty C string, a valid struct and its size; the kernel only reads them.
     let rc = unsafe {
         libc::syscall(
@@ -157,15 +223,30 @@ fn set_read_only_recursively(mount_root: &OwnedFd) -> Result<(), Errno> {
 
 fn mount_bind(root: BorrowedFd<'_>, bind: &BindMount) -> Result<(), StepError> {
     let source_name = bind.source.display().to_string();
-    let source = open(&bind.source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .step(|| format!("open bind mount source {source_name}"))?;
+    let source = open(
+        &bind.source,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .step(|| format!("open bind mount source {source_name}"))?;
     // SAFETY: open just returned this fd; the OwnedFd closes it.
     let source = unsafe { OwnedFd::from_raw_fd(source) };
     let is_dir = fstat(source.as_raw_fd())
         .step(|| format!("stat bind mount source {source_name}"))
         .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)?;
-    let target = ensure(root, &bind.target, if is_dir { Kind::Dir } else { Kind::File }, None)?;
-    bind_on(&source, &source_name, &target, &bind.target, MsFlags::MS_REC)?;
+    let target = ensure(
+        root,
+        &bind.target,
+        if is_dir { Kind::Dir } else { Kind::File },
+        None,
+    )?;
+    bind_on(
+        &source,
+        &source_name,
+        &target,
+        &bind.target,
+        MsFlags::MS_REC,
+    )?;
     if bind.readonly {
         make_read_only(root, &bind.target, MsFlags::empty())?;
     }
@@ -175,35 +256,75 @@ fn mount_bind(root: BorrowedFd<'_>, bind: &BindMount) -> Result<(), StepError> {
 /// Writes the secrets to one private tmpfs staged on the /proc mountpoint, binds each file
 /// read-only at its target, then unmounts the tmpfs: afterwards the values are reachable
 /// only through those read-only binds and vanish with the sandbox.
-fn mount_secrets(root: BorrowedFd<'_>, secrets: &[Secret], uid: u32, gid: u32) -> Result<(), StepError> {
+fn mount_secrets(
+    root: BorrowedFd<'_>,
+    secrets: &[Secret],
+    uid: u32,
+    gid: u32,
+) -> Result<(), StepError> {
     if secrets.is_empty() {
         return Ok(());
     }
     let stage = ensure(root, "/proc", Kind::Dir, None)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_on(Some("tmpfs"), &stage, "/proc (secrets staging)", Some("tmpfs"), flags, Some("mode=0700"))?;
+    mount_on(
+        Some("tmpfs"),
+        &stage,
+        "/proc (secrets staging)",
+        Some("tmpfs"),
+        flags,
+        Some("mode=0700"),
+    )?;
     let stage = resolve(root, "/proc").step(|| "open the secrets tmpfs".to_string())?;
     for (i, secret) in secrets.iter().enumerate() {
         let file = write_secret(&stage, &format!("secret-{i}"), secret, uid, gid)?;
         let target = ensure(root, &secret.target, Kind::File, None)?;
         bind_on(&file, "a secret", &target, &secret.target, MsFlags::empty())?;
-        make_read_only(root, &secret.target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        make_read_only(
+            root,
+            &secret.target,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
     }
     // Detached: our fd still holds the mount, so a plain umount would be EBUSY.
-    umount2(fd_path(&stage).as_str(), MntFlags::MNT_DETACH).step(|| "unmount the secrets tmpfs".to_string())
+    umount2(fd_path(&stage).as_str(), MntFlags::MNT_DETACH)
+        .step(|| "unmount the secrets tmpfs".to_string())
 }
 
 /// Writes one secret (mode 0400, owned by the step's user) and returns an `O_PATH` fd to it.
-fn write_secret(stage: &OwnedFd, name: &str, secret: &Secret, uid: u32, gid: u32) -> Result<OwnedFd, StepError> {
+fn write_secret(
+    stage: &OwnedFd,
+    name: &str,
+    secret: &Secret,
+    uid: u32,
+    gid: u32,
+) -> Result<OwnedFd, StepError> {
     let what = || format!("write the secret for {}", secret.target);
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-    let fd = openat(Some(stage.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o400)).step(what)?;
+    let fd = openat(
+        Some(stage.as_raw_fd()),
+        name,
+        flags,
+        Mode::from_bits_truncate(0o400),
+    )
+    .step(what)?;
     // SAFETY: openat just returned this fd; the File closes it.
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.write_all(&secret.value).step(what)?;
-    fchown(file.as_raw_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).step(what)?;
+    fchown(
+        file.as_raw_fd(),
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+    )
+    .step(what)?;
     drop(file);
-    let fd = openat(Some(stage.as_raw_fd()), name, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).step(what)?;
+    let fd = openat(
+        Some(stage.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .step(what)?;
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

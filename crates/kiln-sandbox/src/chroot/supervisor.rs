@@ -51,13 +51,16 @@ fn supervise() -> Result<i32, StepError> {
     super::close_fds_from(STATUS_FD + 1).step(|| "close inherited file descriptors".to_string())?;
     umask(Mode::from_bits_truncate(0o022));
     unshare(namespaces(&spec)).step(|| {
-        "unshare the mount, pid, uts, ipc and network namespaces (kiln must run as root)".to_string()
+        "unshare the mount, pid, uts, ipc and network namespaces (kiln must run as root)"
+            .to_string()
     })?;
     make_root_private()?;
     let mut root = PreparedRoot::mount(&spec.root)?;
     let result = run(&mut root, &spec);
     // Clean up in every case; a set-up error, being the cause, is the one reported.
-    let cleaned = root.tear_down().map_err(|e| StepError(format!("clean up: {e}")));
+    let cleaned = root
+        .tear_down()
+        .map_err(|e| StepError(format!("clean up: {e}")));
     let code = result?;
     cleaned?;
     if let Some(signal) = stop_signal() {
@@ -73,7 +76,9 @@ fn die_with_kiln() -> Result<(), StepError> {
     let expected = std::env::args_os()
         .nth(2)
         .and_then(|pid| pid.to_str()?.parse::<i32>().ok())
-        .ok_or_else(|| StepError("the sandbox init was started without kiln's pid; only kiln starts it".into()))?;
+        .ok_or_else(|| {
+            StepError("the sandbox init was started without kiln's pid; only kiln starts it".into())
+        })?;
     set_pdeathsig(Signal::SIGKILL).step(|| "set the parent-death signal".to_string())?;
     if getppid() != Pid::from_raw(expected) {
         std::process::exit(125);
@@ -91,7 +96,11 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 }
 
 fn install_stop_handlers() -> Result<(), StepError> {
-    let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only touches atomics and calls kill(2).
         unsafe { sigaction(signal, &action) }.step(|| format!("handle {signal}"))?;
@@ -105,9 +114,13 @@ fn stop_signal() -> Option<i32> {
 
 fn read_spec() -> Result<RunSpec, StepError> {
     let not_open = || {
-        format!("fd {SPEC_FD} (the run spec) is not open: the sandbox init is started by kiln itself")
+        format!(
+            "fd {SPEC_FD} (the run spec) is not open: the sandbox init is started by kiln itself"
+        )
     };
-    super::fd_is_open(SPEC_FD).then_some(()).ok_or_else(|| StepError(not_open()))?;
+    super::fd_is_open(SPEC_FD)
+        .then_some(())
+        .ok_or_else(|| StepError(not_open()))?;
     // SAFETY: fd 3 is open (checked above) and nothing else in this process owns it.
     let file = unsafe { std::fs::File::from_raw_fd(SPEC_FD) };
     serde_json::from_reader(BufReader::new(file))
@@ -131,7 +144,8 @@ fn run(root: &mut PreparedRoot, spec: &RunSpec) -> Result<i32, StepError> {
     if stop_signal().is_some() {
         return Ok(125);
     }
-    let (lifeline_read, lifeline_write) = pipe2(OFlag::O_CLOEXEC).step(|| "create the lifeline pipe".to_string())?;
+    let (lifeline_read, lifeline_write) =
+        pipe2(OFlag::O_CLOEXEC).step(|| "create the lifeline pipe".to_string())?;
     // SAFETY: this process is single-threaded, so the child may run arbitrary code.
     let pid1 = match unsafe { fork() }.step(|| "fork pid 1 of the sandbox".to_string())? {
         ForkResult::Child => {
@@ -150,8 +164,12 @@ fn run(root: &mut PreparedRoot, spec: &RunSpec) -> Result<i32, StepError> {
     match status {
         WaitStatus::Exited(_, code) => Ok(code),
         WaitStatus::Signaled(_, _, _) if stop_signal().is_some() => Ok(125),
-        WaitStatus::Signaled(_, sig, _) => Err(StepError(format!("the sandbox's pid 1 was killed by {sig}"))),
-        other => Err(StepError(format!("unexpected wait status of the sandbox's pid 1: {other:?}"))),
+        WaitStatus::Signaled(_, sig, _) => Err(StepError(format!(
+            "the sandbox's pid 1 was killed by {sig}"
+        ))),
+        other => Err(StepError(format!(
+            "unexpected wait status of the sandbox's pid 1: {other:?}"
+        ))),
     }
 }
 

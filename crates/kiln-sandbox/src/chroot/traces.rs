@@ -44,17 +44,28 @@ pub(crate) struct Traces {
 impl Traces {
     /// `real` must have been opened before the root was mounted over it.
     pub(crate) fn new(mountpoint: PathBuf, real: OwnedFd) -> Self {
-        Traces { mountpoint, real, created: Vec::new(), copied_up: Vec::new() }
+        Traces {
+            mountpoint,
+            real,
+            created: Vec::new(),
+            copied_up: Vec::new(),
+        }
     }
 
     /// Notes which ancestors of `parent` overlayfs will copy up when we create in it.
     pub(crate) fn before_create(&mut self, parent: &OwnedFd) -> Result<(), StepError> {
         let rel = self.relative(parent)?;
         for dir in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-            if self.created.iter().any(|(p, _)| p == dir) || self.copied_up.iter().any(|c| c.rel == dir) {
+            if self.created.iter().any(|(p, _)| p == dir)
+                || self.copied_up.iter().any(|c| c.rel == dir)
+            {
                 continue;
             }
-            match fstatat(Some(self.real.as_raw_fd()), dir, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            match fstatat(
+                Some(self.real.as_raw_fd()),
+                dir,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
                 Ok(_) => {}
                 Err(Errno::ENOENT) => {
                     let merged = self.mountpoint.join(dir);
@@ -66,14 +77,24 @@ impl Traces {
                         gid: st.st_gid,
                     });
                 }
-                Err(e) => return Err(StepError(format!("stat /{} in the layer: {e}", dir.display()))),
+                Err(e) => {
+                    return Err(StepError(format!(
+                        "stat /{} in the layer: {e}",
+                        dir.display()
+                    )))
+                }
             }
         }
         Ok(())
     }
 
     /// Records that `name` was created in `parent`.
-    pub(crate) fn created(&mut self, parent: &OwnedFd, name: &str, dir: bool) -> Result<(), StepError> {
+    pub(crate) fn created(
+        &mut self,
+        parent: &OwnedFd,
+        name: &str,
+        dir: bool,
+    ) -> Result<(), StepError> {
         let rel = self.relative(parent)?.join(name);
         self.created.push((rel, dir));
         Ok(())
@@ -81,15 +102,18 @@ impl Traces {
 
     /// The path of `fd` relative to the root.
     fn relative(&self, fd: &OwnedFd) -> Result<PathBuf, StepError> {
-        let link = readlink(fd_path(fd).as_str()).step(|| "read the path of a mountpoint".to_string())?;
+        let link =
+            readlink(fd_path(fd).as_str()).step(|| "read the path of a mountpoint".to_string())?;
         let path = PathBuf::from(link);
-        path.strip_prefix(&self.mountpoint).map(Path::to_path_buf).map_err(|_| {
-            StepError(format!(
-                "mountpoint {} resolved outside the root {}",
-                path.display(),
-                self.mountpoint.display()
-            ))
-        })
+        path.strip_prefix(&self.mountpoint)
+            .map(Path::to_path_buf)
+            .map_err(|_| {
+                StepError(format!(
+                    "mountpoint {} resolved outside the root {}",
+                    path.display(),
+                    self.mountpoint.display()
+                ))
+            })
     }
 
     /// Removes the traces from the directory below the (now unmounted) root: created
@@ -98,19 +122,30 @@ impl Traces {
     /// changed them made them part of the layer; only a bare mtime change is lost).
     pub(crate) fn remove(&mut self) -> Result<(), StepError> {
         for (rel, dir) in std::mem::take(&mut self.created).into_iter().rev() {
-            let flag = if dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+            let flag = if dir {
+                UnlinkatFlags::RemoveDir
+            } else {
+                UnlinkatFlags::NoRemoveDir
+            };
             match unlinkat(Some(self.real.as_raw_fd()), &rel, flag) {
                 Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => {}
                 Err(e) => {
-                    return Err(StepError(format!("remove mountpoint /{} from the layer: {e}", rel.display())))
+                    return Err(StepError(format!(
+                        "remove mountpoint /{} from the layer: {e}",
+                        rel.display()
+                    )))
                 }
             }
         }
         let mut copied_up = std::mem::take(&mut self.copied_up);
         copied_up.sort_by_key(|c| std::cmp::Reverse(c.rel.components().count()));
         for dir in copied_up {
-            self.remove_if_pristine(&dir)
-                .step(|| format!("remove copied-up directory /{} from the layer", dir.rel.display()))?;
+            self.remove_if_pristine(&dir).step(|| {
+                format!(
+                    "remove copied-up directory /{} from the layer",
+                    dir.rel.display()
+                )
+            })?;
         }
         Ok(())
     }
@@ -128,7 +163,11 @@ impl Traces {
         if !same_mode_and_owner(&st, dir) || is_opaque(&fd)? || !is_empty(fd)? {
             return Ok(());
         }
-        match unlinkat(Some(self.real.as_raw_fd()), &dir.rel, UnlinkatFlags::RemoveDir) {
+        match unlinkat(
+            Some(self.real.as_raw_fd()),
+            &dir.rel,
+            UnlinkatFlags::RemoveDir,
+        ) {
             Ok(()) | Err(Errno::ENOTEMPTY | Errno::EEXIST) => Ok(()),
             Err(e) => Err(e),
         }

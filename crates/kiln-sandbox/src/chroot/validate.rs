@@ -22,10 +22,19 @@ pub(crate) fn check(spec: &RunSpec) -> Result<(), SandboxError> {
         }
     }
     if !spec.cwd.starts_with('/') || spec.cwd.contains('\0') {
-        return bad(format!("working directory {:?} must be an absolute path", spec.cwd));
+        return bad(format!(
+            "working directory {:?} must be an absolute path",
+            spec.cwd
+        ));
     }
-    if spec.hostname.is_empty() || spec.hostname.len() > HOST_NAME_MAX || spec.hostname.contains('\0') {
-        return bad(format!("hostname {:?} must be 1 to {HOST_NAME_MAX} bytes", spec.hostname));
+    if spec.hostname.is_empty()
+        || spec.hostname.len() > HOST_NAME_MAX
+        || spec.hostname.contains('\0')
+    {
+        return bad(format!(
+            "hostname {:?} must be 1 to {HOST_NAME_MAX} bytes",
+            spec.hostname
+        ));
     }
     for bind in &spec.mounts {
         check_target(&bind.target, "bind mount")?;
@@ -70,7 +79,9 @@ mod tests {
     #[test]
     fn targets_must_be_plain_and_outside_kernel_filesystems() {
         assert!(check_target("/run/secrets/x", "secret").is_ok());
-        for bad in ["run/x", "/", "/a/../b", "/a/./b", "/proc/x", "/sys", "/proc"] {
+        for bad in [
+            "run/x", "/", "/a/../b", "/a/./b", "/proc/x", "/sys", "/proc",
+        ] {
             assert!(check_target(bad, "secret").is_err(), "{bad} accepted");
         }
         assert!(check_target("/procfs", "secret").is_ok());

@@ -17,8 +17,9 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Applets linked into the test root filesystem's /bin.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "id", "hostname", "ip", "ifconfig", "sleep", "touch", "mkdir", "wc", "env",
-    "pwd", "grep", "head", "seq", "sync", "ps", "kill", "rm", "readlink", "test", "sort", "stat", "true", "cut",
+    "sh", "echo", "cat", "ls", "id", "hostname", "ip", "ifconfig", "sleep", "touch", "mkdir", "wc",
+    "env", "pwd", "grep", "head", "seq", "sync", "ps", "kill", "rm", "readlink", "test", "sort",
+    "stat", "true", "cut",
 ];
 
 pub type TestResult = Result<(), String>;
@@ -44,18 +45,31 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Result<Fixture, String> {
-        let dir = tempfile::Builder::new().prefix("kiln-sandbox-test").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-sandbox-test")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let lower = dir.path().join("lower");
         let lower_full = dir.path().join("lower-full");
         build_rootfs(&lower, &[]).map_err(|e| format!("build {}: {e}", lower.display()))?;
-        build_rootfs(&lower_full, &["proc", "dev", "sys", "tmp", "run", "var/cache"])
-            .map_err(|e| format!("build {}: {e}", lower_full.display()))?;
-        Ok(Fixture { dir, lower, lower_full })
+        build_rootfs(
+            &lower_full,
+            &["proc", "dev", "sys", "tmp", "run", "var/cache"],
+        )
+        .map_err(|e| format!("build {}: {e}", lower_full.display()))?;
+        Ok(Fixture {
+            dir,
+            lower,
+            lower_full,
+        })
     }
 
     /// A fresh, empty upper + work pair on the same filesystem as the lower layers.
     pub fn layer(&self) -> Layer {
-        let dir = tempfile::Builder::new().prefix("layer").tempdir_in(self.dir.path()).expect("create a layer tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("layer")
+            .tempdir_in(self.dir.path())
+            .expect("create a layer tempdir");
         let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
         std::fs::create_dir(&upper).expect("create upper");
         std::fs::create_dir(&work).expect("create work");
@@ -64,7 +78,7 @@ impl Fixture {
 
     /// An overlay of the busybox lower with `layer` on top.
     pub fn root(&self, layer: &Layer) -> RootFs {
-        layer.overlay(&[self.lower.clone()])
+        layer.overlay(std::slice::from_ref(&self.lower))
     }
 }
 
@@ -77,7 +91,11 @@ pub struct Layer {
 
 impl Layer {
     pub fn overlay(&self, lower: &[PathBuf]) -> RootFs {
-        RootFs::Overlay { lower: lower.to_vec(), upper: self.upper.clone(), work: self.work.clone() }
+        RootFs::Overlay {
+            lower: lower.to_vec(),
+            upper: self.upper.clone(),
+            work: self.work.clone(),
+        }
     }
 
     /// Every path in the upper dir, relative to it.
@@ -105,10 +123,17 @@ pub fn tree(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            out.insert(path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned());
+            out.insert(
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
             }
@@ -156,12 +181,16 @@ pub fn run_ok(spec: &RunSpec) -> Result<String, String> {
 
 /// Runs `f` in a thread and fails if it takes longer than `limit` (a hung sandbox would
 /// otherwise hang the whole test binary).
-pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(limit).map_err(|_| format!("did not finish within {limit:?}"))
+    rx.recv_timeout(limit)
+        .map_err(|_| format!("did not finish within {limit:?}"))
 }
 
 /// A number unlikely to appear in any other process's command line.
@@ -172,12 +201,19 @@ pub fn marker() -> String {
 /// Pids of host processes whose command line is exactly `args`.
 pub fn pids_with_cmdline(args: &[&str]) -> Vec<i32> {
     let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    all_pids().into_iter().filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted)).collect()
+    all_pids()
+        .into_iter()
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
 }
 
 fn all_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -185,10 +221,18 @@ fn all_pids() -> Vec<i32> {
 pub fn descendants(ancestor: i32) -> Vec<i32> {
     let mut parent_of = HashMap::new();
     for pid in all_pids() {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // "pid (comm) state ppid ..."; comm may contain spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if let Some(ppid) = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok())
+        {
             parent_of.insert(pid, ppid);
         }
     }
@@ -196,7 +240,12 @@ pub fn descendants(ancestor: i32) -> Vec<i32> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parent_of.iter().filter(|(_, &pp)| pp == parent).map(|(&p, _)| p));
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, &pp)| pp == parent)
+                .map(|(&p, _)| p),
+        );
         i += 1;
     }
     found.remove(0);
@@ -208,7 +257,10 @@ pub fn pidfd(pid: i32) -> Result<OwnedFd, String> {
     // SAFETY: pidfd_open has no memory arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return Err(format!("pidfd_open({pid}): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: the syscall just returned this fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -218,13 +270,20 @@ pub fn pidfd(pid: i32) -> Result<OwnedFd, String> {
 pub fn all_exited(fds: &[OwnedFd], limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let mut polls: Vec<PollFd> = fds.iter().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
+        let mut polls: Vec<PollFd> = fds
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let timeout = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
+        let timeout =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
         if poll(&mut polls, timeout).is_err() {
             return false;
         }
-        if polls.iter().all(|p| p.revents().is_some_and(|r| r.contains(PollFlags::POLLIN))) {
+        if polls
+            .iter()
+            .all(|p| p.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+        {
             return true;
         }
         if left.is_zero() {

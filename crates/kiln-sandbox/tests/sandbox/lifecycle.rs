@@ -10,8 +10,8 @@ use kiln_sandbox::{Outcome, RootFs, Sandbox, SandboxError};
 
 use crate::check;
 use crate::fixture::{
-    all_exited, descendants, marker, pidfd, pids_with_cmdline, ready_script, run, spec, within, Fixture, OnReady,
-    TestResult,
+    all_exited, descendants, marker, pidfd, pids_with_cmdline, ready_script, run, spec, within,
+    Fixture, OnReady, TestResult,
 };
 use crate::HELPER_ARG;
 
@@ -20,10 +20,17 @@ pub fn background_process_is_killed_and_run_returns(fx: &Fixture) -> TestResult 
     let m = marker();
     // The sleep keeps the output pipe open: run must still return when the shell exits.
     let s = spec(fx.root(&layer), &format!("sleep {m} & echo started"));
-    let (outcome, out) = within(Duration::from_secs(30), move || run(&s))?.map_err(|e| e.to_string())?;
-    check!(outcome == Outcome::Exited(0) && out == "started\n", "got {outcome:?}: {out:?}");
+    let (outcome, out) =
+        within(Duration::from_secs(30), move || run(&s))?.map_err(|e| e.to_string())?;
+    check!(
+        outcome == Outcome::Exited(0) && out == "started\n",
+        "got {outcome:?}: {out:?}"
+    );
     let left = pids_with_cmdline(&["sleep", &m]);
-    check!(left.is_empty(), "background sleep still alive: pids {left:?}");
+    check!(
+        left.is_empty(),
+        "background sleep still alive: pids {left:?}"
+    );
     Ok(())
 }
 
@@ -34,7 +41,11 @@ pub fn sigint_to_the_process_group_ends_the_sandbox(fx: &Fixture) -> TestResult 
     let layer = fx.layer();
     let out = run_helper("interrupt", &[&fx.lower, &layer.upper, &layer.work])?;
     check!(out.trim() == "ok", "helper: {out}");
-    check!(layer.contents().is_empty(), "upper not cleaned after the interrupt: {:?}", layer.contents());
+    check!(
+        layer.contents().is_empty(),
+        "upper not cleaned after the interrupt: {:?}",
+        layer.contents()
+    );
     Ok(())
 }
 
@@ -66,18 +77,34 @@ pub fn killed_kiln_leaves_no_sandbox(fx: &Fixture) -> TestResult {
     let sandbox = descendants(helper);
     let fds: Vec<_> = sandbox.iter().filter_map(|&pid| pidfd(pid).ok()).collect();
     let sleepers = pids_with_cmdline(&["sleep", m]);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = child.wait();
-    check!(sleepers.iter().all(|p| sandbox.contains(p)) && !sleepers.is_empty(), "sleep {sleepers:?} not among {sandbox:?}");
-    check!(fds.len() >= 4, "expected supervisor, pid 1, shell and sleep; found {sandbox:?}");
-    check!(all_exited(&fds, Duration::from_secs(10)), "sandbox processes {sandbox:?} outlived kiln");
+    check!(
+        sleepers.iter().all(|p| sandbox.contains(p)) && !sleepers.is_empty(),
+        "sleep {sleepers:?} not among {sandbox:?}"
+    );
+    check!(
+        fds.len() >= 4,
+        "expected supervisor, pid 1, shell and sleep; found {sandbox:?}"
+    );
+    check!(
+        all_exited(&fds, Duration::from_secs(10)),
+        "sandbox processes {sandbox:?} outlived kiln"
+    );
     Ok(())
 }
 
 fn helper_command(name: &str, args: &[&PathBuf]) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let mut command = Command::new(exe);
-    command.arg(HELPER_ARG).arg(name).args(args).stdin(Stdio::null());
+    command
+        .arg(HELPER_ARG)
+        .arg(name)
+        .args(args)
+        .stdin(Stdio::null());
     command
 }
 
@@ -93,13 +120,24 @@ pub fn run_helper(name: &str, args: &[&PathBuf]) -> Result<String, String> {
     let pid = child.id() as i32;
     match within(Duration::from_secs(30), move || child.wait_with_output()) {
         Ok(Ok(output)) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            check!(output.status.success(), "helper {name} failed ({}): {text}", output.status);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            check!(
+                output.status.success(),
+                "helper {name} failed ({}): {text}",
+                output.status
+            );
             Ok(text)
         }
         Ok(Err(e)) => Err(format!("wait for helper {name}: {e}")),
         Err(e) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             Err(format!("helper {name}: {e}"))
         }
     }
@@ -141,10 +179,20 @@ pub fn helper_interrupt(args: &[String]) -> TestResult {
     drop(sink);
     match result {
         Err(SandboxError::Interrupted { signal: 2 }) => {}
-        other => return Err(format!("expected Interrupted(SIGINT), got {other:?}; output {output:?}")),
+        other => {
+            return Err(format!(
+                "expected Interrupted(SIGINT), got {other:?}; output {output:?}"
+            ))
+        }
     }
-    check!(fds.len() >= 4, "expected supervisor, pid 1, shell and sleep; found {seen:?}");
-    check!(all_exited(&fds, Duration::ZERO), "sandbox processes {seen:?} still alive when run returned");
+    check!(
+        fds.len() >= 4,
+        "expected supervisor, pid 1, shell and sleep; found {seen:?}"
+    );
+    check!(
+        all_exited(&fds, Duration::ZERO),
+        "sandbox processes {seen:?} still alive when run returned"
+    );
     println!("ok");
     Ok(())
 }
@@ -163,5 +211,7 @@ pub fn helper_stand_in(args: &[String]) -> TestResult {
         },
     };
     let result = NamespaceSandbox::new().run(&s, &mut sink);
-    Err(format!("run returned although nobody ended the sandbox: {result:?}"))
+    Err(format!(
+        "run returned although nobody ended the sandbox: {result:?}"
+    ))
 }

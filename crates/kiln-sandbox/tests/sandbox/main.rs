@@ -22,32 +22,86 @@ type Test = (&'static str, fn(&Fixture) -> TestResult);
 
 const TESTS: &[Test] = &[
     ("exit_codes_and_signals", behaviour::exit_codes_and_signals),
-    ("command_not_found_is_127", behaviour::command_not_found_is_127),
-    ("output_is_streamed_and_complete", behaviour::output_is_streamed_and_complete),
+    (
+        "command_not_found_is_127",
+        behaviour::command_not_found_is_127,
+    ),
+    (
+        "output_is_streamed_and_complete",
+        behaviour::output_is_streamed_and_complete,
+    ),
     ("env_cwd_uid_gid", behaviour::env_cwd_uid_gid),
-    ("upper_holds_only_the_commands_writes", behaviour::upper_holds_only_the_commands_writes),
-    ("copied_up_dir_kept_when_command_wrote_there", behaviour::copied_up_dir_kept_when_command_wrote_there),
-    ("existing_mountpoints_leave_no_trace", behaviour::existing_mountpoints_leave_no_trace),
+    (
+        "upper_holds_only_the_commands_writes",
+        behaviour::upper_holds_only_the_commands_writes,
+    ),
+    (
+        "copied_up_dir_kept_when_command_wrote_there",
+        behaviour::copied_up_dir_kept_when_command_wrote_there,
+    ),
+    (
+        "existing_mountpoints_leave_no_trace",
+        behaviour::existing_mountpoints_leave_no_trace,
+    ),
     ("flat_dir_root", behaviour::flat_dir_root),
     ("pid_namespace", behaviour::pid_namespace),
     ("hostname_is_set", behaviour::hostname_is_set),
-    ("network_is_only_loopback_and_up", behaviour::network_is_only_loopback_and_up),
-    ("host_network_shows_host_interfaces", behaviour::host_network_shows_host_interfaces),
-    ("dev_has_exactly_the_expected_nodes", behaviour::dev_has_exactly_the_expected_nodes),
+    (
+        "network_is_only_loopback_and_up",
+        behaviour::network_is_only_loopback_and_up,
+    ),
+    (
+        "host_network_shows_host_interfaces",
+        behaviour::host_network_shows_host_interfaces,
+    ),
+    (
+        "dev_has_exactly_the_expected_nodes",
+        behaviour::dev_has_exactly_the_expected_nodes,
+    ),
     ("sys_is_read_only", behaviour::sys_is_read_only),
     ("tmp_is_an_empty_tmpfs", behaviour::tmp_is_an_empty_tmpfs),
-    ("secret_readable_read_only_and_gone_afterwards", behaviour::secret_readable_read_only_and_gone_afterwards),
-    ("cache_bind_writable_and_read_only", behaviour::cache_bind_writable_and_read_only),
+    (
+        "secret_readable_read_only_and_gone_afterwards",
+        behaviour::secret_readable_read_only_and_gone_afterwards,
+    ),
+    (
+        "cache_bind_writable_and_read_only",
+        behaviour::cache_bind_writable_and_read_only,
+    ),
     ("fast_sync_filter", behaviour::fast_sync_filter),
-    ("setup_failure_names_the_step", behaviour::setup_failure_names_the_step),
+    (
+        "setup_failure_names_the_step",
+        behaviour::setup_failure_names_the_step,
+    ),
     ("failed_setup_cleans_up", behaviour::failed_setup_cleans_up),
-    ("layers_stack_and_paths_are_escaped", behaviour::layers_stack_and_paths_are_escaped),
-    ("mounts_inside_tmp_and_dev", behaviour::mounts_inside_tmp_and_dev),
-    ("symlinks_cannot_escape_the_root", behaviour::symlinks_cannot_escape_the_root),
-    ("concurrent_runs_are_independent", behaviour::concurrent_runs_are_independent),
-    ("background_process_is_killed_and_run_returns", lifecycle::background_process_is_killed_and_run_returns),
-    ("sigint_to_the_process_group_ends_the_sandbox", lifecycle::sigint_to_the_process_group_ends_the_sandbox),
-    ("killed_kiln_leaves_no_sandbox", lifecycle::killed_kiln_leaves_no_sandbox),
+    (
+        "layers_stack_and_paths_are_escaped",
+        behaviour::layers_stack_and_paths_are_escaped,
+    ),
+    (
+        "mounts_inside_tmp_and_dev",
+        behaviour::mounts_inside_tmp_and_dev,
+    ),
+    (
+        "symlinks_cannot_escape_the_root",
+        behaviour::symlinks_cannot_escape_the_root,
+    ),
+    (
+        "concurrent_runs_are_independent",
+        behaviour::concurrent_runs_are_independent,
+    ),
+    (
+        "background_process_is_killed_and_run_returns",
+        lifecycle::background_process_is_killed_and_run_returns,
+    ),
+    (
+        "sigint_to_the_process_group_ends_the_sandbox",
+        lifecycle::sigint_to_the_process_group_ends_the_sandbox,
+    ),
+    (
+        "killed_kiln_leaves_no_sandbox",
+        lifecycle::killed_kiln_leaves_no_sandbox,
+    ),
     ("mount_union_and_whiteouts", mounts::union_and_whiteouts),
 ];
 
@@ -57,7 +111,12 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(HELPER_ARG) {
         std::process::exit(run_helper(&args[2..]));
     }
-    let filters: Vec<&str> = args.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let fixture = match preflight().and_then(|()| Fixture::new()) {
         Ok(f) => f,
         Err(e) => {
@@ -68,7 +127,10 @@ fn main() {
     };
     let (mut passed, mut failed) = (0, 0);
     let started = Instant::now();
-    for (name, test) in TESTS.iter().filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f))) {
+    for (name, test) in TESTS
+        .iter()
+        .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f)))
+    {
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| test(&fixture)))
             .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
@@ -80,12 +142,18 @@ fn main() {
             }
             Err(e) => {
                 failed += 1;
-                println!("test {name} ... FAILED ({ms} ms)\n    {}", e.replace('\n', "\n    "));
+                println!(
+                    "test {name} ... FAILED ({ms} ms)\n    {}",
+                    e.replace('\n', "\n    ")
+                );
             }
         }
     }
     drop(fixture); // exit() below skips destructors; remove the temp dirs now
-    println!("total {} ms", started.elapsed().as_millis());
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    let secs = started.elapsed().as_secs_f64();
+    // libtest's summary line too, which scripts/test.sh adds up across the workspace.
+    println!("test result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; finished in {secs:.2}s");
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
@@ -95,7 +163,9 @@ fn preflight() -> Result<(), String> {
         return Err("they need root (namespaces, mounts); run as root".into());
     }
     if !std::path::Path::new(BUSYBOX).exists() {
-        return Err(format!("{BUSYBOX} is missing; install it with: apt-get install -y busybox-static"));
+        return Err(format!(
+            "{BUSYBOX} is missing; install it with: apt-get install -y busybox-static"
+        ));
     }
     Ok(())
 }
