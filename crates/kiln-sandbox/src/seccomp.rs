@@ -113,4 +113,41 @@ mod tests {
         // seccompiler's own arch check follows, then the rules.
         assert!(program.len() > 3 + 3 + SYNC_SYSCALLS.len());
     }
+
+    /// fsync(-1) fails with EBADF, unless the filter answers 0 before the kernel looks.
+    /// Needs root (the filter is installed without no_new_privs).
+    #[test]
+    fn filter_turns_sync_calls_into_successful_no_ops() {
+        let program = fast_sync_program().unwrap();
+        // SAFETY: plain syscalls; fsync(-1) touches nothing.
+        assert_eq!(
+            unsafe { libc::fsync(-1) },
+            -1,
+            "fsync(-1) should fail unfiltered"
+        );
+        // SAFETY: the child only makes system calls and _exits (no allocation, no locks).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let installed = install(&program).is_ok();
+            // SAFETY: as above.
+            let (fsync, sync_range, pid) = unsafe {
+                (
+                    libc::fsync(-1),
+                    libc::sync_file_range(-1, 0, 0, 0),
+                    libc::getpid(),
+                )
+            };
+            let ok = installed && fsync == 0 && sync_range == 0 && pid > 0;
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
+    }
 }

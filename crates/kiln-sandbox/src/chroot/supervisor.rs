@@ -87,7 +87,8 @@ fn die_with_kiln() -> Result<(), StepError> {
 }
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
-    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+    // The first signal is the one reported.
+    let _ = STOP_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     let pid1 = PID1.load(Ordering::SeqCst);
     if pid1 > 0 {
         // SAFETY: kill(2) is async-signal-safe.
@@ -103,7 +104,12 @@ fn install_stop_handlers() -> Result<(), StepError> {
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only touches atomics and calls kill(2).
-        unsafe { sigaction(signal, &action) }.step(|| format!("handle {signal}"))?;
+        let old = unsafe { sigaction(signal, &action) }.step(|| format!("handle {signal}"))?;
+        if old.handler() == SigHandler::SigIgn {
+            // Ignored by whoever started kiln (nohup, a shell's background job): keep it so.
+            // SAFETY: restoring the previous disposition.
+            unsafe { sigaction(signal, &old) }.step(|| format!("keep ignoring {signal}"))?;
+        }
     }
     Ok(())
 }

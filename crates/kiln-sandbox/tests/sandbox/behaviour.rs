@@ -398,13 +398,14 @@ pub fn cache_bind_writable_and_read_only(fx: &Fixture) -> TestResult {
 
 pub fn fast_sync_filter(fx: &Fixture) -> TestResult {
     for (fast, want) in [
-        (true, "Seccomp:\t2\nsynced\n"),
-        (false, "Seccomp:\t0\nsynced\n"),
+        (true, "NoNewPrivs:\t0\nSeccomp:\t2\nsynced\n"),
+        (false, "NoNewPrivs:\t0\nSeccomp:\t0\nsynced\n"),
     ] {
+        // NoNewPrivs stays 0 so setuid programs (sudo in user steps) keep working.
         let layer = fx.layer();
         let mut s = spec(
             fx.root(&layer),
-            "grep '^Seccomp:' /proc/self/status; sync && echo synced",
+            "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; sync && echo synced",
         );
         s.fast_sync = fast;
         let out = run_ok(&s)?;

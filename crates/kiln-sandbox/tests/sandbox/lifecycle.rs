@@ -155,11 +155,21 @@ fn helper_root(args: &[String]) -> Result<RootFs, String> {
     }
 }
 
-/// Helper: ignores SIGINT itself, sends SIGINT to its process group once the sandbox is
-/// ready, and checks what run returns and that every sandbox process has exited.
+extern "C" fn ignore_in_handler(_: libc::c_int) {}
+
+/// Helper: catches SIGINT itself (as kiln would; handlers do not survive exec) and ignores
+/// SIGHUP (as under nohup). Once the sandbox is ready it sends SIGHUP, then SIGINT, to its
+/// process group: the ignored SIGHUP must stay ignored in the sandbox, SIGINT must end it.
+/// Checks what run returns and that every sandbox process has exited by then.
 pub fn helper_interrupt(args: &[String]) -> TestResult {
-    // SAFETY: ignoring a signal installs no handler.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // SAFETY: the handler does nothing; SIG_IGN installs none.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            ignore_in_handler as *const () as libc::sighandler_t,
+        );
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let m = marker();
     let s = spec(helper_root(args)?, &ready_script(&m));
     let me = std::process::id() as i32;
@@ -171,7 +181,10 @@ pub fn helper_interrupt(args: &[String]) -> TestResult {
             seen = descendants(me);
             fds = seen.iter().filter_map(|&pid| pidfd(pid).ok()).collect();
             // SAFETY: kill(2) on our own process group.
-            unsafe { libc::kill(0, libc::SIGINT) };
+            unsafe {
+                libc::kill(0, libc::SIGHUP);
+                libc::kill(0, libc::SIGINT);
+            }
         },
     };
     let result = NamespaceSandbox::new().run(&s, &mut sink);
