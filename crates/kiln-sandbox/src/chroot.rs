@@ -42,6 +42,15 @@ use crate::{Outcome, RunSpec, Sandbox, SandboxError, INIT_ARG, SPEC_FD};
 use report::{verdict, Verdict, STATUS_FD};
 
 /// Runs steps in Linux namespaces by re-executing `exe` as the sandbox init.
+///
+/// Needs root (it mounts and unshares namespaces). [`Sandbox::run`] may be called from
+/// several threads at once; each call blocks its thread until every process of the step
+/// is gone, which the parent-death signal relies on (it fires when the spawning *thread*
+/// exits).
+///
+/// The command runs as real root when `uid` is 0 (there is no user namespace), so a step
+/// is isolated from the host's files, processes and network, but not hardened against a
+/// hostile root inside it, as with OBuilder's runc sandbox.
 #[derive(Debug, Clone)]
 pub struct NamespaceSandbox {
     exe: PathBuf,
@@ -245,31 +254,40 @@ fn fd_is_open(fd: RawFd) -> bool {
     fcntl(fd, FcntlArg::F_GETFD).is_ok()
 }
 
-/// Closes every fd numbered `first` or higher.
-fn close_fds_from(first: RawFd) -> Result<(), Errno> {
-    let first = libc::c_uint::try_from(first).map_err(|_| Errno::EBADF)?;
-    // SAFETY: close_range only closes descriptors; nothing in this process uses them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        )
+/// Closes every fd except those in `keep`.
+fn close_fds_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut first: RawFd = 0;
+    for &fd in keep.iter().chain(std::iter::once(&RawFd::MAX)) {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = first.max(fd.saturating_add(1));
+    }
+    Ok(())
+}
+
+/// Closes fds `first..=last`.
+fn close_range(first: RawFd, last: RawFd) -> Result<(), Errno> {
+    let (Ok(lo), Ok(hi)) = (libc::c_uint::try_from(first), libc::c_uint::try_from(last)) else {
+        return Err(Errno::EBADF);
     };
+    // SAFETY: close_range only closes descriptors; nothing in this process uses them.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0 as libc::c_uint) };
     match Errno::result(rc) {
         Ok(_) => Ok(()),
-        Err(Errno::ENOSYS) => close_listed_fds(first as RawFd),
+        Err(Errno::ENOSYS) => close_listed_fds(first, last),
         Err(e) => Err(e),
     }
 }
 
 /// close_range(2) needs Linux 5.9; before that, close what /proc/self/fd lists.
-fn close_listed_fds(first: RawFd) -> Result<(), Errno> {
+fn close_listed_fds(first: RawFd, last: RawFd) -> Result<(), Errno> {
     let entries = std::fs::read_dir("/proc/self/fd").map_err(|_| Errno::ENOSYS)?;
     let fds: Vec<RawFd> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd >= first)
+        .filter(|fd| (first..=last).contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: closing a descriptor number; EBADF (the read_dir fd, now gone) is harmless.

@@ -83,7 +83,7 @@ fn keep_only_needed_fds(lifeline: OwnedFd) -> Result<(), StepError> {
     } else {
         std::mem::forget(lifeline); // already where it belongs; LIFELINE_FD owns it
     }
-    super::close_fds_from(LIFELINE_FD + 1)
+    super::close_fds_except(&[0, 1, 2, STATUS_FD, LIFELINE_FD])
         .step(|| "close inherited file descriptors".to_string())?;
     // dup2 cleared close-on-exec; the command must not inherit the lifeline.
     super::set_cloexec(LIFELINE_FD).step(|| "mark the lifeline close-on-exec".to_string())

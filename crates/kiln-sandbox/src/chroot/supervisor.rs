@@ -48,7 +48,8 @@ fn supervise() -> Result<i32, StepError> {
     install_stop_handlers()?;
     super::set_cloexec(STATUS_FD).step(|| format!("use fd {STATUS_FD} as the status channel"))?;
     let spec = read_spec()?;
-    super::close_fds_from(STATUS_FD + 1).step(|| "close inherited file descriptors".to_string())?;
+    super::close_fds_except(&[0, 1, 2, STATUS_FD])
+        .step(|| "close inherited file descriptors".to_string())?;
     umask(Mode::from_bits_truncate(0o022));
     unshare(namespaces(&spec)).step(|| {
         "unshare the mount, pid, uts, ipc and network namespaces (kiln must run as root)"
@@ -62,11 +63,13 @@ fn supervise() -> Result<i32, StepError> {
         .tear_down()
         .map_err(|e| StepError(format!("clean up: {e}")));
     let code = result?;
-    cleaned?;
     if let Some(signal) = stop_signal() {
+        // Reported even if clean-up failed: an interrupted step's layer is thrown away.
         Report::Interrupted(signal).send();
+        cleaned?;
         return Ok(128 + signal);
     }
+    cleaned?;
     Ok(code)
 }
 

@@ -585,3 +585,15 @@ pub fn failed_setup_cleans_up(fx: &Fixture) -> TestResult {
     );
     Ok(())
 }
+
+/// The command gets stdin (/dev/null) and the output pipe, nothing else: no status pipe,
+/// no lifeline, no fd on a host directory.
+pub fn command_inherits_only_stdio(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let script = "ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; readlink /proc/self/fd/0; \
+                  ls /proc/1/fd | sort -n | tr '\\n' ' '";
+    let out = run_ok(&spec(fx.root(&layer), script))?;
+    // 3 is ls's own directory fd; pid 1 keeps stdio, the status pipe (4), the lifeline (5).
+    check!(out == "0 1 2 3 \n/dev/null\n0 1 2 4 5 ", "output: {out:?}");
+    Ok(())
+}

@@ -32,6 +32,10 @@ const TESTS: &[Test] = &[
     ),
     ("env_cwd_uid_gid", behaviour::env_cwd_uid_gid),
     (
+        "command_inherits_only_stdio",
+        behaviour::command_inherits_only_stdio,
+    ),
+    (
         "upper_holds_only_the_commands_writes",
         behaviour::upper_holds_only_the_commands_writes,
     ),
