@@ -1,7 +1,7 @@
 //! Overlay and bind mounts of a layer chain in the caller's (private) mount namespace.
 //!
 //! The builder uses these for `copy` steps and `kiln export`; the namespace sandbox uses
-//! [`overlay_options`] and [`mount_overlay`] for its own root, so both agree on the format
+//! `overlay_options` and `mount_overlay` for its own root, so both agree on the format
 //! of the layers they write.
 
 use std::ffi::OsString;

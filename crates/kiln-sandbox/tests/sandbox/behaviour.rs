@@ -289,22 +289,33 @@ pub fn network_is_only_loopback_and_up(fx: &Fixture) -> TestResult {
 }
 
 pub fn host_network_shows_host_interfaces(fx: &Fixture) -> TestResult {
-    let layer = fx.layer();
-    let mut s = spec(fx.root(&layer), "ls /sys/class/net");
-    s.host_network = true;
-    let out = run_ok(&s)?;
-    let inside: Vec<&str> = out.lines().collect();
-    let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    host.sort();
-    check!(inside == host, "inside {inside:?}, host {host:?}");
-    check!(
-        host.len() > 1,
-        "the host has only {host:?}; this test needs another interface"
-    );
+    let host_ns = std::fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+    let host_ns = host_ns.to_string_lossy();
+    for host_network in [true, false] {
+        let layer = fx.layer();
+        let mut s = spec(
+            fx.root(&layer),
+            "readlink /proc/self/ns/net; ls /sys/class/net",
+        );
+        s.host_network = host_network;
+        let out = run_ok(&s)?;
+        let mut lines = out.lines();
+        let ns = lines.next().unwrap_or_default();
+        check!(
+            (ns == host_ns) == host_network,
+            "host_network={host_network}: namespace {ns}, host's {host_ns}"
+        );
+        if host_network {
+            let inside: Vec<&str> = lines.collect();
+            let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            host.sort();
+            check!(inside == host, "inside {inside:?}, host {host:?}");
+        }
+    }
     Ok(())
 }
 
