@@ -22,6 +22,15 @@ pub const MIRROR_ENV: &str = "KILN_DEBIAN_MIRROR";
 /// The mirror used when neither `(mirror …)` nor `$KILN_DEBIAN_MIRROR` says otherwise.
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
+/// Which program bootstraps a Debian base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrapper {
+    /// mmdebstrap, or debootstrap when mmdebstrap is not installed.
+    Auto,
+    Mmdebstrap,
+    Debootstrap,
+}
+
 /// A Debian base's bootstrap inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct DebianBase<'a> {
@@ -117,9 +126,21 @@ impl DebianBase<'_> {
         ))
     }
 
-    /// Bootstraps into the empty directory `rootfs`.
+    /// Bootstraps into the empty directory `rootfs` with mmdebstrap, or debootstrap when
+    /// mmdebstrap is not installed.
     pub fn fetch(
         &self,
+        deb_cache: &Path,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<BaseConfig, FetchError> {
+        self.fetch_with(Bootstrapper::Auto, deb_cache, rootfs, progress)
+    }
+
+    /// Like [`DebianBase::fetch`] with the bootstrap program chosen by the caller.
+    pub fn fetch_with(
+        &self,
+        tool: Bootstrapper,
         deb_cache: &Path,
         rootfs: &Path,
         progress: &mut dyn Write,
@@ -128,10 +149,26 @@ impl DebianBase<'_> {
         let mirror = self.mirror_url();
         let cache = DebCache::open(deb_cache)
             .map_err(|e| FetchError::io(&self.name(), "preparing the deb cache", deb_cache, e))?;
-        if let Some(program) = mmdebstrap::find() {
+        let mmdebstrap = if tool == Bootstrapper::Debootstrap {
+            None
+        } else {
+            mmdebstrap::find()
+        };
+        let debootstrap = if tool == Bootstrapper::Mmdebstrap {
+            None
+        } else {
+            debootstrap::find()
+        };
+        if let Some(program) = mmdebstrap {
             self.with_mmdebstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
-        } else if let Some(program) = debootstrap::find() {
+        } else if let Some(program) = debootstrap {
             self.with_debootstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+        } else if tool == Bootstrapper::Debootstrap {
+            return Err(FetchError::MissingTool {
+                base: self.name(),
+                program: debootstrap::PROGRAM,
+                package: debootstrap::PACKAGE,
+            });
         } else {
             return Err(FetchError::MissingTool {
                 base: self.name(),
@@ -139,8 +176,14 @@ impl DebianBase<'_> {
                 package: mmdebstrap::PACKAGE,
             });
         }
-        remove_cached_debs(rootfs)
-            .map_err(|e| FetchError::io(&self.name(), "emptying the apt cache of", rootfs, e))?;
+        clean_apt(rootfs).map_err(|e| {
+            FetchError::io(
+                &self.name(),
+                "emptying the apt cache and lists of",
+                rootfs,
+                e,
+            )
+        })?;
         Ok(BaseConfig {
             env: vec![("PATH".into(), DEFAULT_PATH.into())],
             workdir: None,
@@ -267,20 +310,39 @@ impl DebianBase<'_> {
     }
 }
 
-/// Removes `.deb`s left in the root's apt cache (mmdebstrap already does; debootstrap may not).
-fn remove_cached_debs(rootfs: &Path) -> std::io::Result<()> {
-    let mut dir = fsutil::open_dir(rootfs)?;
-    for comp in ["var", "cache", "apt", "archives"] {
-        dir = match fsutil::open_dir_at(&dir, OsStr::new(comp)) {
-            Ok(next) => next,
-            Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
+/// Empties the root's apt cache (`.deb`s) and package lists, as mmdebstrap's own cleanup
+/// does, so images do not depend on which bootstrap program made them.
+fn clean_apt(rootfs: &Path) -> std::io::Result<()> {
+    if let Some(archives) = open_under(rootfs, &["var", "cache", "apt", "archives"])? {
+        for name in fsutil::list_names(&archives)? {
+            if name.to_string_lossy().ends_with(".deb") {
+                fsutil::remove_at(&archives, &name)?;
+            }
+        }
+        if let Some(partial) = open_under(rootfs, &["var", "cache", "apt", "archives", "partial"])?
+        {
+            fsutil::remove_children(&partial)?;
+        }
     }
-    for name in fsutil::list_names(&dir)? {
-        if name.to_string_lossy().ends_with(".deb") {
-            fsutil::remove_at(&dir, &name)?;
+    if let Some(lists) = open_under(rootfs, &["var", "lib", "apt", "lists"])? {
+        for name in fsutil::list_names(&lists)? {
+            if name != "lock" && name != "partial" {
+                fsutil::remove_at(&lists, &name)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Opens `rootfs/a/b/…` without following symlinks; `None` when a component is missing.
+fn open_under(rootfs: &Path, components: &[&str]) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    let mut dir = fsutil::open_dir(rootfs)?;
+    for comp in components {
+        dir = match fsutil::open_dir_at(&dir, OsStr::new(comp)) {
+            Ok(next) => next,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(Some(dir))
 }

@@ -53,7 +53,11 @@ pub(crate) fn run(
     cmd.arg(format!("--arch={}", b.arch))
         .arg(format!("--cache-dir={}", b.cache_dir.display()));
     cmd.arg(b.suite).arg(b.target).arg(b.mirror);
-    let _ = writeln!(progress, "+ {cmd:?}");
+    let shown: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let _ = writeln!(progress, "+ {} {}", program.display(), shown.join(" "));
     private_mounts(&mut cmd);
     run_streaming(&mut cmd, progress).map(drop)
 }

@@ -57,7 +57,15 @@ pub(crate) fn run(
     }
     cmd.arg("--").arg(b.suite).arg(b.target).arg(b.mirror);
     cmd.envs(b.env.iter().map(|(k, v)| (k, v)));
-    let _ = writeln!(progress, "+ {cmd:?}");
+    let shown: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy())
+        .map(|a| match a.split_once("-hook=") {
+            Some((option, _)) => format!("{option}-hook=<kiln deb cache hook>"),
+            None => a.into_owned(),
+        })
+        .collect();
+    let _ = writeln!(progress, "+ {} {}", program.display(), shown.join(" "));
     private_mounts(&mut cmd);
     run_streaming(&mut cmd, progress).map(drop)
 }
