@@ -32,11 +32,15 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::unistd::pipe2;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{pipe2, Pid};
 
 use crate::{Outcome, RunSpec, Sandbox, SandboxError, INIT_ARG, SPEC_FD};
 use report::{verdict, Verdict, STATUS_FD};
@@ -54,7 +58,11 @@ use report::{verdict, Verdict, STATUS_FD};
 #[derive(Debug, Clone)]
 pub struct NamespaceSandbox {
     exe: PathBuf,
+    cancel: Option<Arc<AtomicBool>>,
 }
+
+/// How often a run checks its cancel flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 impl NamespaceSandbox {
     /// A sandbox that re-executes the running program (`/proc/self/exe`), whose `main`
@@ -66,7 +74,20 @@ impl NamespaceSandbox {
     /// A sandbox that runs `exe` as its init; `exe`'s `main` must call
     /// [`crate::maybe_run_init`] first.
     pub fn with_exe(exe: impl Into<PathBuf>) -> Self {
-        NamespaceSandbox { exe: exe.into() }
+        NamespaceSandbox {
+            exe: exe.into(),
+            cancel: None,
+        }
+    }
+
+    /// Ends a running step when `flag` becomes true, e.g. set by kiln's own SIGINT/SIGTERM
+    /// handler (`signal_hook::flag`) for a signal sent to kiln alone (`kill -INT <pid>`), which,
+    /// unlike Ctrl-C on a terminal, does not reach the sandbox's process group. The sandbox is
+    /// then killed and cleaned up, and `run` returns [`SandboxError::Interrupted`] (SIGINT)
+    /// within about 100 ms.
+    pub fn with_cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
     }
 }
 
@@ -90,7 +111,11 @@ impl Sandbox for NamespaceSandbox {
         // The init reads the whole spec before doing anything else. If it died early the
         // write fails with EPIPE; the status channel then explains.
         let _ = File::from(spec_in).write_all(&json);
-        let pumped = pump(&output_out, &status_out, output);
+        let cancel = self
+            .cancel
+            .as_deref()
+            .map(|flag| (flag, Pid::from_raw(child.id() as i32)));
+        let pumped = pump(&output_out, &status_out, output, cancel);
         if pumped.is_err() {
             let _ = child.kill(); // the parent-death signals take the rest down
         }
@@ -185,10 +210,14 @@ fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
 
 /// Copies the output pipe to `output` as bytes arrive and collects the status channel,
 /// until both are closed (every sandbox process is gone). Returns the status bytes.
+///
+/// With `cancel` = (flag, supervisor), polls the flag and sends the supervisor SIGINT once
+/// it is set; the supervisor then kills the sandbox, cleans up and reports Interrupted.
 fn pump(
     output_out: &OwnedFd,
     status_out: &OwnedFd,
     output: &mut dyn Write,
+    mut cancel: Option<(&AtomicBool, Pid)>,
 ) -> Result<Vec<u8>, SandboxError> {
     let mut status = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -201,9 +230,19 @@ fn pump(
         if status_open {
             fds.push(PollFd::new(status_out.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match cancel {
+            Some(_) => PollTimeout::try_from(CANCEL_CHECK).unwrap_or(PollTimeout::NONE),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(SandboxError::sys("wait for sandbox output", e)),
+        }
+        if let Some((flag, supervisor)) = cancel {
+            if flag.load(Ordering::SeqCst) {
+                let _ = kill(supervisor, Signal::SIGINT);
+                cancel = None; // once is enough; keep pumping until everything has ended
+            }
         }
         let ready: Vec<bool> = fds
             .iter()

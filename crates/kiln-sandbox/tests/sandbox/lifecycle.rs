@@ -3,6 +3,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_sandbox::chroot::NamespaceSandbox;
@@ -227,4 +229,40 @@ pub fn helper_stand_in(args: &[String]) -> TestResult {
     Err(format!(
         "run returned although nobody ended the sandbox: {result:?}"
     ))
+}
+
+/// A cancel flag (set by kiln's own signal handler for a signal sent to kiln alone) ends the
+/// running step: run returns Interrupted, every sandbox process is gone, the upper is clean.
+pub fn cancel_flag_ends_the_running_step(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let flag = Arc::new(AtomicBool::new(false));
+    let sandbox = NamespaceSandbox::new().with_cancel_flag(flag.clone());
+    let s = spec(fx.root(&layer), &ready_script(&marker()));
+    let me = std::process::id() as i32;
+    let (mut fds, mut seen) = (Vec::new(), Vec::new());
+    let mut sink = OnReady {
+        seen: Vec::new(),
+        fired: false,
+        on_ready: || {
+            seen = descendants(me);
+            fds = seen.iter().filter_map(|&pid| pidfd(pid).ok()).collect();
+            flag.store(true, Ordering::SeqCst);
+        },
+    };
+    let result = sandbox.run(&s, &mut sink);
+    drop(sink);
+    match result {
+        Err(SandboxError::Interrupted { signal: 2 }) => {}
+        other => return Err(format!("expected Interrupted(SIGINT), got {other:?}")),
+    }
+    check!(
+        fds.len() >= 4,
+        "expected supervisor, pid 1, shell and sleep; found {seen:?}"
+    );
+    check!(
+        all_exited(&fds, Duration::ZERO),
+        "sandbox processes {seen:?} outlived run"
+    );
+    check!(layer.contents().is_empty(), "upper: {:?}", layer.contents());
+    Ok(())
 }

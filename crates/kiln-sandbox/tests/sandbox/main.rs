@@ -103,6 +103,10 @@ const TESTS: &[Test] = &[
         lifecycle::sigint_to_the_process_group_ends_the_sandbox,
     ),
     (
+        "cancel_flag_ends_the_running_step",
+        lifecycle::cancel_flag_ends_the_running_step,
+    ),
+    (
         "killed_kiln_leaves_no_sandbox",
         lifecycle::killed_kiln_leaves_no_sandbox,
     ),
