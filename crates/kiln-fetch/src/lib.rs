@@ -94,11 +94,12 @@ impl Fetcher for RealFetcher {
             }
             BaseSource::Tar(path) => {
                 let name = source.to_string();
-                let id = tarball::base_id(&name, path)?;
+                let (id, digest) = tarball::base_id(&name, path)?;
+                let description = format!("{name} (sha256:{})", &digest[..12]);
                 Ok(ResolvedBase {
                     source: source.clone(),
                     id,
-                    description: name,
+                    description,
                 })
             }
             BaseSource::Oci(reference) => oci::resolve(reference, self.default_registry.as_deref()),

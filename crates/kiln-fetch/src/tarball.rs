@@ -42,14 +42,15 @@ impl Compression {
 /// The supported extensions, for error messages.
 pub const SUPPORTED_EXTENSIONS: &str = ".tar, .tar.gz, .tgz or .tar.zst";
 
-/// The base id of the tarball at `path`: sha256 of its bytes, streamed.
-pub fn base_id(base: &str, path: &Path) -> Result<LayerId, FetchError> {
+/// The base id of the tarball at `path` (sha256 of its bytes, streamed) and that digest.
+pub fn base_id(base: &str, path: &Path) -> Result<(LayerId, String), FetchError> {
     let file =
         File::open(path).map_err(|e| FetchError::io(base, "opening the tarball", path, e))?;
     let mut reader = HashingReader::new(file);
     io::copy(&mut reader, &mut io::sink())
         .map_err(|e| FetchError::io(base, "reading the tarball", path, e))?;
-    Ok(id_from_digest(&reader.hex_digest()))
+    let digest = reader.hex_digest();
+    Ok((id_from_digest(&digest), digest))
 }
 
 fn id_from_digest(hex: &str) -> LayerId {

@@ -671,6 +671,158 @@ mod tests {
         assert!(normalize(b"./").unwrap().is_empty());
     }
 
+    /// A tar of (path, kind, data-or-link-target) entries, all root-owned.
+    fn tar(entries: &[(&str, EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            match kind {
+                EntryType::Symlink | EntryType::Link => {
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                _ => {
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn layer(root: &Path, entries: &[(&str, EntryType, &str)]) -> Result<UnpackStats, UnpackError> {
+        unpack(&tar(entries)[..], root, Whiteouts::Apply)
+    }
+
+    fn listing(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.symlink_metadata().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    use EntryType::{Directory as D, Link as L, Regular as F, Symlink as S};
+
+    #[test]
+    fn whiteouts_spare_the_current_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        layer(
+            r,
+            &[
+                ("a", D, ""),
+                ("a/old", F, "1"),
+                ("keep", F, "lower"),
+                ("d", D, ""),
+                ("d/x", F, ""),
+                ("d/sub", D, ""),
+                ("d/sub/y", F, ""),
+            ],
+        )
+        .unwrap();
+        // Same layer: `keep` is rewritten then whited out (the whiteout only hits lower
+        // layers); `d/sub/z` is new, then `d` turns opaque: only this layer's entries stay.
+        layer(
+            r,
+            &[
+                ("keep", F, "upper"),
+                (".wh.keep", F, ""),
+                ("d/sub/z", F, ""),
+                ("d/.wh..wh..opq", F, ""),
+                ("a/.wh.old", F, ""),
+                ("a/.wh.never-existed", F, ""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(listing(r), ["a", "d", "d/sub", "d/sub/z", "keep"]);
+        assert_eq!(std::fs::read(r.join("keep")).unwrap(), b"upper");
+    }
+
+    #[test]
+    fn upper_entries_replace_lower_ones_of_another_kind() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        layer(
+            r,
+            &[
+                ("x", D, ""),
+                ("x/inner", F, ""),
+                ("y", F, "file"),
+                ("z", S, "/etc"),
+                ("lower", F, "shared"),
+            ],
+        )
+        .unwrap();
+        layer(
+            r,
+            &[
+                ("x", F, "now a file"),
+                ("y", D, ""),
+                ("z", D, ""),
+                ("z/in", F, ""),
+                ("hard", L, "lower"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(listing(r), ["hard", "lower", "x", "y", "z", "z/in"]);
+        assert_eq!(std::fs::read(r.join("x")).unwrap(), b"now a file");
+        let (a, b) = (
+            r.join("hard").symlink_metadata().unwrap(),
+            r.join("lower").symlink_metadata().unwrap(),
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&a),
+            std::os::unix::fs::MetadataExt::ino(&b)
+        );
+    }
+
+    #[test]
+    fn literal_mode_keeps_whiteout_names_as_files() {
+        let root = tempfile::tempdir().unwrap();
+        unpack(
+            &tar(&[("a", F, ""), (".wh.a", F, "")])[..],
+            root.path(),
+            Whiteouts::Literal,
+        )
+        .unwrap();
+        assert_eq!(listing(root.path()), [".wh.a", "a"]);
+    }
+
+    #[test]
+    fn whiteouts_do_not_reach_through_symlinks() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), b"x").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        layer(
+            root.path(),
+            &[("link", S, &outside.path().display().to_string())],
+        )
+        .unwrap();
+        let err = layer(root.path(), &[("link/.wh.victim", F, "")]).unwrap_err();
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        assert!(outside.path().join("victim").exists());
+        layer(root.path(), &[("link/.wh..wh..opq", F, "")]).unwrap_err();
+        assert!(outside.path().join("victim").exists());
+    }
+
     #[test]
     fn pax_times_keep_fractions() {
         assert_eq!(
