@@ -1,6 +1,6 @@
 //! `debian:SUITE` bases, bootstrapped with mmdebstrap (debootstrap when it is missing).
 //!
-//! Downloaded `.deb`s go to the store's deb cache ([`crate::debcache`]) so a second
+//! Downloaded `.deb`s go to the store's deb cache (`debs/`, `lists/<key>/`, `tmp/`) so a second
 //! bootstrap of any suite downloads no package already fetched once: a setup hook links
 //! the cached packages into the new root's `/var/cache/apt/archives` before apt looks for
 //! them (apt checks their hashes), and a customize hook hands the new ones back before

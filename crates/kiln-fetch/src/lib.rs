@@ -11,7 +11,7 @@
 //! files beside it and removed), so a failed fetch leaves the store untouched. A failed
 //! fetch also empties the rootfs again.
 //!
-//! Archives are unpacked by [`unpack`](crate) code that never writes outside the root:
+//! Archives (tarballs, layers) are unpacked by code that never writes outside the root:
 //! absolute paths, `..` and paths through symlinks are refused.
 
 mod debcache;

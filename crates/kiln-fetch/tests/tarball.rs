@@ -375,3 +375,19 @@ fn malicious_tarballs_are_refused_and_write_nothing_outside() {
         assert!(!outside_abs.exists(), "{name}: wrote an absolute path");
     }
 }
+
+#[test]
+fn a_corrupt_tarball_is_a_clear_error() {
+    let context = tempfile::tempdir().unwrap();
+    let mut bytes = gzip(&rootfs_tar());
+    bytes.truncate(bytes.len() / 2);
+    let (root, result, _) = fetch_bytes(context.path(), "cut.tar.gz", &bytes);
+    let err = result.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, FetchError::Archive { .. }), "{text}");
+    assert!(
+        text.contains("cut.tar.gz") && text.contains("reading the archive failed"),
+        "{text}"
+    );
+    assert!(tree(root.path()).is_empty());
+}
