@@ -2,7 +2,7 @@
 //!
 //! Layout under the cache directory:
 //! - `debs/NAME_VERSION_ARCH.deb`: every package ever downloaded, verified by apt when it
-//!   was fetched and again when it is reused; added by atomic rename only;
+//!   was fetched; added by atomic rename only;
 //! - `lists/<key>/`: apt's index files for one (suite, mirror, arch), so `apt-get update`
 //!   only revalidates them; replaced as a whole under an exclusive lock;
 //! - `tmp/<pid>-<n>/`: one bootstrap's staging area, removed when it ends (or by the next

@@ -3,7 +3,9 @@
 //! Downloaded `.deb`s go to the store's deb cache (`debs/`, `lists/<key>/`, `tmp/`) so a second
 //! bootstrap of any suite downloads no package already fetched once: a setup hook links
 //! the cached packages into the new root's `/var/cache/apt/archives` before apt looks for
-//! them (apt checks their hashes), and a customize hook hands the new ones back before
+//! them (apt reuses a file there when its size matches the index; files only enter the
+//! cache after apt downloaded and verified them), and a customize hook hands the new ones
+//! back (a cached file that differs is replaced) before
 //! mmdebstrap's cleanup empties the apt cache. apt's lists are cached per (suite, mirror,
 //! arch) the same way, so `apt-get update` only revalidates them.
 

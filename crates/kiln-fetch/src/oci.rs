@@ -118,7 +118,7 @@ fn registry_for(
 fn check_digest(text: &str, host: &str, digest: &str) -> Result<(), FetchError> {
     let valid = digest
         .strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
     if valid {
         Ok(())
     } else {
