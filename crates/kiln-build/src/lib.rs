@@ -31,6 +31,9 @@ use std::sync::Arc;
 /// few hundred layers, and its mount options must fit in one page).
 pub const DEFAULT_FLATTEN_DEPTH: usize = 100;
 
+/// Bytes of overlay mount options we allow ourselves (the kernel takes one page, 4096).
+const MOUNT_OPTIONS_BUDGET: usize = 3900;
+
 /// Knobs of a build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -222,6 +225,7 @@ impl Builder<'_> {
             CopyFrom::Context => copy::plan(context, copy, &dst, "the build context")?,
             CopyFrom::Build(name) => {
                 let stage = stages.get(name).ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
+                let _pin = self.store.pin(stage)?;
                 let scratch = Scratch::new(self.store, "copy-src")?;
                 let src = mount::mount_lower_readonly(&self.store.chain(stage)?, &scratch.path.join("root"))?;
                 copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?
@@ -249,7 +253,8 @@ impl Builder<'_> {
         if self.reuse(id, out)?.is_some() {
             return Ok(id.clone());
         }
-        let flat = self.store.chain(parent)?.len() >= self.options.flatten_depth;
+        let _pin = self.store.pin(parent)?;
+        let flat = self.must_flatten(parent)?;
         let tmp = self.store.begin(id, Some(parent), flat)?;
         let result = (|| {
             let root = if flat {
@@ -280,6 +285,16 @@ impl Builder<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a step on `parent` must start a flat layer: the chain is deeper than
+    /// `flatten_depth`, or its overlay mount options would not fit in one page.
+    fn must_flatten(&self, parent: &LayerId) -> Result<bool, BuildError> {
+        let chain = self.store.chain(parent)?;
+        let lower_bytes: usize = chain.iter().map(|p| p.as_os_str().len() + 1).sum();
+        // upperdir and workdir live in result-tmp/<64 hex id>/{rootfs,work}.
+        let upper_work_bytes = 2 * (self.store.root().as_os_str().len() + 90) + 64;
+        Ok(chain.len() >= self.options.flatten_depth || lower_bytes + upper_work_bytes > MOUNT_OPTIONS_BUDGET)
     }
 
     /// If `id` is stored: marks it used, replays its log and returns its base config.

@@ -125,6 +125,10 @@ impl FsStore {
 }
 
 impl Store for FsStore {
+    fn pin(&self, id: &LayerId) -> Result<StepLock, StoreError> {
+        FsStore::pin(self, id)
+    }
+
     fn root(&self) -> &Path {
         self.layout.root()
     }

@@ -126,6 +126,10 @@ pub trait Store: Send + Sync {
     /// Records that a build used `id` now (for LRU pruning).
     fn touch(&self, id: &LayerId) -> Result<(), StoreError>;
 
+    /// Marks `id` as in use (a lower layer of a running step, a stage being copied from)
+    /// until the guard drops; [`Store::prune`] skips pinned layers.
+    fn pin(&self, id: &LayerId) -> Result<StepLock, StoreError>;
+
     /// Blocks until this process holds the build lock for `id`. Two builds of the same
     /// step serialise here; the second then finds the first's result with [`Store::get`].
     fn lock_step(&self, id: &LayerId) -> Result<StepLock, StoreError>;

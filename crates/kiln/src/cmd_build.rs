@@ -27,11 +27,12 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         deb_cache: store.deb_cache(),
         default_registry: std::env::var("KILN_REGISTRY").ok().filter(|r| !r.is_empty()),
     };
-    let sandbox = NamespaceSandbox::new();
     let cancelled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, cancelled.clone()).context("installing the Ctrl-C handler")?;
     }
+    // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
+    let sandbox = NamespaceSandbox::new().with_cancel_flag(cancelled.clone());
     let options = BuildOptions { fast_sync: !args.no_fast_sync, secrets, cancelled: cancelled.clone(), ..Default::default() };
     let builder = Builder { store: &store, sandbox: &sandbox, fetcher: &fetcher, options };
     let mut out: Box<dyn Write> = if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
