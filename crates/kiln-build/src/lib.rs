@@ -221,14 +221,19 @@ impl Builder<'_> {
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
         let dst = destination(&ctx.workdir, &copy.dst);
+        // A stage's files are read through a read-only mount that must outlive the copy
+        // (declared before the mount guard so it is dropped after it).
+        let (_scratch, _stage_mount, _pin);
         let items = match &copy.from {
             CopyFrom::Context => copy::plan(context, copy, &dst, "the build context")?,
             CopyFrom::Build(name) => {
                 let stage = stages.get(name).ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
-                let _pin = self.store.pin(stage)?;
-                let scratch = Scratch::new(self.store, "copy-src")?;
-                let src = mount::mount_lower_readonly(&self.store.chain(stage)?, &scratch.path.join("root"))?;
-                copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?
+                _pin = self.store.pin(stage)?;
+                _scratch = Scratch::new(self.store, "copy-src")?;
+                let src = mount::mount_lower_readonly(&self.store.chain(stage)?, &_scratch.path.join("root"))?;
+                let items = copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?;
+                _stage_mount = src;
+                items
             }
         };
         let manifest: Vec<_> = items.iter().map(|i| i.entry.clone()).collect();

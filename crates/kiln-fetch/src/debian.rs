@@ -107,13 +107,19 @@ impl DebianBase<'_> {
         include.sort();
         include.dedup();
         let include = include.join(",");
+        let mirror = match self.mirror_url() {
+            m if m == DEFAULT_MIRROR => "default".to_string(),
+            m => m,
+        };
         let id = hash::base_id(
             "debian",
             &[
                 ("suite", self.suite),
                 ("variant", self.variant),
                 ("include", &include),
-                ("mirror", self.mirror.unwrap_or("default")),
+                // A mirror from the spec or KILN_DEBIAN_MIRROR may serve other content
+                // (a snapshot, a derivative), so it names the base; the default one is "default".
+                ("mirror", &mirror),
                 ("arch", &arch),
             ],
         );

@@ -168,6 +168,14 @@ fn bootstrap_options_enter_the_id() {
             ..Bootstrap::default()
         }))
     );
+    assert_eq!(
+        plain,
+        id(Some(Bootstrap {
+            mirror: Some("http://deb.debian.org/debian".into()),
+            ..Bootstrap::default()
+        })),
+        "naming the default mirror is the same base"
+    );
     let trixie = fetcher
         .resolve(&parse_base("debian:trixie", None, work.path()).unwrap())
         .unwrap()

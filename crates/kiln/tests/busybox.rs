@@ -151,6 +151,27 @@ fn copy_honours_workdir_user_exclude_and_modes() {
 }
 
 #[test]
+fn copy_from_a_build_stage_with_exclude() {
+    let dir = test_dir("stagecopy");
+    let store = dir.join("store");
+    let n = nonce();
+    let spec = format!(
+        "((build dev\n        ({base}\n         (workdir /out)\n         (run (shell \"echo {n} > app; mkdir -p lib/.cache; echo x > lib/a; echo y > lib/.cache/b; chmod 700 app\"))))\n {base}\n (user (uid 1000) (gid 1000))\n (copy (from (build dev)) (src /out/app /out/lib) (dst /opt/) (exclude .cache)))\n",
+        base = base()
+    );
+    let run = build(&store, &dir, &spec, &[]).ok();
+    let tar = dir.join("out.tar");
+    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    let entries = tar_entries(&tar);
+    let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in export"));
+    assert_eq!((find("opt/app").1, find("opt/app").3), (1000, 0o700));
+    assert_eq!(tar_read(&tar, "opt/app").unwrap(), format!("{n}\n").as_bytes());
+    assert_eq!(find("opt/lib/a").1, 1000);
+    assert!(entries.iter().all(|e| !e.0.contains(".cache")));
+    assert!(entries.iter().all(|e| !e.0.starts_with("out")), "the stage's own tree stays in the stage");
+}
+
+#[test]
 fn kill_9_at_random_moments_never_leaves_a_half_layer() {
     let dir = test_dir("kill9");
     let store = dir.join("store");

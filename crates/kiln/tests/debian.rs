@@ -68,7 +68,7 @@ fn memcached_example_builds() {
 fn apt_without_host_network_cannot_reach_the_mirror() {
     let store = shared_store();
     let dir = test_dir("nonet");
-    let spec = format!("((from debian:bookworm)\n (run (shell \"echo {}; apt-get update\")))\n", nonce());
+    let spec = format!("((from debian:bookworm)\n (run (shell \"echo {}; apt-get update --error-on=any\")))\n", nonce());
     let run = build(&store, &dir, &spec, &[]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stdout.contains("deb.debian.org") || run.stderr.contains("deb.debian.org"), "{}\n{}", run.stdout, run.stderr);
