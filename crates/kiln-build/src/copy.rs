@@ -31,17 +31,14 @@ pub fn plan(src_root: &Path, copy: &Copy, dst: &str, what: &str) -> Result<Vec<C
         let meta = host
             .symlink_metadata()
             .map_err(|_| BuildError::Copy(format!("source `{src}` not found in {what}")))?;
-        let base = if into_dir {
-            match Path::new(src).file_name() {
-                Some(name) if src != "." && !src.ends_with("/.") => {
-                    format!("{}/{}", dst.trim_end_matches('/'), name.to_string_lossy())
-                }
-                _ => dst.trim_end_matches('/').to_string(),
-            }
+        // As Dockerfile COPY (OBuilder specs translate to it one to one): a directory
+        // source copies its contents to dst; a file goes into dst/ or becomes dst.
+        let base = if meta.is_dir() || !into_dir {
+            dst.trim_end_matches('/').to_string()
         } else {
-            dst.to_string()
+            let name = Path::new(src).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            format!("{}/{name}", dst.trim_end_matches('/'))
         };
-        let base = if base.is_empty() { "/".to_string() } else { base };
         if meta.is_dir() {
             walk_dir(&host, &base, &copy.exclude, &mut items)?;
         } else {
@@ -233,12 +230,15 @@ mod tests {
         fs::write(ctx.path().join("app/main.c"), "int main;").unwrap();
         fs::write(ctx.path().join("app/.git/HEAD"), "x").unwrap();
         fs::write(ctx.path().join("README"), "r").unwrap();
+        // A directory's contents go to dst; files go into dst/.
         let items = plan(ctx.path(), &copy(&["app", "README"], "/src/", &[".git"]), "/src/", "ctx").unwrap();
-        assert_eq!(paths(&items), vec!["/src/app", "/src/app/main.c", "/src/README"]);
+        assert_eq!(paths(&items), vec!["/src", "/src/main.c", "/src/README"]);
         let items = plan(ctx.path(), &copy(&["app"], "/opt/app", &[]), "/opt/app", "ctx").unwrap();
         assert_eq!(paths(&items), vec!["/opt/app", "/opt/app/.git", "/opt/app/.git/HEAD", "/opt/app/main.c"]);
         let items = plan(ctx.path(), &copy(&["."], "/src/", &["app"]), "/src/", "ctx").unwrap();
         assert_eq!(paths(&items), vec!["/src", "/src/README"]);
+        let items = plan(ctx.path(), &copy(&["README"], "/doc", &[]), "/doc", "ctx").unwrap();
+        assert_eq!(paths(&items), vec!["/doc"]);
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn copy_honours_workdir_user_exclude_and_modes() {
     fs::set_permissions(dir.join("app/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
     fs::write(dir.join("app/.git/HEAD"), "ref").unwrap();
     let spec = format!(
-        "({}\n (workdir /srv)\n (user (name builder))\n (copy (src app) (dst app/) (exclude .git))\n (run (shell \"id -u > /tmp/x; ls -ln app/app > listing; cp /tmp/x uid\")))\n",
+        "({}\n (workdir /srv)\n (user (name builder))\n (copy (src app) (dst app/) (exclude .git))\n (copy (src app/run.sh) (dst app/tools/))\n (run (shell \"id -u > /tmp/x; ls -ln app > listing; cp /tmp/x uid\")))\n",
         base()
     );
     let run = build(&store, &dir, &spec, &[]).ok();
@@ -143,8 +143,10 @@ fn copy_honours_workdir_user_exclude_and_modes() {
     kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
     let entries = tar_entries(&tar);
     let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in export"));
-    assert_eq!(find("srv/app/app/run.sh").1, 1000);
-    assert_eq!(find("srv/app/app/run.sh").3, 0o750);
+    // A directory source copies its contents (as Dockerfile COPY); a file goes into dst/.
+    assert_eq!(find("srv/app/run.sh").1, 1000);
+    assert_eq!(find("srv/app/run.sh").3, 0o750);
+    assert_eq!(find("srv/app/tools/run.sh").3, 0o750);
     assert_eq!(find("srv/app").1, 1000, "created parent owned by the user");
     assert!(entries.iter().all(|e| !e.0.contains(".git")));
     assert_eq!(String::from_utf8(tar_read(&tar, "srv/uid").unwrap()).unwrap().trim(), "1000");
@@ -166,7 +168,7 @@ fn copy_from_a_build_stage_with_exclude() {
     let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in export"));
     assert_eq!((find("opt/app").1, find("opt/app").3), (1000, 0o700));
     assert_eq!(tar_read(&tar, "opt/app").unwrap(), format!("{n}\n").as_bytes());
-    assert_eq!(find("opt/lib/a").1, 1000);
+    assert_eq!(find("opt/a").1, 1000, "a directory source copies its contents");
     assert!(entries.iter().all(|e| !e.0.contains(".cache")));
     assert!(entries.iter().all(|e| !e.0.starts_with("out")), "the stage's own tree stays in the stage");
 }

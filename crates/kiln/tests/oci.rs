@@ -74,11 +74,17 @@ fn oci_layout(dir: &Path) -> PathBuf {
     let mut h = tar::Header::new_gnu();
     h.set_size(0);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     b.append_data(&mut h, "bin/.wh.vi", std::io::empty()).unwrap();
     let motd = b"welcome to busybox\n";
     let mut h = tar::Header::new_gnu();
     h.set_size(motd.len() as u64);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     b.append_data(&mut h, "etc/motd", &motd[..]).unwrap();
     let layer2 = b.into_inner().unwrap();
     let (l1, s1) = put(&layer1);
