@@ -16,6 +16,12 @@ use tar::{EntryType, Header};
 /// Writes the tree under `root` to `out` as a tar archive with paths relative to `root`
 /// (`./etc/passwd` style names without the leading `./`). Returns the number of entries.
 pub fn write_tar(root: &Path, out: impl Write) -> Result<u64, ImageError> {
+    write_tar_with_progress(root, out, &mut |_, _| {})
+}
+
+/// [`write_tar`], calling `progress(entries, bytes)` after each entry.
+pub fn write_tar_with_progress(root: &Path, out: impl Write, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, ImageError> {
+    let mut bytes = 0;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
@@ -28,6 +34,10 @@ pub fn write_tar(root: &Path, out: impl Write) -> Result<u64, ImageError> {
         append_xattrs(&mut builder, path)?;
         append_entry(&mut builder, path, &rel, &meta, &mut links)?;
         count += 1;
+        if meta.is_file() {
+            bytes += meta.len();
+        }
+        progress(count, bytes);
     }
     builder.into_inner().map_err(|e| ImageError::io(root, e))?.flush().map_err(|e| ImageError::io(root, e))?;
     Ok(count)

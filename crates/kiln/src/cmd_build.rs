@@ -100,7 +100,15 @@ fn export_from(store: &FsStore, id: &LayerId, scratch: &Path, args: &ExportArgs)
             // Write next to the target and rename, so a failed export never leaves half a file.
             let tmp = args.output.with_extension("tar.kiln-tmp");
             let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let written = kiln_image::tar_export::write_tar(root.path(), std::io::BufWriter::new(file));
+            let bar = indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
+            let mut progress = |entries: u64, bytes: u64| {
+                if entries % 256 == 0 {
+                    bar.set_message(format!("exporting {}: {entries} entries, {}", id.short(), crate::size::human(bytes)));
+                    bar.tick();
+                }
+            };
+            let written = kiln_image::tar_export::write_tar_with_progress(root.path(), std::io::BufWriter::new(file), &mut progress);
+            bar.finish_and_clear();
             if let Err(e) = written {
                 let _ = fs::remove_file(&tmp);
                 return Err(e.into());
