@@ -16,27 +16,42 @@ pub fn initial(config: &kiln_store::BaseConfig, base_rootfs: &Path) -> StepConte
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
     }
-    let workdir = config.workdir.clone().filter(|w| w.starts_with('/')).unwrap_or_else(|| "/".into());
+    let workdir = config
+        .workdir
+        .clone()
+        .filter(|w| w.starts_with('/'))
+        .unwrap_or_else(|| "/".into());
     let shell: Vec<String> = if has_bash(base_rootfs) {
         DEFAULT_SHELL.iter().map(|s| s.to_string()).collect()
     } else {
         FALLBACK_SHELL.iter().map(|s| s.to_string()).collect()
     };
-    StepContext { workdir, user: User::Unix { uid: 0, gid: 0 }, env, shell }
+    StepContext {
+        workdir,
+        user: User::Unix { uid: 0, gid: 0 },
+        env,
+        shell,
+    }
 }
 
 /// Whether the base tree has bash where `/usr/bin/env bash` would find it.
 fn has_bash(rootfs: &Path) -> bool {
-    ["usr/bin/bash", "bin/bash", "usr/local/bin/bash"].iter().any(|p| {
-        // Debian's /bin is a relative symlink to usr/bin, so following it stays inside rootfs.
-        rootfs.join(p).symlink_metadata().is_ok()
-    })
+    ["usr/bin/bash", "bin/bash", "usr/local/bin/bash"]
+        .iter()
+        .any(|p| {
+            // Debian's /bin is a relative symlink to usr/bin, so following it stays inside rootfs.
+            rootfs.join(p).symlink_metadata().is_ok()
+        })
 }
 
 /// Joins `path` onto `workdir` as OBuilder does: absolute replaces, relative appends;
 /// the result is normalised (`.` and `..` resolved lexically, never above `/`).
 pub fn join_workdir(workdir: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') { path.to_string() } else { format!("{workdir}/{path}") };
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{workdir}/{path}")
+    };
     let mut parts: Vec<&str> = Vec::new();
     for part in joined.split('/') {
         match part {
@@ -88,7 +103,14 @@ mod tests {
         let mut env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
         set_env(&mut env, "A", "3");
         set_env(&mut env, "C", "4");
-        assert_eq!(env, vec![("A".into(), "3".into()), ("B".into(), "2".into()), ("C".into(), "4".into())]);
+        assert_eq!(
+            env,
+            vec![
+                ("A".into(), "3".into()),
+                ("B".into(), "2".into()),
+                ("C".into(), "4".into())
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,12 @@ pub struct CopyItem {
 
 /// Walks every source of `copy` under `src_root` (the context dir or a stage's mounted
 /// root) and lists what lands where; `entry.path` is the absolute destination in the image.
-pub fn plan(src_root: &Path, copy: &Copy, dst: &str, what: &str) -> Result<Vec<CopyItem>, BuildError> {
+pub fn plan(
+    src_root: &Path,
+    copy: &Copy,
+    dst: &str,
+    what: &str,
+) -> Result<Vec<CopyItem>, BuildError> {
     let mut items = Vec::new();
     let into_dir = dst.ends_with('/');
     for src in &copy.src {
@@ -36,7 +41,10 @@ pub fn plan(src_root: &Path, copy: &Copy, dst: &str, what: &str) -> Result<Vec<C
         let base = if meta.is_dir() || !into_dir {
             dst.trim_end_matches('/').to_string()
         } else {
-            let name = Path::new(src).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = Path::new(src)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             format!("{}/{name}", dst.trim_end_matches('/'))
         };
         if meta.is_dir() {
@@ -48,18 +56,30 @@ pub fn plan(src_root: &Path, copy: &Copy, dst: &str, what: &str) -> Result<Vec<C
     Ok(items)
 }
 
-fn walk_dir(dir: &Path, base: &str, exclude: &[String], items: &mut Vec<CopyItem>) -> Result<(), BuildError> {
-    let walker = walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name().into_iter();
-    let walker = walker.filter_entry(|e| e.depth() == 0 || !exclude.iter().any(|x| e.file_name() == x.as_str()));
+fn walk_dir(
+    dir: &Path,
+    base: &str,
+    exclude: &[String],
+    items: &mut Vec<CopyItem>,
+) -> Result<(), BuildError> {
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    let walker = walker
+        .filter_entry(|e| e.depth() == 0 || !exclude.iter().any(|x| e.file_name() == x.as_str()));
     for entry in walker {
-        let entry = entry.map_err(|e| BuildError::Copy(format!("reading {}: {e}", dir.display())))?;
+        let entry =
+            entry.map_err(|e| BuildError::Copy(format!("reading {}: {e}", dir.display())))?;
         let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         let dest = if rel.as_os_str().is_empty() {
             base.to_string()
         } else {
             format!("{}/{}", base.trim_end_matches('/'), rel.to_string_lossy())
         };
-        let meta = entry.metadata().map_err(|e| BuildError::Copy(format!("{}: {e}", entry.path().display())))?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| BuildError::Copy(format!("{}: {e}", entry.path().display())))?;
         items.push(item(entry.path(), &dest, &meta)?);
     }
     Ok(())
@@ -68,25 +88,40 @@ fn walk_dir(dir: &Path, base: &str, exclude: &[String], items: &mut Vec<CopyItem
 fn item(host: &Path, dest: &str, meta: &fs::Metadata) -> Result<CopyItem, BuildError> {
     let mode = meta.permissions().mode() & 0o7777;
     let kind = if meta.file_type().is_symlink() {
-        let target = fs::read_link(host).map_err(|e| BuildError::Copy(format!("{}: {e}", host.display())))?;
-        ManifestKind::Symlink { target: target.to_string_lossy().into_owned() }
+        let target = fs::read_link(host)
+            .map_err(|e| BuildError::Copy(format!("{}: {e}", host.display())))?;
+        ManifestKind::Symlink {
+            target: target.to_string_lossy().into_owned(),
+        }
     } else if meta.is_dir() {
         ManifestKind::Dir { mode }
     } else if meta.is_file() {
-        ManifestKind::File { sha256: sha256_file(host)?, mode }
+        ManifestKind::File {
+            sha256: sha256_file(host)?,
+            mode,
+        }
     } else {
         return Err(BuildError::Copy(format!(
             "{} is not a regular file, directory or symlink; copy cannot take sockets, fifos or devices",
             host.display()
         )));
     };
-    Ok(CopyItem { host: host.to_path_buf(), entry: ManifestEntry { path: dest.to_string(), kind }, mtime: meta.mtime() })
+    Ok(CopyItem {
+        host: host.to_path_buf(),
+        entry: ManifestEntry {
+            path: dest.to_string(),
+            kind,
+        },
+        mtime: meta.mtime(),
+    })
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], BuildError> {
-    let mut file = fs::File::open(path).map_err(|e| BuildError::Copy(format!("{}: {e}", path.display())))?;
+    let mut file =
+        fs::File::open(path).map_err(|e| BuildError::Copy(format!("{}: {e}", path.display())))?;
     let mut h = Sha256::new();
-    io::copy(&mut file, &mut h).map_err(|e| BuildError::Copy(format!("{}: {e}", path.display())))?;
+    io::copy(&mut file, &mut h)
+        .map_err(|e| BuildError::Copy(format!("{}: {e}", path.display())))?;
     Ok(h.finalize().into())
 }
 
@@ -94,7 +129,8 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], BuildError> {
 /// Missing parent directories are created (mode 755, same owner).
 pub fn apply(root: &Path, items: &[CopyItem], uid: u32, gid: u32) -> Result<(), BuildError> {
     for it in items {
-        apply_one(root, it, uid, gid).map_err(|e| BuildError::Copy(format!("copying to {}: {e}", it.entry.path)))?;
+        apply_one(root, it, uid, gid)
+            .map_err(|e| BuildError::Copy(format!("copying to {}: {e}", it.entry.path)))?;
     }
     Ok(())
 }
@@ -148,7 +184,12 @@ fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
 /// Resolves `path` as the image rooted at `root` sees it: `..` stops at the root and
 /// symlinks (absolute ones relative to `root`) are followed, except the last component
 /// unless `follow_last`. With `create_owner`, missing directories on the way are created.
-pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool, create_owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+pub fn resolve_in_root(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+    create_owner: Option<(u32, u32)>,
+) -> io::Result<PathBuf> {
     let mut pending: Vec<String> = components(path);
     pending.reverse();
     let mut current = root.to_path_buf();
@@ -166,7 +207,9 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool, create_owner:
             Ok(m) if m.file_type().is_symlink() && (!last || follow_last) => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(io::Error::other(format!("too many levels of symlinks resolving {path}")));
+                    return Err(io::Error::other(format!(
+                        "too many levels of symlinks resolving {path}"
+                    )));
                 }
                 let link = fs::read_link(&candidate)?;
                 let link = link.to_string_lossy();
@@ -231,10 +274,30 @@ mod tests {
         fs::write(ctx.path().join("app/.git/HEAD"), "x").unwrap();
         fs::write(ctx.path().join("README"), "r").unwrap();
         // A directory's contents go to dst; files go into dst/.
-        let items = plan(ctx.path(), &copy(&["app", "README"], "/src/", &[".git"]), "/src/", "ctx").unwrap();
+        let items = plan(
+            ctx.path(),
+            &copy(&["app", "README"], "/src/", &[".git"]),
+            "/src/",
+            "ctx",
+        )
+        .unwrap();
         assert_eq!(paths(&items), vec!["/src", "/src/main.c", "/src/README"]);
-        let items = plan(ctx.path(), &copy(&["app"], "/opt/app", &[]), "/opt/app", "ctx").unwrap();
-        assert_eq!(paths(&items), vec!["/opt/app", "/opt/app/.git", "/opt/app/.git/HEAD", "/opt/app/main.c"]);
+        let items = plan(
+            ctx.path(),
+            &copy(&["app"], "/opt/app", &[]),
+            "/opt/app",
+            "ctx",
+        )
+        .unwrap();
+        assert_eq!(
+            paths(&items),
+            vec![
+                "/opt/app",
+                "/opt/app/.git",
+                "/opt/app/.git/HEAD",
+                "/opt/app/main.c"
+            ]
+        );
         let items = plan(ctx.path(), &copy(&["."], "/src/", &["app"]), "/src/", "ctx").unwrap();
         assert_eq!(paths(&items), vec!["/src", "/src/README"]);
         let items = plan(ctx.path(), &copy(&["README"], "/doc", &[]), "/doc", "ctx").unwrap();
@@ -276,19 +339,41 @@ mod tests {
         fs::write(ctx.path().join("run.sh"), "#!/bin/sh").unwrap();
         fs::set_permissions(ctx.path().join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
         std::os::unix::fs::symlink("run.sh", ctx.path().join("link")).unwrap();
-        let items = plan(ctx.path(), &copy(&["run.sh", "link"], "/opt/app/", &[]), "/opt/app/", "ctx").unwrap();
+        let items = plan(
+            ctx.path(),
+            &copy(&["run.sh", "link"], "/opt/app/", &[]),
+            "/opt/app/",
+            "ctx",
+        )
+        .unwrap();
         apply(root.path(), &items, 1000, 1001).unwrap();
         let m = fs::metadata(root.path().join("opt/app/run.sh")).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.permissions().mode() & 0o7777), (1000, 1001, 0o750));
+        assert_eq!(
+            (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
+            (1000, 1001, 0o750)
+        );
         let d = fs::metadata(root.path().join("opt/app")).unwrap();
         assert_eq!((d.uid(), d.permissions().mode() & 0o777), (1000, 0o755));
-        assert_eq!(fs::read_link(root.path().join("opt/app/link")).unwrap(), Path::new("run.sh"));
+        assert_eq!(
+            fs::read_link(root.path().join("opt/app/link")).unwrap(),
+            Path::new("run.sh")
+        );
     }
 
     #[test]
     fn missing_source_names_it() {
         let ctx = tempfile::tempdir().unwrap();
-        let err = plan(ctx.path(), &copy(&["nope"], "/x", &[]), "/x", "the build context").unwrap_err();
-        assert!(err.to_string().contains("`nope` not found in the build context"), "{err}");
+        let err = plan(
+            ctx.path(),
+            &copy(&["nope"], "/x", &[]),
+            "/x",
+            "the build context",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`nope` not found in the build context"),
+            "{err}"
+        );
     }
 }

@@ -12,7 +12,12 @@ pub enum BuildError {
     #[error(transparent)]
     Fetch(#[from] kiln_fetch::FetchError),
     #[error("step at {pos} failed ({}): {step}\n--- last lines of its output ---\n{tail}", describe(*outcome))]
-    StepFailed { step: String, pos: Pos, outcome: Outcome, tail: String },
+    StepFailed {
+        step: String,
+        pos: Pos,
+        outcome: Outcome,
+        tail: String,
+    },
     #[error("secret `{id}` used at {pos} was not provided: pass --secret {id}:FILE")]
     MissingSecret { id: String, pos: Pos },
     #[error("user `{0}` is not in the image's /etc/passwd")]
@@ -24,7 +29,10 @@ pub enum BuildError {
     #[error("{0}")]
     Tool(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing build output: {0}")]
     Output(std::io::Error),
     #[error("build cancelled")]
@@ -33,7 +41,10 @@ pub enum BuildError {
 
 impl BuildError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        BuildError::Io { path: path.into(), source }
+        BuildError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn output(e: std::io::Error) -> Self {
         BuildError::Output(e)

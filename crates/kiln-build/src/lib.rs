@@ -75,7 +75,12 @@ type StepBody<'b> = Box<dyn FnOnce(&RootFs, &mut StepOutput) -> Result<(), Build
 impl Builder<'_> {
     /// Builds `spec` with `context` as the build context; progress and step output go to
     /// `out`. Returns the id of the final layer.
-    pub fn build(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+    pub fn build(
+        &self,
+        spec: &Spec,
+        context: &Path,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         self.check_secrets(spec)?;
         let id = self.build_spec(spec, context, out)?;
         writeln!(out, "Got: \"{id}\"").map_err(BuildError::output)?;
@@ -89,15 +94,27 @@ impl Builder<'_> {
         }
         for op in &spec.ops {
             if let Op::Run(run) = &op.value {
-                if let Some(m) = run.secrets.iter().find(|m| !self.options.secrets.contains_key(&m.id)) {
-                    return Err(BuildError::MissingSecret { id: m.id.clone(), pos: op.pos });
+                if let Some(m) = run
+                    .secrets
+                    .iter()
+                    .find(|m| !self.options.secrets.contains_key(&m.id))
+                {
+                    return Err(BuildError::MissingSecret {
+                        id: m.id.clone(),
+                        pos: op.pos,
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    fn build_spec(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+    fn build_spec(
+        &self,
+        spec: &Spec,
+        context: &Path,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         let mut stages = BTreeMap::new();
         for child in &spec.child_builds {
             writeln!(out, "(build {} …)", child.value.name).map_err(BuildError::output)?;
@@ -105,7 +122,12 @@ impl Builder<'_> {
             stages.insert(child.value.name.clone(), id);
         }
         let (mut parent, config) = self.base(spec, context, out)?;
-        let base_root = self.store.chain(&parent)?.into_iter().next().unwrap_or_default();
+        let base_root = self
+            .store
+            .chain(&parent)?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let mut ctx = context::initial(&config, &base_root);
         for op in &spec.ops {
             self.check_cancelled()?;
@@ -116,14 +138,21 @@ impl Builder<'_> {
                 Op::Env(name, value) => context::set_env(&mut ctx.env, name, value),
                 Op::User(user) => ctx.user = user.clone(),
                 Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, out)?,
-                Op::Copy(copy) => parent = self.copy_step(op, copy, &ctx, &parent, context, &stages, out)?,
+                Op::Copy(copy) => {
+                    parent = self.copy_step(op, copy, &ctx, &parent, context, &stages, out)?
+                }
             }
         }
         Ok(parent)
     }
 
     /// The `(from …)` layer: reused when stored, fetched otherwise.
-    fn base(&self, spec: &Spec, context: &Path, out: &mut dyn Write) -> Result<(LayerId, BaseConfig), BuildError> {
+    fn base(
+        &self,
+        spec: &Spec,
+        context: &Path,
+        out: &mut dyn Write,
+    ) -> Result<(LayerId, BaseConfig), BuildError> {
         let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
         let source = parse_base(&spec.from.value, bootstrap, context)?;
         let base = self.fetcher.resolve(&source)?;
@@ -145,7 +174,8 @@ impl Builder<'_> {
         })();
         match fetched.and_then(|c| self.check_cancelled().map(|()| c)) {
             Ok(config) => {
-                self.store.commit(tmp, &base.description, Some(config.clone()))?;
+                self.store
+                    .commit(tmp, &base.description, Some(config.clone()))?;
                 writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
                 Ok((base.id, config))
             }
@@ -156,11 +186,23 @@ impl Builder<'_> {
         }
     }
 
-    fn run_step(&self, op: &Located<Op>, run: &Run, ctx: &StepContext, parent: &LayerId, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+    fn run_step(
+        &self,
+        op: &Located<Op>,
+        run: &Run,
+        ctx: &StepContext,
+        parent: &LayerId,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         let secret_values: Vec<(String, Vec<u8>)> = run
             .secrets
             .iter()
-            .map(|m| (m.id.clone(), self.options.secrets.get(&m.id).cloned().unwrap_or_default()))
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    self.options.secrets.get(&m.id).cloned().unwrap_or_default(),
+                )
+            })
             .collect();
         let id = hash::run_id(parent, ctx, run, &secret_values);
         let header = step_header(ctx, op);
@@ -171,7 +213,11 @@ impl Builder<'_> {
             let mut mounts = Vec::new();
             for cache in &run.cache {
                 let lease = self.store.cache_acquire(&cache.id)?;
-                mounts.push(BindMount { source: lease.dir.clone(), target: cache.target.clone(), readonly: false });
+                mounts.push(BindMount {
+                    source: lease.dir.clone(),
+                    target: cache.target.clone(),
+                    readonly: false,
+                });
                 leases.push(lease);
             }
             let mut argv = ctx.shell.clone();
@@ -189,13 +235,17 @@ impl Builder<'_> {
                     .secrets
                     .iter()
                     .zip(&secret_values)
-                    .map(|(m, (_, v))| Secret { target: m.target.clone(), value: v.clone() })
+                    .map(|(m, (_, v))| Secret {
+                        target: m.target.clone(),
+                        value: v.clone(),
+                    })
                     .collect(),
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
             };
             let outcome = self.sandbox.run(&spec, output);
-            let ok = matches!(outcome, Ok(o) if o.success()) && !self.options.cancelled.load(Ordering::SeqCst);
+            let ok = matches!(outcome, Ok(o) if o.success())
+                && !self.options.cancelled.load(Ordering::SeqCst);
             for lease in leases {
                 self.store.cache_release(lease, ok)?;
             }
@@ -203,7 +253,12 @@ impl Builder<'_> {
             if outcome.success() {
                 Ok(())
             } else {
-                Err(BuildError::StepFailed { step: header_op(op), pos: op.pos, outcome, tail: String::new() })
+                Err(BuildError::StepFailed {
+                    step: header_op(op),
+                    pos: op.pos,
+                    outcome,
+                    tail: String::new(),
+                })
             }
         });
         self.step(&id, parent, &header, masks, body, out)
@@ -227,10 +282,15 @@ impl Builder<'_> {
         let items = match &copy.from {
             CopyFrom::Context => copy::plan(context, copy, &dst, "the build context")?,
             CopyFrom::Build(name) => {
-                let stage = stages.get(name).ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
+                let stage = stages
+                    .get(name)
+                    .ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
                 _pin = self.store.pin(stage)?;
                 _scratch = Scratch::new(self.store, "copy-src")?;
-                let src = mount::mount_lower_readonly(&self.store.chain(stage)?, &_scratch.path.join("root"))?;
+                let src = mount::mount_lower_readonly(
+                    &self.store.chain(stage)?,
+                    &_scratch.path.join("root"),
+                )?;
                 let items = copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?;
                 _stage_mount = src;
                 items
@@ -249,7 +309,15 @@ impl Builder<'_> {
     }
 
     /// Reuses a stored step, or builds it in a temporary layer and commits it.
-    fn step(&self, id: &LayerId, parent: &LayerId, header: &str, masks: Vec<Vec<u8>>, body: StepBody, out: &mut dyn Write) -> Result<LayerId, BuildError> {
+    fn step(
+        &self,
+        id: &LayerId,
+        parent: &LayerId,
+        header: &str,
+        masks: Vec<Vec<u8>>,
+        body: StepBody,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         writeln!(out, "{header}").map_err(BuildError::output)?;
         if self.reuse(id, out)?.is_some() {
             return Ok(id.clone());
@@ -266,16 +334,25 @@ impl Builder<'_> {
                 self.flatten_into(parent, &tmp.rootfs)?;
                 RootFs::Dir(tmp.rootfs.clone())
             } else {
-                RootFs::Overlay { lower: self.store.chain(parent)?, upper: tmp.rootfs.clone(), work: tmp.work.clone() }
+                RootFs::Overlay {
+                    lower: self.store.chain(parent)?,
+                    upper: tmp.rootfs.clone(),
+                    work: tmp.work.clone(),
+                }
             };
             let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
             let mut output = StepOutput::new(out, &mut log, masks);
             let result = body(&root, &mut output);
             output.finish().map_err(BuildError::output)?;
             match result {
-                Err(BuildError::StepFailed { step, pos, outcome, .. }) => {
-                    Err(BuildError::StepFailed { step, pos, outcome, tail: output.tail() })
-                }
+                Err(BuildError::StepFailed {
+                    step, pos, outcome, ..
+                }) => Err(BuildError::StepFailed {
+                    step,
+                    pos,
+                    outcome,
+                    tail: output.tail(),
+                }),
                 other => other,
             }
         })();
@@ -299,12 +376,19 @@ impl Builder<'_> {
         let lower_bytes: usize = chain.iter().map(|p| p.as_os_str().len() + 1).sum();
         // upperdir and workdir live in result-tmp/<64 hex id>/{rootfs,work}.
         let upper_work_bytes = 2 * (self.store.root().as_os_str().len() + 90) + 64;
-        Ok(chain.len() >= self.options.flatten_depth || lower_bytes + upper_work_bytes > MOUNT_OPTIONS_BUDGET)
+        Ok(chain.len() >= self.options.flatten_depth
+            || lower_bytes + upper_work_bytes > MOUNT_OPTIONS_BUDGET)
     }
 
     /// If `id` is stored: marks it used, replays its log and returns its base config.
-    fn reuse(&self, id: &LayerId, out: &mut dyn Write) -> Result<Option<Option<BaseConfig>>, BuildError> {
-        let Some(info) = self.store.get(id)? else { return Ok(None) };
+    fn reuse(
+        &self,
+        id: &LayerId,
+        out: &mut dyn Write,
+    ) -> Result<Option<Option<BaseConfig>>, BuildError> {
+        let Some(info) = self.store.get(id)? else {
+            return Ok(None);
+        };
         self.store.touch(id)?;
         let log = self.store.log_path(id);
         if let Ok(mut f) = fs::File::open(&log) {
@@ -317,7 +401,8 @@ impl Builder<'_> {
     /// Copies the merged view of `parent`'s chain into `dest`, which becomes a flat layer.
     fn flatten_into(&self, parent: &LayerId, dest: &Path) -> Result<(), BuildError> {
         let scratch = Scratch::new(self.store, "flatten")?;
-        let src = mount::mount_lower_readonly(&self.store.chain(parent)?, &scratch.path.join("root"))?;
+        let src =
+            mount::mount_lower_readonly(&self.store.chain(parent)?, &scratch.path.join("root"))?;
         tools::cp_archive(src.path(), dest)
     }
 
@@ -327,10 +412,15 @@ impl Builder<'_> {
             User::Unix { uid, gid } => Ok((*uid, *gid)),
             User::Name(name) => {
                 let scratch = Scratch::new(self.store, "passwd")?;
-                let root = mount::mount_lower_readonly(&self.store.chain(layer)?, &scratch.path.join("root"))?;
-                let passwd_path = copy::resolve_in_root(root.path(), "/etc/passwd", true, None).map_err(|e| BuildError::io("/etc/passwd", e))?;
+                let root = mount::mount_lower_readonly(
+                    &self.store.chain(layer)?,
+                    &scratch.path.join("root"),
+                )?;
+                let passwd_path = copy::resolve_in_root(root.path(), "/etc/passwd", true, None)
+                    .map_err(|e| BuildError::io("/etc/passwd", e))?;
                 let passwd = fs::read_to_string(&passwd_path).unwrap_or_default();
-                context::lookup_passwd(&passwd, name).ok_or_else(|| BuildError::UnknownUser(name.clone()))
+                context::lookup_passwd(&passwd, name)
+                    .ok_or_else(|| BuildError::UnknownUser(name.clone()))
             }
         }
     }
@@ -370,7 +460,9 @@ struct Scratch {
 
 impl Scratch {
     fn new(store: &dyn Store, prefix: &str) -> Result<Scratch, BuildError> {
-        Ok(Scratch { path: store.scratch_dir(prefix)? })
+        Ok(Scratch {
+            path: store.scratch_dir(prefix)?,
+        })
     }
 }
 
@@ -397,7 +489,11 @@ mod tools {
         if status.success() {
             Ok(())
         } else {
-            Err(BuildError::Tool(format!("cp -a {} {} failed: {status}", src.display(), dest.display())))
+            Err(BuildError::Tool(format!(
+                "cp -a {} {} failed: {status}",
+                src.display(),
+                dest.display()
+            )))
         }
     }
 }

@@ -24,7 +24,14 @@ pub struct StepOutput<'a> {
 impl<'a> StepOutput<'a> {
     pub fn new(terminal: &'a mut dyn Write, log: &'a mut dyn Write, secrets: Vec<Vec<u8>>) -> Self {
         let secrets = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        StepOutput { terminal, log, secrets, pending: Vec::new(), tail: VecDeque::new(), partial_line: Vec::new() }
+        StepOutput {
+            terminal,
+            log,
+            secrets,
+            pending: Vec::new(),
+            tail: VecDeque::new(),
+            partial_line: Vec::new(),
+        }
     }
 
     /// Emits `pending` with secrets masked, holding back a tail that could be the
@@ -38,7 +45,12 @@ impl<'a> StepOutput<'a> {
             if let Some(s) = self.secrets.iter().find(|s| rest.starts_with(s)) {
                 out.extend_from_slice(MASK);
                 i += s.len();
-            } else if !all && self.secrets.iter().any(|s| s.len() > rest.len() && s.starts_with(rest)) {
+            } else if !all
+                && self
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
+            {
                 self.pending = rest.to_vec();
                 break;
             } else {
@@ -82,7 +94,11 @@ impl<'a> StepOutput<'a> {
 
     /// The last lines written (already masked).
     pub fn tail(&self) -> String {
-        self.tail.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>().join("\n")
+        self.tail
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -110,7 +126,11 @@ mod tests {
     fn run(chunks: &[&[u8]], secrets: &[&str]) -> (Vec<u8>, Vec<u8>, String) {
         let (mut term, mut log) = (Vec::new(), Vec::new());
         let tail = {
-            let mut out = StepOutput::new(&mut term, &mut log, secrets.iter().map(|s| s.as_bytes().to_vec()).collect());
+            let mut out = StepOutput::new(
+                &mut term,
+                &mut log,
+                secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            );
             for c in chunks {
                 out.write_all(c).unwrap();
             }

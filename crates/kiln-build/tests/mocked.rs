@@ -30,13 +30,18 @@ impl Sandbox for ScriptedSandbox {
             let mut n = count.lock().unwrap();
             *n += 1;
             cv.notify_all();
-            let _ = cv.wait_timeout_while(n, Duration::from_secs(2), |n| *n % 2 == 1).unwrap();
+            let _ = cv
+                .wait_timeout_while(n, Duration::from_secs(2), |n| *n % 2 == 1)
+                .unwrap();
         }
         let upper = match &spec.root {
             RootFs::Overlay { upper, .. } => upper.clone(),
             RootFs::Dir(dir) => dir.clone(),
         };
-        let name: String = cmd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let name: String = cmd
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
         std::fs::write(upper.join(name), &cmd).unwrap();
         for m in &spec.mounts {
             std::fs::write(m.source.join("touched"), &cmd).unwrap();
@@ -45,7 +50,11 @@ impl Sandbox for ScriptedSandbox {
             writeln!(output, "secret is {}", String::from_utf8_lossy(&s.value)).unwrap();
         }
         writeln!(output, "ran: {cmd}").unwrap();
-        Ok(if cmd.contains("fail") { Outcome::Exited(2) } else { Outcome::Exited(0) })
+        Ok(if cmd.contains("fail") {
+            Outcome::Exited(2)
+        } else {
+            Outcome::Exited(0)
+        })
     }
 }
 
@@ -53,19 +62,42 @@ struct FakeBase;
 
 impl Fetcher for FakeBase {
     fn resolve(&self, source: &BaseSource) -> Result<ResolvedBase, FetchError> {
-        Ok(ResolvedBase { source: source.clone(), id: base_id("fake", &[("src", &format!("{source:?}"))]), description: "fake".into() })
+        Ok(ResolvedBase {
+            source: source.clone(),
+            id: base_id("fake", &[("src", &format!("{source:?}"))]),
+            description: "fake".into(),
+        })
     }
-    fn fetch(&self, _base: &ResolvedBase, rootfs: &Path, progress: &mut dyn Write) -> Result<BaseConfig, FetchError> {
+    fn fetch(
+        &self,
+        _base: &ResolvedBase,
+        rootfs: &Path,
+        progress: &mut dyn Write,
+    ) -> Result<BaseConfig, FetchError> {
         std::fs::create_dir_all(rootfs.join("usr/bin")).unwrap();
         std::fs::write(rootfs.join("usr/bin/bash"), "").unwrap();
         writeln!(progress, "fetched fake base").unwrap();
-        Ok(BaseConfig { env: vec![("PATH".into(), "/bin".into()), ("LANG".into(), "C".into())], workdir: None, user: None })
+        Ok(BaseConfig {
+            env: vec![("PATH".into(), "/bin".into()), ("LANG".into(), "C".into())],
+            workdir: None,
+            user: None,
+        })
     }
 }
 
-fn build(store: &FsStore, sandbox: &ScriptedSandbox, spec: &str, options: BuildOptions) -> (Result<kiln_spec::LayerId, BuildError>, String) {
+fn build(
+    store: &FsStore,
+    sandbox: &ScriptedSandbox,
+    spec: &str,
+    options: BuildOptions,
+) -> (Result<kiln_spec::LayerId, BuildError>, String) {
     let spec = kiln_spec::parse(spec).unwrap();
-    let builder = Builder { store, sandbox, fetcher: &FakeBase, options };
+    let builder = Builder {
+        store,
+        sandbox,
+        fetcher: &FakeBase,
+        options,
+    };
     let mut out = Vec::new();
     let ctx = tempfile::tempdir().unwrap();
     let result = builder.build(&spec, ctx.path(), &mut out);
@@ -93,7 +125,10 @@ fn second_build_runs_nothing_and_replays_logs() {
     assert_eq!(second.unwrap(), first);
     assert_eq!(sandbox.runs.lock().unwrap().len(), 2, "nothing re-run");
     assert_eq!(out2.matches("from cache").count(), 3);
-    assert!(out2.contains("ran: two") && out2.contains("fetched fake base"), "logs replayed:\n{out2}");
+    assert!(
+        out2.contains("ran: two") && out2.contains("fetched fake base"),
+        "logs replayed:\n{out2}"
+    );
     assert!(out2.ends_with(&format!("Got: \"{first}\"\n")));
 }
 
@@ -102,13 +137,22 @@ fn context_reaches_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
     let sandbox = ScriptedSandbox::default();
-    build(&store, &sandbox, SPEC, BuildOptions::default()).0.unwrap();
+    build(&store, &sandbox, SPEC, BuildOptions::default())
+        .0
+        .unwrap();
     let runs = sandbox.runs.lock().unwrap();
     let two = &runs[1];
     assert_eq!(two.argv, vec!["/usr/bin/env", "bash", "-c", "two"]);
     assert_eq!((two.uid, two.gid), (7, 8));
     assert_eq!(two.cwd, "/src");
-    assert_eq!(two.env, vec![("PATH".into(), "/bin".into()), ("LANG".into(), "C".into()), ("A".into(), "1".into())]);
+    assert_eq!(
+        two.env,
+        vec![
+            ("PATH".into(), "/bin".into()),
+            ("LANG".into(), "C".into()),
+            ("A".into(), "1".into())
+        ]
+    );
     assert!(!two.host_network && two.fast_sync);
     match &two.root {
         RootFs::Overlay { lower, .. } => assert_eq!(lower.len(), 2, "step one over the base"),
@@ -121,10 +165,19 @@ fn a_failed_step_is_not_stored_and_earlier_steps_are_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
     let sandbox = ScriptedSandbox::default();
-    let spec = |last: &str| format!("((from debian:bookworm)\n (run (shell \"one\"))\n (run (shell \"{last}\")))\n");
-    let (result, _) = build(&store, &sandbox, &spec("please fail"), BuildOptions::default());
+    let spec = |last: &str| {
+        format!("((from debian:bookworm)\n (run (shell \"one\"))\n (run (shell \"{last}\")))\n")
+    };
+    let (result, _) = build(
+        &store,
+        &sandbox,
+        &spec("please fail"),
+        BuildOptions::default(),
+    );
     match result {
-        Err(BuildError::StepFailed { outcome, tail, pos, .. }) => {
+        Err(BuildError::StepFailed {
+            outcome, tail, pos, ..
+        }) => {
             assert_eq!(outcome, Outcome::Exited(2));
             assert!(tail.contains("ran: please fail"), "{tail}");
             assert_eq!((pos.line, pos.col), (3, 2));
@@ -143,15 +196,34 @@ fn secrets_enter_the_hash_and_are_masked() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
     let sandbox = ScriptedSandbox::default();
-    let spec = "((from debian:bookworm)\n (run (secrets (tok (target /run/tok))) (shell \"use\")))\n";
+    let spec =
+        "((from debian:bookworm)\n (run (secrets (tok (target /run/tok))) (shell \"use\")))\n";
     let (missing, _) = build(&store, &sandbox, spec, BuildOptions::default());
     assert!(matches!(missing, Err(BuildError::MissingSecret { .. })));
-    let with = |v: &str| BuildOptions { secrets: [("tok".to_string(), v.as_bytes().to_vec())].into(), ..Default::default() };
+    let with = |v: &str| BuildOptions {
+        secrets: [("tok".to_string(), v.as_bytes().to_vec())].into(),
+        ..Default::default()
+    };
     let (a, out) = build(&store, &sandbox, spec, with("hunter2"));
-    assert!(!out.contains("hunter2") && out.contains("secret is ***"), "{out}");
+    assert!(
+        !out.contains("hunter2") && out.contains("secret is ***"),
+        "{out}"
+    );
     let (b, _) = build(&store, &sandbox, spec, with("other"));
     assert_ne!(a.unwrap(), b.unwrap());
-    let log = std::fs::read_to_string(store.log_path(&store.list().unwrap().iter().find(|l| l.meta.parent.is_some()).unwrap().meta.id)).unwrap();
+    let log = std::fs::read_to_string(
+        store.log_path(
+            &store
+                .list()
+                .unwrap()
+                .iter()
+                .find(|l| l.meta.parent.is_some())
+                .unwrap()
+                .meta
+                .id,
+        ),
+    )
+    .unwrap();
     assert!(!log.contains("hunter2"));
 }
 
@@ -160,14 +232,28 @@ fn cache_mounts_are_kept_after_success_and_dropped_after_failure() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
     let sandbox = ScriptedSandbox::default();
-    let spec = |cmd: &str| format!("((from debian:bookworm)\n (run (cache (c (target /c))) (shell \"{cmd}\")))\n");
-    build(&store, &sandbox, &spec("keep"), BuildOptions::default()).0.unwrap();
+    let spec = |cmd: &str| {
+        format!("((from debian:bookworm)\n (run (cache (c (target /c))) (shell \"{cmd}\")))\n")
+    };
+    build(&store, &sandbox, &spec("keep"), BuildOptions::default())
+        .0
+        .unwrap();
     let lease = store.cache_acquire("c").unwrap();
-    assert_eq!(std::fs::read_to_string(lease.dir.join("touched")).unwrap(), "keep");
+    assert_eq!(
+        std::fs::read_to_string(lease.dir.join("touched")).unwrap(),
+        "keep"
+    );
     store.cache_release(lease, false).unwrap();
-    assert!(build(&store, &sandbox, &spec("now fail"), BuildOptions::default()).0.is_err());
+    assert!(
+        build(&store, &sandbox, &spec("now fail"), BuildOptions::default())
+            .0
+            .is_err()
+    );
     let lease = store.cache_acquire("c").unwrap();
-    assert_eq!(std::fs::read_to_string(lease.dir.join("touched")).unwrap(), "keep");
+    assert_eq!(
+        std::fs::read_to_string(lease.dir.join("touched")).unwrap(),
+        "keep"
+    );
     store.cache_release(lease, false).unwrap();
 }
 
@@ -188,7 +274,12 @@ fn cancellation_discards_the_running_step() {
     }
     let cancelling = CancelAfterRun(&sandbox, flag);
     let spec = kiln_spec::parse("((from debian:bookworm)\n (run (shell \"long\")))\n").unwrap();
-    let builder = Builder { store: &store, sandbox: &cancelling, fetcher: &FakeBase, options };
+    let builder = Builder {
+        store: &store,
+        sandbox: &cancelling,
+        fetcher: &FakeBase,
+        options,
+    };
     let ctx = tempfile::tempdir().unwrap();
     let result = builder.build(&spec, ctx.path(), &mut Vec::new());
     assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
@@ -199,11 +290,23 @@ fn cancellation_discards_the_running_step() {
 fn two_concurrent_builds_share_each_step() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
-    let sandbox = ScriptedSandbox { rendezvous: Some((Mutex::new(0), Condvar::new())), ..Default::default() };
-    build(&store, &sandbox, "((from debian:bookworm))\n", BuildOptions::default()).0.unwrap();
+    let sandbox = ScriptedSandbox {
+        rendezvous: Some((Mutex::new(0), Condvar::new())),
+        ..Default::default()
+    };
+    build(
+        &store,
+        &sandbox,
+        "((from debian:bookworm))\n",
+        BuildOptions::default(),
+    )
+    .0
+    .unwrap();
     let spec = "((from debian:bookworm)\n (run (shell \"a\"))\n (run (shell \"b\")))\n";
     let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| build(&store, &sandbox, spec, BuildOptions::default()))).collect();
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| build(&store, &sandbox, spec, BuildOptions::default())))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let ids: Vec<_> = results.into_iter().map(|(r, _)| r.unwrap()).collect();

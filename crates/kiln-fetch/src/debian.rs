@@ -12,6 +12,7 @@
 use crate::debcache::{DebCache, Stage};
 use crate::tarball::DEFAULT_PATH;
 use crate::tools::{debootstrap, dpkg, mmdebstrap, ToolError};
+use crate::BaseSource;
 use crate::{fsutil, FetchError};
 use kiln_spec::{hash, LayerId};
 use kiln_store::BaseConfig;
@@ -69,7 +70,27 @@ for f in "$1"/var/lib/apt/lists/*; do
 done
 "#;
 
-impl DebianBase<'_> {
+impl<'a> DebianBase<'a> {
+    /// The bootstrap a `debian:` source describes; `None` for other sources.
+    pub fn from_source(source: &'a BaseSource) -> Option<DebianBase<'a>> {
+        match source {
+            BaseSource::Debian {
+                suite,
+                variant,
+                include,
+                mirror,
+                arch,
+            } => Some(DebianBase {
+                suite,
+                variant,
+                include,
+                mirror: mirror.as_deref(),
+                arch: arch.as_deref(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The base's name in messages: `debian:SUITE`.
     pub fn name(&self) -> String {
         format!("debian:{}", self.suite)

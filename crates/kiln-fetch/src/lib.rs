@@ -71,20 +71,9 @@ pub struct RealFetcher {
 impl Fetcher for RealFetcher {
     fn resolve(&self, source: &BaseSource) -> Result<ResolvedBase, FetchError> {
         match source {
-            BaseSource::Debian {
-                suite,
-                variant,
-                include,
-                mirror,
-                arch,
-            } => {
-                let debian = debian::DebianBase {
-                    suite,
-                    variant,
-                    include,
-                    mirror: mirror.as_deref(),
-                    arch: arch.as_deref(),
-                };
+            BaseSource::Debian { .. } => {
+                let debian =
+                    debian::DebianBase::from_source(source).ok_or_else(|| not_debian(source))?;
                 let (id, description) = debian.id()?;
                 Ok(ResolvedBase {
                     source: source.clone(),
@@ -115,20 +104,9 @@ impl Fetcher for RealFetcher {
         let name = base.source.to_string();
         check_target(&name, rootfs)?;
         let fetched = match &base.source {
-            BaseSource::Debian {
-                suite,
-                variant,
-                include,
-                mirror,
-                arch,
-            } => {
-                let debian = debian::DebianBase {
-                    suite,
-                    variant,
-                    include,
-                    mirror: mirror.as_deref(),
-                    arch: arch.as_deref(),
-                };
+            BaseSource::Debian { .. } => {
+                let debian = debian::DebianBase::from_source(&base.source)
+                    .ok_or_else(|| not_debian(&base.source))?;
                 debian.fetch(&self.deb_cache, rootfs, progress)
             }
             BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),
@@ -163,4 +141,12 @@ fn check_target(name: &str, rootfs: &Path) -> Result<(), FetchError> {
             problem: format!("is not a usable directory: {e}"),
         }),
     }
+}
+
+/// Matching on `BaseSource::Debian` and then not getting a Debian base would be a bug.
+fn not_debian(source: &BaseSource) -> FetchError {
+    FetchError::base(
+        &source.to_string(),
+        "internal error: not a debian: base".to_string(),
+    )
 }

@@ -36,20 +36,8 @@ impl fmt::Display for BaseSource {
     }
 }
 
-/// Variants `mmdebstrap --variant` accepts.
-pub const DEBIAN_VARIANTS: &[&str] = &[
-    "extract",
-    "custom",
-    "essential",
-    "apt",
-    "required",
-    "minbase",
-    "buildd",
-    "important",
-    "debootstrap",
-    "-",
-    "standard",
-];
+/// Variants `mmdebstrap --variant` accepts: the list the spec validates against.
+pub const DEBIAN_VARIANTS: &[&str] = kiln_spec::BOOTSTRAP_VARIANTS;
 
 /// Parses a `from` string (relative `file:` paths are resolved against `context`).
 pub fn parse_base(

@@ -23,6 +23,10 @@ pub fn dir_export(root: &Path, dest: &Path) -> Result<(), ImageError> {
     if status.success() {
         Ok(())
     } else {
-        Err(ImageError::Tool(format!("cp -a {} {} failed: {status}", root.display(), dest.display())))
+        Err(ImageError::Tool(format!(
+            "cp -a {} {} failed: {status}",
+            root.display(),
+            dest.display()
+        )))
     }
 }

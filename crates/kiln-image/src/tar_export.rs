@@ -20,16 +20,29 @@ pub fn write_tar(root: &Path, out: impl Write) -> Result<u64, ImageError> {
 }
 
 /// [`write_tar`], calling `progress(entries, bytes)` after each entry.
-pub fn write_tar_with_progress(root: &Path, out: impl Write, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, ImageError> {
+pub fn write_tar_with_progress(
+    root: &Path,
+    out: impl Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImageError> {
     let mut bytes = 0;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut count = 0;
-    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
-        let entry = entry.map_err(|e| ImageError::Tool(format!("reading {}: {e}", root.display())))?;
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
+        let entry =
+            entry.map_err(|e| ImageError::Tool(format!("reading {}: {e}", root.display())))?;
         let path = entry.path();
-        let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
         append_xattrs(&mut builder, path)?;
         append_entry(&mut builder, path, &rel, &meta, &mut links)?;
@@ -39,7 +52,11 @@ pub fn write_tar_with_progress(root: &Path, out: impl Write, progress: &mut dyn 
         }
         progress(count, bytes);
     }
-    builder.into_inner().map_err(|e| ImageError::io(root, e))?.flush().map_err(|e| ImageError::io(root, e))?;
+    builder
+        .into_inner()
+        .map_err(|e| ImageError::io(root, e))?
+        .flush()
+        .map_err(|e| ImageError::io(root, e))?;
     Ok(count)
 }
 
@@ -71,7 +88,9 @@ fn append_entry<W: Write>(
         builder.append_link(&mut header, rel, target).map_err(io)
     } else if ft.is_dir() {
         header.set_size(0);
-        builder.append_data(&mut header, rel, std::io::empty()).map_err(io)
+        builder
+            .append_data(&mut header, rel, std::io::empty())
+            .map_err(io)
     } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
         let kind = if ft.is_char_device() {
             EntryType::Char
@@ -85,7 +104,9 @@ fn append_entry<W: Write>(
         let rdev = meta.rdev();
         header.set_device_major(libc::major(rdev)).map_err(io)?;
         header.set_device_minor(libc::minor(rdev)).map_err(io)?;
-        builder.append_data(&mut header, rel, std::io::empty()).map_err(io)
+        builder
+            .append_data(&mut header, rel, std::io::empty())
+            .map_err(io)
     } else {
         // Sockets cannot be archived and carry no data; skipping them is what tar does too.
         Ok(())
@@ -145,7 +166,8 @@ fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     }
     let mut buf = vec![0u8; size as usize];
     // SAFETY: buf has room for `size` bytes.
-    let got = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let got =
+        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if got < 0 {
         return None;
     }
@@ -168,7 +190,13 @@ mod tests {
         std::os::unix::fs::chown(r.join("etc/app/conf"), Some(1000), Some(1001)).unwrap();
         fs::hard_link(r.join("etc/app/conf"), r.join("etc/app/conf2")).unwrap();
         std::os::unix::fs::symlink("app/conf", r.join("etc/link")).unwrap();
-        nix::sys::stat::mknod(&r.join("null"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), libc::makedev(1, 3)).unwrap();
+        nix::sys::stat::mknod(
+            &r.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            libc::makedev(1, 3),
+        )
+        .unwrap();
         let mut buf = Vec::new();
         assert_eq!(write_tar(r, &mut buf).unwrap(), 6);
         let mut archive = tar::Archive::new(buf.as_slice());
@@ -180,21 +208,44 @@ mod tests {
             seen.push(path.clone());
             match path.as_str() {
                 "etc/app/conf" => {
-                    assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o7777), (1000, 1001, 0o640));
+                    assert_eq!(
+                        (
+                            h.uid().unwrap(),
+                            h.gid().unwrap(),
+                            h.mode().unwrap() & 0o7777
+                        ),
+                        (1000, 1001, 0o640)
+                    );
                 }
                 "etc/app/conf2" => {
                     assert_eq!(h.entry_type(), EntryType::Link);
-                    assert_eq!(e.link_name().unwrap().unwrap().to_string_lossy(), "etc/app/conf");
+                    assert_eq!(
+                        e.link_name().unwrap().unwrap().to_string_lossy(),
+                        "etc/app/conf"
+                    );
                 }
                 "etc/link" => assert_eq!(h.entry_type(), EntryType::Symlink),
                 "null" => {
                     assert_eq!(h.entry_type(), EntryType::Char);
-                    assert_eq!((h.device_major().unwrap(), h.device_minor().unwrap()), (Some(1), Some(3)));
+                    assert_eq!(
+                        (h.device_major().unwrap(), h.device_minor().unwrap()),
+                        (Some(1), Some(3))
+                    );
                 }
                 _ => {}
             }
         }
-        assert_eq!(seen, vec!["etc", "etc/app", "etc/app/conf", "etc/app/conf2", "etc/link", "null"]);
+        assert_eq!(
+            seen,
+            vec![
+                "etc",
+                "etc/app",
+                "etc/app/conf",
+                "etc/app/conf2",
+                "etc/link",
+                "null"
+            ]
+        );
     }
 
     #[test]

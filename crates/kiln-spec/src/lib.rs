@@ -17,6 +17,7 @@ mod validate;
 pub use ast::*;
 pub use error::SpecError;
 pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
+pub use validate::BOOTSTRAP_VARIANTS;
 
 /// Parses and validates a spec.
 ///

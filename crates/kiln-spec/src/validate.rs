@@ -10,7 +10,7 @@ use crate::SpecError;
 pub(crate) const MAX_ID: u32 = u32::MAX - 1;
 
 /// mmdebstrap's variants, the values `(bootstrap (variant V))` accepts.
-pub(crate) const BOOTSTRAP_VARIANTS: &[&str] = &[
+pub const BOOTSTRAP_VARIANTS: &[&str] = &[
     "extract",
     "custom",
     "essential",

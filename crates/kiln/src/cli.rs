@@ -29,7 +29,9 @@ impl Cli {
         if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             return Ok(PathBuf::from(xdg).join("kiln"));
         }
-        let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("neither --store, KILN_STORE, XDG_DATA_HOME nor HOME is set"))?;
+        let home = std::env::var_os("HOME").ok_or_else(|| {
+            anyhow::anyhow!("neither --store, KILN_STORE, XDG_DATA_HOME nor HOME is set")
+        })?;
         Ok(PathBuf::from(home).join(".local/share/kiln"))
     }
 }

@@ -18,24 +18,45 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let spec = read_spec(&args.file)?;
     let secrets = read_secrets(&args.secrets)?;
     if !args.context.is_dir() {
-        bail!("build context {} is not a directory", args.context.display());
+        bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
     }
-    let context = fs::canonicalize(&args.context).with_context(|| format!("build context {}", args.context.display()))?;
+    let context = fs::canonicalize(&args.context)
+        .with_context(|| format!("build context {}", args.context.display()))?;
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let store = FsStore::open(store_dir)?;
     let fetcher = RealFetcher {
         deb_cache: store.deb_cache(),
-        default_registry: std::env::var("KILN_REGISTRY").ok().filter(|r| !r.is_empty()),
+        default_registry: std::env::var("KILN_REGISTRY")
+            .ok()
+            .filter(|r| !r.is_empty()),
     };
     let cancelled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancelled.clone()).context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, cancelled.clone())
+            .context("installing the Ctrl-C handler")?;
     }
     // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
     let sandbox = NamespaceSandbox::new().with_cancel_flag(cancelled.clone());
-    let options = BuildOptions { fast_sync: !args.no_fast_sync, secrets, cancelled: cancelled.clone(), ..Default::default() };
-    let builder = Builder { store: &store, sandbox: &sandbox, fetcher: &fetcher, options };
-    let mut out: Box<dyn Write> = if args.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let options = BuildOptions {
+        fast_sync: !args.no_fast_sync,
+        secrets,
+        cancelled: cancelled.clone(),
+        ..Default::default()
+    };
+    let builder = Builder {
+        store: &store,
+        sandbox: &sandbox,
+        fetcher: &fetcher,
+        options,
+    };
+    let mut out: Box<dyn Write> = if args.json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
     let result = builder.build(&spec, &context, &mut out);
     drop(out);
     match result {
@@ -58,7 +79,8 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<kiln_spec::Spec> {
-    let text = fs::read_to_string(file).with_context(|| format!("reading spec {}", file.display()))?;
+    let text =
+        fs::read_to_string(file).with_context(|| format!("reading spec {}", file.display()))?;
     Ok(kiln_spec::parse_file(&text, &file.display().to_string())?)
 }
 
@@ -89,31 +111,50 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export_from(store: &FsStore, id: &LayerId, scratch: &Path, args: &ExportArgs) -> anyhow::Result<()> {
+fn export_from(
+    store: &FsStore,
+    id: &LayerId,
+    scratch: &Path,
+    args: &ExportArgs,
+) -> anyhow::Result<()> {
     let root = kiln_sandbox::mount::mount_lower_readonly(&store.chain(id)?, &scratch.join("root"))?;
     match args.format {
         ExportFormat::Dir => kiln_image::dir_export(root.path(), &args.output)?,
         ExportFormat::Tar if args.output.as_os_str() == "-" => {
-            kiln_image::tar_export::write_tar(root.path(), std::io::BufWriter::new(std::io::stdout().lock()))?;
+            kiln_image::tar_export::write_tar(
+                root.path(),
+                std::io::BufWriter::new(std::io::stdout().lock()),
+            )?;
         }
         ExportFormat::Tar => {
             // Write next to the target and rename, so a failed export never leaves half a file.
             let tmp = args.output.with_extension("tar.kiln-tmp");
-            let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let bar = indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
+            let file =
+                fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let bar = indicatif::ProgressBar::new_spinner()
+                .with_message(format!("exporting {}", id.short()));
             let mut progress = |entries: u64, bytes: u64| {
                 if entries % 256 == 0 {
-                    bar.set_message(format!("exporting {}: {entries} entries, {}", id.short(), crate::size::human(bytes)));
+                    bar.set_message(format!(
+                        "exporting {}: {entries} entries, {}",
+                        id.short(),
+                        crate::size::human(bytes)
+                    ));
                     bar.tick();
                 }
             };
-            let written = kiln_image::tar_export::write_tar_with_progress(root.path(), std::io::BufWriter::new(file), &mut progress);
+            let written = kiln_image::tar_export::write_tar_with_progress(
+                root.path(),
+                std::io::BufWriter::new(file),
+                &mut progress,
+            );
             bar.finish_and_clear();
             if let Err(e) = written {
                 let _ = fs::remove_file(&tmp);
                 return Err(e.into());
             }
-            fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
+            fs::rename(&tmp, &args.output)
+                .with_context(|| format!("writing {}", args.output.display()))?;
         }
     }
     Ok(())
@@ -130,23 +171,36 @@ pub fn resolve_id(store: &dyn Store, text: &str) -> anyhow::Result<LayerId> {
     if text.len() < 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("`{text}` is not a layer id or an id prefix of at least 4 hex digits");
     }
-    let matches: Vec<LayerId> = store.list()?.into_iter().map(|l| l.meta.id).filter(|id| id.as_str().starts_with(text)).collect();
+    let matches: Vec<LayerId> = store
+        .list()?
+        .into_iter()
+        .map(|l| l.meta.id)
+        .filter(|id| id.as_str().starts_with(text))
+        .collect();
     match matches.as_slice() {
         [one] => Ok(one.clone()),
         [] => bail!("no stored layer id starts with {text} (see `kiln ls`)"),
-        many => bail!("{} stored layers start with {text}; give more digits", many.len()),
+        many => bail!(
+            "{} stored layers start with {text}; give more digits",
+            many.len()
+        ),
     }
 }
 
 pub fn fmt(args: FmtArgs) -> anyhow::Result<ExitCode> {
-    let text = fs::read_to_string(&args.file).with_context(|| format!("reading spec {}", args.file.display()))?;
+    let text = fs::read_to_string(&args.file)
+        .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
     let canonical = kiln_spec::print(&spec);
     if args.check {
         if canonical == text {
             return Ok(ExitCode::SUCCESS);
         }
-        eprintln!("{} is not in canonical layout (run `kiln fmt {}`)", args.file.display(), args.file.display());
+        eprintln!(
+            "{} is not in canonical layout (run `kiln fmt {}`)",
+            args.file.display(),
+            args.file.display()
+        );
         return Ok(ExitCode::from(1));
     }
     print!("{canonical}");

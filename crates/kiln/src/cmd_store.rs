@@ -10,14 +10,26 @@ use std::process::ExitCode;
 pub fn ls(store_dir: &Path, args: LsArgs) -> anyhow::Result<ExitCode> {
     let store = FsStore::open(store_dir)?;
     let mut layers = store.list()?;
-    layers.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.meta.id.cmp(&b.meta.id)));
+    layers.sort_by(|a, b| {
+        b.last_used
+            .cmp(&a.last_used)
+            .then(a.meta.id.cmp(&b.meta.id))
+    });
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&layers)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<12}  {:<12}  {:>10}  {:>8}  {:<19}  DESCRIPTION", "ID", "PARENT", "SIZE", "CHILDREN", "LAST USED");
+    println!(
+        "{:<12}  {:<12}  {:>10}  {:>8}  {:<19}  DESCRIPTION",
+        "ID", "PARENT", "SIZE", "CHILDREN", "LAST USED"
+    );
     for l in &layers {
-        let parent = l.meta.parent.as_ref().map(|p| p.short().to_string()).unwrap_or_else(|| "-".into());
+        let parent = l
+            .meta
+            .parent
+            .as_ref()
+            .map(|p| p.short().to_string())
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<12}  {:<12}  {:>10}  {:>8}  {:<19}  {}",
             l.meta.id.short(),
@@ -51,7 +63,15 @@ pub fn prune(store_dir: &Path, args: PruneArgs) -> anyhow::Result<ExitCode> {
 pub fn clean(store_dir: &Path, args: CleanArgs) -> anyhow::Result<ExitCode> {
     let store = FsStore::open(store_dir)?;
     store.clean(args.all)?;
-    println!("store {} is empty{}", store_dir.display(), if args.all { "" } else { " (the .deb cache is kept; --all removes it)" });
+    println!(
+        "store {} is empty{}",
+        store_dir.display(),
+        if args.all {
+            ""
+        } else {
+            " (the .deb cache is kept; --all removes it)"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -59,7 +79,10 @@ pub fn healthcheck(store_dir: &Path, args: JsonArg) -> anyhow::Result<ExitCode> 
     let store = FsStore::open(store_dir)?;
     let problems = store.healthcheck()?;
     if args.json {
-        println!("{}", serde_json::json!({ "store": store_dir, "healthy": problems.is_empty(), "problems": problems }));
+        println!(
+            "{}",
+            serde_json::json!({ "store": store_dir, "healthy": problems.is_empty(), "problems": problems })
+        );
     } else if problems.is_empty() {
         println!("store {} is healthy", store_dir.display());
     } else {
@@ -67,7 +90,11 @@ pub fn healthcheck(store_dir: &Path, args: JsonArg) -> anyhow::Result<ExitCode> 
             println!("problem: {p}");
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn report_deleted(deleted: &[LayerId], json: bool) {
@@ -96,7 +123,12 @@ fn timestamp(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).

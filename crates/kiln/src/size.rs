@@ -3,7 +3,10 @@
 /// Parses a size with an optional K/M/G/T suffix (powers of 1024, optional trailing `B`/`iB`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some(c @ ('K' | 'k' | 'M' | 'm' | 'G' | 'g' | 'T' | 't')) => {
             let exp = "kmgt".find(c.to_ascii_lowercase()).unwrap_or(0) as u32 + 1;
@@ -11,7 +14,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
         _ => (t, 1),
     };
-    let value: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a size (e.g. 20G, 512M, 4096)"))?;
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 20G, 512M, 4096)"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{text}` is not a size (e.g. 20G, 512M, 4096)"));
     }

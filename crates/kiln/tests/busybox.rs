@@ -41,7 +41,12 @@ fn rebuild_hits_cache_and_an_edit_reruns_only_the_last_step() {
     assert_ne!(edited.got(), first.got());
     // The step's workdir and env reached the command.
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &edited.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &edited.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     assert_eq!(tar_read(&tar, "work/two").as_deref(), Some(&b"hi\n"[..]));
     assert_eq!(tar_read(&tar, "work/four").as_deref(), Some(&b"four\n"[..]));
     assert!(tar_read(&tar, "work/three").is_none());
@@ -52,14 +57,34 @@ fn a_failing_step_stores_nothing_and_the_fix_reuses_earlier_steps() {
     let dir = test_dir("failing");
     let store = dir.join("store");
     let n = nonce();
-    let spec = |cmd: &str| format!("({}\n (run (shell \"echo {n} > /a\"))\n (run (shell \"echo b > /b\"))\n (run (shell \"{cmd}\")))\n", base());
-    let failed = build(&store, &dir, &spec("echo about to fail; echo detail >&2; exit 3"), &[]);
+    let spec = |cmd: &str| {
+        format!("({}\n (run (shell \"echo {n} > /a\"))\n (run (shell \"echo b > /b\"))\n (run (shell \"{cmd}\")))\n", base())
+    };
+    let failed = build(
+        &store,
+        &dir,
+        &spec("echo about to fail; echo detail >&2; exit 3"),
+        &[],
+    );
     assert_eq!(failed.code, 1, "{}\n{}", failed.stdout, failed.stderr);
     assert!(failed.stderr.contains("exit status 3"), "{}", failed.stderr);
-    assert!(failed.stderr.contains("about to fail") && failed.stderr.contains("detail"), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("about to fail") && failed.stderr.contains("detail"),
+        "{}",
+        failed.stderr
+    );
     assert!(failed.stderr.contains("build.spec"), "{}", failed.stderr);
-    assert_eq!(layer_count(&store, &dir), 3, "base + two good steps, nothing for the failed one");
-    assert_eq!(fs::read_dir(store.join("result-tmp")).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        layer_count(&store, &dir),
+        3,
+        "base + two good steps, nothing for the failed one"
+    );
+    assert_eq!(
+        fs::read_dir(store.join("result-tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
     let fixed = build(&store, &dir, &spec("echo fixed > /c"), &[]).ok();
     assert_eq!(fixed.count("from cache"), 3, "{}", fixed.stdout);
     assert_eq!(fixed.count("---> saved as"), 1, "{}", fixed.stdout);
@@ -77,20 +102,57 @@ fn secrets_are_readable_in_their_step_and_nowhere_else() {
     );
     let missing = build(&store, &dir, &spec, &[]);
     assert_ne!(missing.code, 0);
-    assert!(missing.stderr.contains("secret `token`") && missing.stderr.contains("--secret token:FILE"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("secret `token`") && missing.stderr.contains("--secret token:FILE"),
+        "{}",
+        missing.stderr
+    );
 
     let run = build(&store, &dir, &spec, &["--secret", "token:token"]).ok();
-    assert!(!run.stdout.contains(&value), "secret printed on the terminal:\n{}", run.stdout);
+    assert!(
+        !run.stdout.contains(&value),
+        "secret printed on the terminal:\n{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("***"), "{}", run.stdout);
     assert!(run.stdout.contains("gone"));
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     let sha = tar_read(&tar, "token.sha").expect("token.sha in the image");
-    let expected = Command::new("sha256sum").arg(dir.join("token")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&sha).trim(), String::from_utf8_lossy(&expected.stdout).split(' ').next().unwrap());
-    assert!(tar_entries(&tar).iter().all(|e| !e.0.starts_with("run/secrets")), "secret mountpoint left in the layer");
-    assert!(!fs::read(&tar).unwrap().windows(value.len()).any(|w| w == value.as_bytes()), "secret in the export");
-    assert_eq!(tree_contains(&store, value.as_bytes()), None, "secret stored in a layer or log");
+    let expected = Command::new("sha256sum")
+        .arg(dir.join("token"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sha).trim(),
+        String::from_utf8_lossy(&expected.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+    );
+    assert!(
+        tar_entries(&tar)
+            .iter()
+            .all(|e| !e.0.starts_with("run/secrets")),
+        "secret mountpoint left in the layer"
+    );
+    assert!(
+        !fs::read(&tar)
+            .unwrap()
+            .windows(value.len())
+            .any(|w| w == value.as_bytes()),
+        "secret in the export"
+    );
+    assert_eq!(
+        tree_contains(&store, value.as_bytes()),
+        None,
+        "secret stored in a layer or log"
+    );
 }
 
 #[test]
@@ -104,11 +166,29 @@ fn runs_are_isolated_from_the_network_unless_host() {
     );
     let run = build(&store, &dir, &spec, &[]).ok();
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
-    assert_eq!(String::from_utf8(tar_read(&tar, "isolated").unwrap()).unwrap().trim(), "lo");
+    kiln(
+        &store,
+        &dir,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "isolated").unwrap())
+            .unwrap()
+            .trim(),
+        "lo"
+    );
     let host_ifaces = fs::read_dir("/sys/class/net").unwrap().count();
-    assert!(host_ifaces > 1, "this test needs a host with a network interface besides lo");
-    assert_eq!(String::from_utf8(tar_read(&tar, "host").unwrap()).unwrap().trim(), host_ifaces.to_string());
+    assert!(
+        host_ifaces > 1,
+        "this test needs a host with a network interface besides lo"
+    );
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "host").unwrap())
+            .unwrap()
+            .trim(),
+        host_ifaces.to_string()
+    );
 }
 
 #[test]
@@ -121,9 +201,24 @@ fn cache_mounts_persist_across_builds_and_stay_out_of_layers() {
     build(&store, &dir, &spec(&nonce()), &[]).ok();
     let second = build(&store, &dir, &spec(&nonce()), &[]).ok();
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &second.got(), "-o", tar.to_str().unwrap()]).ok();
-    assert_eq!(String::from_utf8(tar_read(&tar, "seen").unwrap()).unwrap().trim(), "2");
-    assert!(tar_entries(&tar).iter().all(|e| !e.0.starts_with("var/cache/counter")), "cache mountpoint leaked into the layer");
+    kiln(
+        &store,
+        &dir,
+        &["export", &second.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "seen").unwrap())
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    assert!(
+        tar_entries(&tar)
+            .iter()
+            .all(|e| !e.0.starts_with("var/cache/counter")),
+        "cache mountpoint leaked into the layer"
+    );
 }
 
 #[test]
@@ -132,7 +227,11 @@ fn copy_honours_workdir_user_exclude_and_modes() {
     let store = dir.join("store");
     fs::create_dir_all(dir.join("app/.git")).unwrap();
     fs::write(dir.join("app/run.sh"), format!("echo {}\n", nonce())).unwrap();
-    fs::set_permissions(dir.join("app/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    fs::set_permissions(
+        dir.join("app/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
     fs::write(dir.join("app/.git/HEAD"), "ref").unwrap();
     let spec = format!(
         "({}\n (workdir /srv)\n (user (name builder))\n (copy (src app) (dst app/) (exclude .git))\n (copy (src app/run.sh) (dst app/tools/))\n (run (shell \"id -u > /tmp/x; ls -ln app > listing; cp /tmp/x uid\")))\n",
@@ -140,16 +239,32 @@ fn copy_honours_workdir_user_exclude_and_modes() {
     );
     let run = build(&store, &dir, &spec, &[]).ok();
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     let entries = tar_entries(&tar);
-    let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in export"));
+    let find = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.0 == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} not in export"))
+    };
     // A directory source copies its contents (as Dockerfile COPY); a file goes into dst/.
     assert_eq!(find("srv/app/run.sh").1, 1000);
     assert_eq!(find("srv/app/run.sh").3, 0o750);
     assert_eq!(find("srv/app/tools/run.sh").3, 0o750);
     assert_eq!(find("srv/app").1, 1000, "created parent owned by the user");
     assert!(entries.iter().all(|e| !e.0.contains(".git")));
-    assert_eq!(String::from_utf8(tar_read(&tar, "srv/uid").unwrap()).unwrap().trim(), "1000");
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "srv/uid").unwrap())
+            .unwrap()
+            .trim(),
+        "1000"
+    );
 }
 
 #[test]
@@ -163,14 +278,35 @@ fn copy_from_a_build_stage_with_exclude() {
     );
     let run = build(&store, &dir, &spec, &[]).ok();
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     let entries = tar_entries(&tar);
-    let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in export"));
+    let find = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.0 == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} not in export"))
+    };
     assert_eq!((find("opt/app").1, find("opt/app").3), (1000, 0o700));
-    assert_eq!(tar_read(&tar, "opt/app").unwrap(), format!("{n}\n").as_bytes());
-    assert_eq!(find("opt/a").1, 1000, "a directory source copies its contents");
+    assert_eq!(
+        tar_read(&tar, "opt/app").unwrap(),
+        format!("{n}\n").as_bytes()
+    );
+    assert_eq!(
+        find("opt/a").1,
+        1000,
+        "a directory source copies its contents"
+    );
     assert!(entries.iter().all(|e| !e.0.contains(".cache")));
-    assert!(entries.iter().all(|e| !e.0.starts_with("out")), "the stage's own tree stays in the stage");
+    assert!(
+        entries.iter().all(|e| !e.0.starts_with("out")),
+        "the stage's own tree stays in the stage"
+    );
 }
 
 #[test]
@@ -191,7 +327,14 @@ fn kill_9_at_random_moments_never_leaves_a_half_layer() {
         rng ^= rng << 17;
         let kill_after_lines = (rng % 14) as usize;
         let mut child = Command::new(KILN)
-            .args(["--store", store.to_str().unwrap(), "build", "-f", "build.spec", "."])
+            .args([
+                "--store",
+                store.to_str().unwrap(),
+                "build",
+                "-f",
+                "build.spec",
+                ".",
+            ])
             .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -211,7 +354,12 @@ fn kill_9_at_random_moments_never_leaves_a_half_layer() {
     let healthy = kiln(&store, &dir, &["healthcheck"]);
     assert_eq!(healthy.code, 0, "{}", healthy.stdout);
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &done.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &done.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     for i in 0..6 {
         assert!(names.contains(&format!("s{i}-complete")));
@@ -229,10 +377,22 @@ fn check_layers_complete(store: &std::path::Path, dir: &std::path::Path, attempt
             continue;
         }
         let rootfs = store.join("result").join(id).join("rootfs");
-        let files: Vec<String> = fs::read_dir(&rootfs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let files: Vec<String> = fs::read_dir(&rootfs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         let complete: Vec<&String> = files.iter().filter(|f| f.ends_with("-complete")).collect();
-        assert_eq!(complete.len(), 1, "attempt {attempt}: layer {id} has no single marker: {files:?}");
-        assert_eq!(files.len(), 201, "attempt {attempt}: layer {id} is partial ({} entries)", files.len());
+        assert_eq!(
+            complete.len(),
+            1,
+            "attempt {attempt}: layer {id} has no single marker: {files:?}"
+        );
+        assert_eq!(
+            files.len(),
+            201,
+            "attempt {attempt}: layer {id} is partial ({} entries)",
+            files.len()
+        );
     }
 }
 
@@ -250,7 +410,14 @@ fn concurrent_builds_of_one_spec_run_each_step_once() {
     fs::write(dir.join("build.spec"), &spec).unwrap();
     let spawn = || {
         Command::new(KILN)
-            .args(["--store", store.to_str().unwrap(), "build", "-f", "build.spec", "."])
+            .args([
+                "--store",
+                store.to_str().unwrap(),
+                "build",
+                "-f",
+                "build.spec",
+                ".",
+            ])
             .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -260,12 +427,23 @@ fn concurrent_builds_of_one_spec_run_each_step_once() {
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success());
-    let (a, b) = (String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
-    assert_eq!(a.matches("---> saved as").count() + b.matches("---> saved as").count(), 2, "each step built once:\n{a}\n{b}");
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    assert_eq!(
+        a.matches("---> saved as").count() + b.matches("---> saved as").count(),
+        2,
+        "each step built once:\n{a}\n{b}"
+    );
     assert_eq!(a.lines().last(), b.lines().last(), "same final id");
     // The waiting build replays the step's log.
     let printed = |out: &str| out.lines().filter(|l| *l == format!("ran-one-{n}")).count();
-    assert_eq!(printed(&a) + printed(&b), 2, "one build ran the step, the other replayed its log");
+    assert_eq!(
+        printed(&a) + printed(&b),
+        2,
+        "one build ran the step, the other replayed its log"
+    );
 }
 
 #[test]
@@ -273,14 +451,36 @@ fn deep_chains_are_flattened_and_still_build() {
     let dir = test_dir("deep");
     let store = dir.join("store");
     let n = nonce();
-    let steps: String = (0..110).map(|i| format!(" (run (shell \"echo {n} > /f{i}\"))\n")).collect();
-    let run = build(&store, &dir, &format!("({}\n (run (shell \"rm /bin/vi\"))\n{steps})\n", base()), &[]).ok();
+    let steps: String = (0..110)
+        .map(|i| format!(" (run (shell \"echo {n} > /f{i}\"))\n"))
+        .collect();
+    let run = build(
+        &store,
+        &dir,
+        &format!("({}\n (run (shell \"rm /bin/vi\"))\n{steps})\n", base()),
+        &[],
+    )
+    .ok();
     let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     assert!((0..110).all(|i| names.contains(&format!("f{i}"))));
-    assert!(!names.contains(&"bin/vi".to_string()), "a deletion below the flattened layer must stay deleted");
-    let rebuilt = build(&store, &dir, &format!("({}\n (run (shell \"rm /bin/vi\"))\n{steps})\n", base()), &[]).ok();
+    assert!(
+        !names.contains(&"bin/vi".to_string()),
+        "a deletion below the flattened layer must stay deleted"
+    );
+    let rebuilt = build(
+        &store,
+        &dir,
+        &format!("({}\n (run (shell \"rm /bin/vi\"))\n{steps})\n", base()),
+        &[],
+    )
+    .ok();
     assert_eq!(rebuilt.count("---> saved as"), 0);
 }
 
@@ -289,16 +489,26 @@ fn ctrl_c_cancels_the_running_step_cleanly() {
     let dir = test_dir("sigint");
     let store = dir.join("store");
     let n = nonce();
-    let spec = format!("({}\n (run (shell \"echo {n} > /a\"))\n (run (shell \"echo started; sleep 600\")))\n", base());
+    let spec = format!(
+        "({}\n (run (shell \"echo {n} > /a\"))\n (run (shell \"echo started; sleep 600\")))\n",
+        base()
+    );
     fs::write(dir.join("build.spec"), &spec).unwrap();
     // A terminal's Ctrl-C signals the whole foreground process group; `kill -INT PID`
     // (or systemd's SIGTERM) signals kiln alone. Both must stop the step and exit 130.
     for whole_group in [true, false] {
         let mut cmd = Command::new(KILN);
-        cmd.args(["--store", store.to_str().unwrap(), "build", "-f", "build.spec", "."])
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--store",
+            store.to_str().unwrap(),
+            "build",
+            "-f",
+            "build.spec",
+            ".",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -309,11 +519,24 @@ fn ctrl_c_cancels_the_running_step_cleanly() {
         }
         let pid = child.id() as i32;
         let target = if whole_group { -pid } else { pid };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), nix::sys::signal::Signal::SIGINT).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(target),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(130), "group signal: {whole_group}");
-        assert_eq!(layer_count(&store, &dir), 2, "base + first step; nothing for the cancelled one");
-        assert_eq!(fs::read_dir(store.join("result-tmp")).map(|d| d.count()).unwrap_or(0), 0);
+        assert_eq!(
+            layer_count(&store, &dir),
+            2,
+            "base + first step; nothing for the cancelled one"
+        );
+        assert_eq!(
+            fs::read_dir(store.join("result-tmp"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
     }
 }
 
@@ -322,21 +545,66 @@ fn store_commands_list_delete_prune_and_clean() {
     let dir = test_dir("storecmds");
     let store = dir.join("store");
     let n = nonce();
-    let a = build(&store, &dir, &format!("({}\n (run (shell \"echo {n} > /a; head -c 300000 /dev/urandom > /big\")))\n", base()), &[]).ok();
-    let b = build(&store, &dir, &format!("({}\n (run (shell \"echo {n} > /b\")))\n", base()), &[]).ok();
+    let a = build(
+        &store,
+        &dir,
+        &format!(
+            "({}\n (run (shell \"echo {n} > /a; head -c 300000 /dev/urandom > /big\")))\n",
+            base()
+        ),
+        &[],
+    )
+    .ok();
+    let b = build(
+        &store,
+        &dir,
+        &format!("({}\n (run (shell \"echo {n} > /b\")))\n", base()),
+        &[],
+    )
+    .ok();
     assert_eq!(layer_count(&store, &dir), 3);
     let ls = kiln(&store, &dir, &["ls"]).ok();
-    assert!(ls.stdout.contains(&a.got()[..12]) && ls.stdout.contains("3 layers"), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains(&a.got()[..12]) && ls.stdout.contains("3 layers"),
+        "{}",
+        ls.stdout
+    );
     // Prune to a size that fits the base and one small leaf: the LRU leaf (a) goes first.
     let json = kiln(&store, &dir, &["ls", "--json"]).ok();
     let layers: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    let total: u64 = layers.as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
-    let pruned = kiln(&store, &dir, &["prune", "--keep-bytes", &(total - 1).to_string(), "--json"]).ok();
-    assert!(pruned.stdout.contains(&a.got()) && !pruned.stdout.contains(&b.got()), "{}", pruned.stdout);
+    let total: u64 = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let pruned = kiln(
+        &store,
+        &dir,
+        &["prune", "--keep-bytes", &(total - 1).to_string(), "--json"],
+    )
+    .ok();
+    assert!(
+        pruned.stdout.contains(&a.got()) && !pruned.stdout.contains(&b.got()),
+        "{}",
+        pruned.stdout
+    );
     // Deleting the base deletes its descendants.
-    let base_id = layers.as_array().unwrap().iter().find(|l| l["meta"]["parent"].is_null()).unwrap()["meta"]["id"].as_str().unwrap().to_string();
+    let base_id = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meta"]["parent"].is_null())
+        .unwrap()["meta"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let deleted = kiln(&store, &dir, &["delete", &base_id[..10]]).ok();
-    assert!(deleted.stdout.contains(&b.got()) && deleted.stdout.contains("2 layers deleted"), "{}", deleted.stdout);
+    assert!(
+        deleted.stdout.contains(&b.got()) && deleted.stdout.contains("2 layers deleted"),
+        "{}",
+        deleted.stdout
+    );
     assert_eq!(layer_count(&store, &dir), 0);
     build(&store, &dir, &format!("({})\n", base()), &[]).ok();
     kiln(&store, &dir, &["clean"]).ok();
@@ -351,16 +619,31 @@ fn store_commands_list_delete_prune_and_clean() {
 fn spec_errors_name_file_line_and_column() {
     let dir = test_dir("specerr");
     let store = dir.join("store");
-    let run = build(&store, &dir, &format!("({}\n (rnu (shell \"true\")))\n", base()), &[]);
+    let run = build(
+        &store,
+        &dir,
+        &format!("({}\n (rnu (shell \"true\")))\n", base()),
+        &[],
+    );
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("build.spec:2:2") && run.stderr.contains("did you mean `run`"), "{}", run.stderr);
-    assert!(!store.join("result").exists() || fs::read_dir(store.join("result")).unwrap().count() == 0);
+    assert!(
+        run.stderr.contains("build.spec:2:2") && run.stderr.contains("did you mean `run`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !store.join("result").exists() || fs::read_dir(store.join("result")).unwrap().count() == 0
+    );
 }
 
 #[test]
 fn fmt_prints_canonical_layout() {
     let dir = test_dir("fmt");
-    fs::write(dir.join("messy.spec"), "(  (from busybox)   (run (shell \"true\")) )").unwrap();
+    fs::write(
+        dir.join("messy.spec"),
+        "(  (from busybox)   (run (shell \"true\")) )",
+    )
+    .unwrap();
     let out = kiln(&dir, &dir, &["fmt", "messy.spec"]).ok();
     fs::write(dir.join("canon.spec"), &out.stdout).unwrap();
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "canon.spec"]).code, 0);
@@ -371,9 +654,31 @@ fn fmt_prints_canonical_layout() {
 fn export_as_directory_keeps_owners() {
     let dir = test_dir("exportdir");
     let store = dir.join("store");
-    let run = build(&store, &dir, &format!("({}\n (run (shell \"echo {} > /x; chown 1000:1000 /x\")))\n", base(), nonce()), &[]).ok();
+    let run = build(
+        &store,
+        &dir,
+        &format!(
+            "({}\n (run (shell \"echo {} > /x; chown 1000:1000 /x\")))\n",
+            base(),
+            nonce()
+        ),
+        &[],
+    )
+    .ok();
     let out = dir.join("rootfs");
-    kiln(&store, &dir, &["export", &run.got(), "--format", "dir", "-o", out.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &dir,
+        &[
+            "export",
+            &run.got(),
+            "--format",
+            "dir",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .ok();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::metadata(out.join("x")).unwrap().uid(), 1000);
     assert!(out.join("bin/busybox").exists());

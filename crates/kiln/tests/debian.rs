@@ -17,13 +17,33 @@ fn multi_stage_example_builds_with_every_file_owner_and_mode() {
     let run = kiln(&store, &ex, &["build", "-f", "app.spec", "."]).ok();
     let dir = test_dir("multistage");
     let tar = dir.join("app.tar");
-    kiln(&store, &ex, &["export", &run.got(), "--format", "tar", "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &ex,
+        &[
+            "export",
+            &run.got(),
+            "--format",
+            "tar",
+            "-o",
+            tar.to_str().unwrap(),
+        ],
+    )
+    .ok();
     let entries = tar_entries(&tar);
-    let find = |p: &str| entries.iter().find(|e| e.0 == p).cloned().unwrap_or_else(|| panic!("{p} not in the export"));
+    let find = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.0 == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} not in the export"))
+    };
 
     // apt install happened (with the network) and left no .deb in the layer (cache mount).
     assert!(entries.iter().any(|e| e.0 == "usr/bin/jq"));
-    assert!(!entries.iter().any(|e| e.0.starts_with("var/cache/apt/archives/") && e.0.ends_with(".deb")));
+    assert!(!entries
+        .iter()
+        .any(|e| e.0.starts_with("var/cache/apt/archives/") && e.0.ends_with(".deb")));
     // The user and its home.
     let passwd = String::from_utf8(tar_read(&tar, "etc/passwd").unwrap()).unwrap();
     assert!(passwd.contains("app:x:1001:1001::/srv/app:"), "{passwd}");
@@ -32,19 +52,40 @@ fn multi_stage_example_builds_with_every_file_owner_and_mode() {
     assert_eq!((greet.1, greet.2, greet.3), (1001, 1001, 0o755));
     let info = find("srv/app/bin/BUILD-INFO");
     assert_eq!((info.1, info.2, info.3), (1001, 1001, 0o644));
-    assert!(String::from_utf8(tar_read(&tar, "srv/app/bin/BUILD-INFO").unwrap()).unwrap().contains("Debian GNU/Linux 12"));
-    assert!(entries.iter().all(|e| !e.0.starts_with("srv/app/bin/greet.sh")), "only the named sources are copied");
+    assert!(
+        String::from_utf8(tar_read(&tar, "srv/app/bin/BUILD-INFO").unwrap())
+            .unwrap()
+            .contains("Debian GNU/Linux 12")
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| !e.0.starts_with("srv/app/bin/greet.sh")),
+        "only the named sources are copied"
+    );
     // copy from the site stage: a directory to `www`, with the stage's own excludes and this copy's.
     assert_eq!(find("srv/app/www/index.html").1, 1001);
     assert!(entries.iter().any(|e| e.0 == "srv/app/www/style.css"));
-    assert!(!entries.iter().any(|e| e.0.contains("drafts")), "excluded in the site stage");
-    assert!(!entries.iter().any(|e| e.0 == "srv/app/www/MANIFEST"), "excluded by the final copy");
+    assert!(
+        !entries.iter().any(|e| e.0.contains("drafts")),
+        "excluded in the site stage"
+    );
+    assert!(
+        !entries.iter().any(|e| e.0 == "srv/app/www/MANIFEST"),
+        "excluded by the final copy"
+    );
     // The last step ran as the user in the workdir, with the env.
     let greeting = find("srv/app/greeting.txt");
     assert_eq!((greeting.1, greeting.2), (1001, 1001));
-    assert_eq!(tar_read(&tar, "srv/app/greeting.txt").unwrap(), b"hello from /srv/app\n");
+    assert_eq!(
+        tar_read(&tar, "srv/app/greeting.txt").unwrap(),
+        b"hello from /srv/app\n"
+    );
     let json = String::from_utf8(tar_read(&tar, "srv/app/greeting.json").unwrap()).unwrap();
-    assert!(json.contains("\"greeting\": \"hello from /srv/app\""), "{json}");
+    assert!(
+        json.contains("\"greeting\": \"hello from /srv/app\""),
+        "{json}"
+    );
 
     // A second build is all cache hits.
     let again = kiln(&store, &ex, &["build", "-f", "app.spec", "."]).ok();
@@ -60,7 +101,12 @@ fn memcached_example_builds() {
     assert!(run.stdout.contains("memcached 1.6"), "{}", run.stdout);
     let dir = test_dir("memcached");
     let tar = dir.join("rootfs.tar");
-    kiln(&store, &ex, &["export", &run.got(), "-o", tar.to_str().unwrap()]).ok();
+    kiln(
+        &store,
+        &ex,
+        &["export", &run.got(), "-o", tar.to_str().unwrap()],
+    )
+    .ok();
     assert!(tar_entries(&tar).iter().any(|e| e.0 == "usr/bin/memcached"));
 }
 
@@ -68,10 +114,18 @@ fn memcached_example_builds() {
 fn apt_without_host_network_cannot_reach_the_mirror() {
     let store = shared_store();
     let dir = test_dir("nonet");
-    let spec = format!("((from debian:bookworm)\n (run (shell \"echo {}; apt-get update --error-on=any\")))\n", nonce());
+    let spec = format!(
+        "((from debian:bookworm)\n (run (shell \"echo {}; apt-get update --error-on=any\")))\n",
+        nonce()
+    );
     let run = build(&store, &dir, &spec, &[]);
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(run.stdout.contains("deb.debian.org") || run.stderr.contains("deb.debian.org"), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("deb.debian.org") || run.stderr.contains("deb.debian.org"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
 }
 
 #[test]
@@ -81,7 +135,12 @@ fn default_shell_is_bash_and_env_comes_from_the_base() {
     let spec = format!("((from debian:bookworm)\n (run (shell \"echo {} $BASH_VERSION; echo PATH=$PATH; [[ -n $BASH ]]\")))\n", nonce());
     let run = build(&store, &dir, &spec, &[]).ok();
     assert!(run.stdout.contains(" 5.2"), "{}", run.stdout);
-    assert!(run.stdout.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -91,7 +150,11 @@ fn an_unreachable_mirror_is_a_clear_error_and_stores_nothing() {
     let spec = "((from debian:bookworm)\n (bootstrap (mirror http://127.0.0.1:9/debian)))\n";
     let run = build(&store, &dir, spec, &[]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("debian:bookworm") && run.stderr.contains("127.0.0.1:9"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("debian:bookworm") && run.stderr.contains("127.0.0.1:9"),
+        "{}",
+        run.stderr
+    );
     let ls = kiln(&store, &dir, &["ls", "--json"]).ok();
     assert_eq!(ls.stdout.trim(), "[]");
 }

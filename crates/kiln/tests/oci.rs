@@ -19,8 +19,15 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
-        assert!(Path::new("/usr/bin/docker-registry").exists(), "apt-get install docker-registry (scripts/setup.sh does)");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "apt-get install docker-registry (scripts/setup.sh does)"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("registry.yml");
         fs::write(
@@ -37,7 +44,10 @@ impl Registry {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "registry did not start on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "registry did not start on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry { child, addr }
@@ -77,7 +87,8 @@ fn oci_layout(dir: &Path) -> PathBuf {
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(0);
-    b.append_data(&mut h, "bin/.wh.vi", std::io::empty()).unwrap();
+    b.append_data(&mut h, "bin/.wh.vi", std::io::empty())
+        .unwrap();
     let motd = b"welcome to busybox\n";
     let mut h = tar::Header::new_gnu();
     h.set_size(motd.len() as u64);
@@ -110,7 +121,11 @@ fn oci_layout(dir: &Path) -> PathBuf {
                         "annotations": { "org.opencontainers.image.ref.name": "latest" } }]
     });
     fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     layout
 }
 
@@ -121,35 +136,64 @@ fn push(layout: &Path, dest: &str) {
         .arg(format!("docker://{dest}"))
         .output()
         .expect("skopeo (apt-get install skopeo)");
-    assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn obuilder_busybox_example_builds_from_a_registry() {
     let dir = test_dir("oci");
     let registry = Registry::start(&dir);
-    push(&oci_layout(&dir), &format!("{}/library/busybox:latest", registry.addr));
+    push(
+        &oci_layout(&dir),
+        &format!("{}/library/busybox:latest", registry.addr),
+    );
     let store = dir.join("store");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/busybox");
     let run = Command::new(KILN)
-        .args(["--store", store.to_str().unwrap(), "build", "-f", "busybox.spec", "."])
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "build",
+            "-f",
+            "busybox.spec",
+            ".",
+        ])
         .current_dir(&example)
         .env("KILN_REGISTRY", &registry.addr)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("hello world"), "{stdout}");
-    let id = stdout.lines().find_map(|l| l.strip_prefix("Got: \"").and_then(|r| r.strip_suffix('"'))).unwrap().to_string();
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Got: \"").and_then(|r| r.strip_suffix('"')))
+        .unwrap()
+        .to_string();
     let tar = dir.join("out.tar");
     kiln(&store, &dir, &["export", &id, "-o", tar.to_str().unwrap()]).ok();
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     assert!(names.contains(&"bin/busybox".to_string()));
-    assert!(!names.contains(&"bin/vi".to_string()), "whiteout in layer 2 not honoured");
+    assert!(
+        !names.contains(&"bin/vi".to_string()),
+        "whiteout in layer 2 not honoured"
+    );
     assert_eq!(tar_read(&tar, "etc/motd").unwrap(), b"welcome to busybox\n");
 
     // The image's env and workdir are the defaults for steps.
-    let spec = format!("((from {}/library/busybox:latest)\n (run (shell \"echo {} $FROM_IMAGE $(pwd)\")))\n", registry.addr, nonce());
+    let spec = format!(
+        "((from {}/library/busybox:latest)\n (run (shell \"echo {} $FROM_IMAGE $(pwd)\")))\n",
+        registry.addr,
+        nonce()
+    );
     let run = build(&store, &dir, &spec, &[]).ok();
     assert!(run.stdout.contains("yes /root"), "{}", run.stdout);
 }
@@ -159,13 +203,34 @@ fn a_missing_image_or_registry_is_a_clear_error() {
     let dir = test_dir("oci-missing");
     let registry = Registry::start(&dir);
     let store = dir.join("store");
-    let run = build(&store, &dir, &format!("((from {}/library/nothing:latest))\n", registry.addr), &[]);
+    let run = build(
+        &store,
+        &dir,
+        &format!("((from {}/library/nothing:latest))\n", registry.addr),
+        &[],
+    );
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("library/nothing"), "{}", run.stderr);
     drop(registry);
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let run = build(&store, &dir, &format!("((from 127.0.0.1:{port}/library/busybox:latest))\n"), &[]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = build(
+        &store,
+        &dir,
+        &format!("((from 127.0.0.1:{port}/library/busybox:latest))\n"),
+        &[],
+    );
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains(&format!("127.0.0.1:{port}")), "{}", run.stderr);
-    assert_eq!(kiln(&store, &dir, &["ls", "--json"]).ok().stdout.trim(), "[]");
+    assert!(
+        run.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        kiln(&store, &dir, &["ls", "--json"]).ok().stdout.trim(),
+        "[]"
+    );
 }

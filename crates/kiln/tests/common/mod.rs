@@ -27,7 +27,9 @@ pub fn test_dir(name: &str) -> PathBuf {
 /// 16 random hex digits (from the kernel), to make specs that no earlier run has cached.
 pub fn nonce() -> String {
     let mut b = [0u8; 8];
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("reading /dev/urandom");
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("reading /dev/urandom");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -49,7 +51,11 @@ impl Run {
 
     /// Panics with both streams unless the command succeeded.
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "kiln failed\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "kiln failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -93,25 +99,43 @@ pub fn busybox_tar() -> PathBuf {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let busybox = Path::new("/bin/busybox");
-        assert!(busybox.exists(), "/bin/busybox is missing: apt-get install busybox-static (scripts/setup.sh does)");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox is missing: apt-get install busybox-static (scripts/setup.sh does)"
+        );
         let dir = test_dir("busybox-root");
         let root = dir.join("root");
         for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root"] {
             fs::create_dir_all(root.join(d)).expect("mkdir");
         }
-        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod tmp");
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))
+            .expect("chmod tmp");
         fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
-        let list = Command::new(busybox).arg("--list-full").output().expect("busybox --list-full");
+        let list = Command::new(busybox)
+            .arg("--list-full")
+            .output()
+            .expect("busybox --list-full");
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             let link = root.join(applet);
             if applet != "bin/busybox" && !link.exists() {
                 let _ = std::os::unix::fs::symlink("/bin/busybox", &link);
             }
         }
-        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n").unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n",
+        )
+        .unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
         let tar = dir.join("busybox.tar");
-        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().expect("tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
         assert!(status.success());
         tar
     })
@@ -128,8 +152,19 @@ pub fn tar_entries(tar: &Path) -> Vec<(String, u64, u64, u32, tar::EntryType)> {
         .map(|e| {
             let e = e.expect("tar entry");
             let h = e.header();
-            let path = e.path().expect("path").to_string_lossy().trim_start_matches("./").to_string();
-            (path, h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o7777, h.entry_type())
+            let path = e
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            (
+                path,
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.mode().unwrap() & 0o7777,
+                h.entry_type(),
+            )
         })
         .collect()
 }
@@ -140,7 +175,12 @@ pub fn tar_read(tar: &Path, member: &str) -> Option<Vec<u8>> {
     let mut archive = tar::Archive::new(file);
     for e in archive.entries().expect("tar entries") {
         let mut e = e.expect("tar entry");
-        let path = e.path().expect("path").to_string_lossy().trim_start_matches("./").to_string();
+        let path = e
+            .path()
+            .expect("path")
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         if path == member {
             let mut buf = Vec::new();
             e.read_to_end(&mut buf).expect("read member");
