@@ -81,6 +81,7 @@ pub(crate) enum Flush {
 pub(crate) fn measure_tree(root: &Path, flush: Flush) -> Result<u64, StoreError> {
     let mut seen_links = HashSet::new();
     let mut total = 0u64;
+    let mut written = Vec::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
         let entry = entry.map_err(|e| walk_error(root, e))?;
         if !entry.file_type().is_file() {
@@ -92,8 +93,14 @@ pub(crate) fn measure_tree(root: &Path, flush: Flush) -> Result<u64, StoreError>
         }
         total += meta.len();
         if flush == Flush::Yes {
-            write_out(entry.path());
+            // Start every file's writeback first and wait afterwards, so the device
+            // works on all of them at once instead of one file per round trip.
+            write_out(entry.path(), WriteOut::Start);
+            written.push(entry.into_path());
         }
+    }
+    for path in &written {
+        write_out(path, WriteOut::Wait);
     }
     Ok(total)
 }
@@ -106,9 +113,18 @@ fn walk_error(root: &Path, e: walkdir::Error) -> StoreError {
     StoreError::io(path, io)
 }
 
-/// Starts and waits for writeback of one file's data (best effort: a file we may not
-/// open is skipped, the final journal commit still covers its metadata).
-fn write_out(path: &Path) {
+/// The two halves of pushing a file's data to disk.
+#[derive(Clone, Copy)]
+enum WriteOut {
+    /// Queue the dirty pages for writing, without waiting.
+    Start,
+    /// Wait until every page of the file has been written.
+    Wait,
+}
+
+/// Writeback of one file's data (best effort: a file we may not open is skipped, the
+/// final journal commit still covers its metadata).
+fn write_out(path: &Path, step: WriteOut) {
     let Ok(file) = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -116,9 +132,14 @@ fn write_out(path: &Path) {
     else {
         return;
     };
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let flags = match step {
+        WriteOut::Start => libc::SYNC_FILE_RANGE_WRITE,
+        WriteOut::Wait => {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        }
+    };
     // SAFETY: the descriptor is valid for the call; sync_file_range touches no memory of ours.
     unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
 }
