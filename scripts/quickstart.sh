@@ -13,6 +13,6 @@ id=$(sed -n 's/^Got: "\(.*\)"$/\1/p' "$out/build.log")
 $kiln export "$id" --format tar -o "$out/memcached-rootfs.tar"
 
 # The check: the image holds memcached and our config.
-tar -tf "$out/memcached-rootfs.tar" | grep -qx 'usr/bin/memcached'
-tar -xOf "$out/memcached-rootfs.tar" etc/memcached.conf | grep -q '^-l 0.0.0.0'
+tar -tf "$out/memcached-rootfs.tar" | grep -x 'usr/bin/memcached' >/dev/null
+tar -xOf "$out/memcached-rootfs.tar" etc/memcached.conf | grep '^-l 0.0.0.0' >/dev/null
 echo "quickstart: OK — layer $id, rootfs at $out/memcached-rootfs.tar"
