@@ -50,6 +50,10 @@ pub struct Spec {
     pub bootstrap: Option<Located<Bootstrap>>,
     /// The operations, in order.
     pub ops: Vec<Located<Op>>,
+    /// kiln extension `(test …)`: acceptance checks for the booted image.
+    pub test: Option<Located<TestSpec>>,
+    /// kiln extension `(image …)`: a multi-partition disk (top-level spec only).
+    pub image: Option<Located<ImageSpec>>,
 }
 
 /// `(build NAME SPEC)`.
@@ -132,4 +136,89 @@ pub enum CopyFrom {
 pub enum User {
     Unix { uid: u32, gid: u32 },
     Name(String),
+}
+
+/// kiln extension `(test …)`: checks run against the booted image by `kiln test`.
+///
+/// ```text
+/// (test (memory 1024) (cpus 2) (boot-timeout 120)
+///       (console (expect "login:") (timeout 60))
+///       (port (port 11211))
+///       (http (port 80) (path /index.html) (status 200) (body "Cloudy") (timeout 30))
+///       (tcp (port 11211) (send "get k\r\n") (expect "END")))
+/// ```
+/// Every check may also carry `(name "…")`; `timeout` defaults to 60 seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestSpec {
+    /// Guest memory in MiB (`None`: the runner's default).
+    pub memory_mb: Option<u32>,
+    pub cpus: Option<u32>,
+    /// Seconds the whole boot may take before checks give up (`None`: runner default).
+    pub boot_timeout: Option<u32>,
+    /// In order; each waits for the previous one.
+    pub checks: Vec<Located<Check>>,
+}
+
+/// One acceptance check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// For reports; defaults to a description of the check.
+    pub name: Option<String>,
+    /// Seconds.
+    pub timeout: u32,
+    pub kind: CheckKind,
+}
+
+/// What a check waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A serial console line containing `expect`.
+    Console { expect: String },
+    /// A TCP connection to the guest's `port` succeeds.
+    Port { port: u16 },
+    /// `GET path` on the guest's `port` answers `status` (and contains `body`).
+    Http { port: u16, path: String, status: u16, body: Option<String> },
+    /// Connect, send `send`, and read until the reply contains `expect`.
+    Tcp { port: u16, send: String, expect: String },
+}
+
+/// kiln extension `(image …)`: a whole-disk image with several OS partitions (a "combo
+/// image", as DETERLab calls it), described by an image descriptor.
+///
+/// ```text
+/// (image (partition (name web) (build web) (size 2G) (label WEB))
+///        (partition (name db) (spec db.spec) (size 3G))
+///        (default web)
+///        (node-types pc3000 d710)
+///        (arch amd64))
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub partitions: Vec<Located<PartitionSpec>>,
+    /// The partition that boots by default (`None`: the first).
+    pub default: Option<String>,
+    /// Node types the image supports, for the descriptor.
+    pub node_types: Vec<String>,
+    /// Architectures the image supports (`None`/empty: the build's).
+    pub arches: Vec<String>,
+}
+
+/// One OS partition of an `(image …)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    pub name: String,
+    pub source: PartitionSource,
+    /// Bytes (written as `4096`, `512M`, `2G`…); `None`: content plus headroom.
+    pub size: Option<u64>,
+    /// Filesystem and GPT partition label (`None`: the name).
+    pub label: Option<String>,
+}
+
+/// Where a partition's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionSource {
+    /// A `(build NAME …)` stage of this spec.
+    Build(String),
+    /// Another spec file, relative to this spec's directory.
+    Spec(String),
 }

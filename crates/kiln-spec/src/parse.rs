@@ -363,6 +363,9 @@ impl SpecParts {
             from,
             bootstrap: self.bootstrap,
             ops: self.ops,
+            // Parsed by the `(test …)` / `(image …)` forms (issue 3, in progress).
+            test: None,
+            image: None,
         })
     }
 }

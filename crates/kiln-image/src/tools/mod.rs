@@ -1,0 +1,1 @@
+//! External programs, one module each (being written).
