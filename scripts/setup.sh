@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Runtime: mmdebstrap bootstraps Debian bases (debootstrap is the fallback).
 # Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback.
-PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 e2fsprogs bc)
+# Images: e2fsprogs (mke2fs -d, e2fsck), fdisk (sfdisk), dosfstools + mtools (the ESP),
+# systemd-boot-efi (the UEFI loader), qemu-system-x86 + ovmf (kiln run/test), qemu-utils (qemu-img).
+PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
+          e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -15,7 +18,13 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # qemu-system-x86 must come with bookworm's own qemu-utils: a newer preinstalled
+  # qemu-utils (from backports) conflicts with it, so both are pinned to bookworm.
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+    missing=("${missing[@]/qemu-utils/}")
+    missing+=(qemu-utils/bookworm)
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades ${missing[@]}
 fi
 
 # docker-registry's package starts a system service on :5000; the tests start their own.
