@@ -47,6 +47,10 @@ pub struct BuildOptions {
     pub cancelled: Arc<AtomicBool>,
     /// The hostname steps see.
     pub hostname: String,
+    /// Exported to `run` steps as `SOURCE_DATE_EPOCH` (unless the spec sets it), so
+    /// tools that honour it (dpkg, mkinitramfs, compilers) produce reproducible output.
+    /// Like cache mounts it does not enter step ids: it describes how to build, not what.
+    pub source_date_epoch: Option<i64>,
 }
 
 impl Default for BuildOptions {
@@ -57,6 +61,7 @@ impl Default for BuildOptions {
             flatten_depth: DEFAULT_FLATTEN_DEPTH,
             cancelled: Arc::new(AtomicBool::new(false)),
             hostname: "kiln".into(),
+            source_date_epoch: None,
         }
     }
 }
@@ -81,10 +86,22 @@ impl Builder<'_> {
         context: &Path,
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
+        Ok(self.build_with_stages(spec, context, out)?.0)
+    }
+
+    /// [`Builder::build`], also returning the layer of each top-level `(build NAME …)`
+    /// stage (what `(image (partition (build NAME)))` refers to).
+    pub fn build_with_stages(
+        &self,
+        spec: &Spec,
+        context: &Path,
+        out: &mut dyn Write,
+    ) -> Result<(LayerId, BTreeMap<String, LayerId>), BuildError> {
         self.check_secrets(spec)?;
-        let id = self.build_spec(spec, context, out)?;
+        let mut stages = BTreeMap::new();
+        let id = self.build_spec(spec, context, &mut stages, out)?;
         writeln!(out, "Got: \"{id}\"").map_err(BuildError::output)?;
-        Ok(id)
+        Ok((id, stages))
     }
 
     /// Every secret a `run` asks for must have been given.
@@ -109,16 +126,17 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Builds `spec`; its own stages' layers are recorded in `stages`.
     fn build_spec(
         &self,
         spec: &Spec,
         context: &Path,
+        stages: &mut BTreeMap<String, LayerId>,
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
-        let mut stages = BTreeMap::new();
         for child in &spec.child_builds {
             writeln!(out, "(build {} …)", child.value.name).map_err(BuildError::output)?;
-            let id = self.build_spec(&child.value.spec, context, out)?;
+            let id = self.build_spec(&child.value.spec, context, &mut BTreeMap::new(), out)?;
             stages.insert(child.value.name.clone(), id);
         }
         let (mut parent, config) = self.base(spec, context, out)?;
@@ -139,7 +157,7 @@ impl Builder<'_> {
                 Op::User(user) => ctx.user = user.clone(),
                 Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, out)?,
                 Op::Copy(copy) => {
-                    parent = self.copy_step(op, copy, &ctx, &parent, context, &stages, out)?
+                    parent = self.copy_step(op, copy, &ctx, &parent, context, stages, out)?
                 }
             }
         }
@@ -225,7 +243,7 @@ impl Builder<'_> {
             let spec = RunSpec {
                 root: root.clone(),
                 argv,
-                env: ctx.env.clone(),
+                env: self.step_env(ctx),
                 cwd: ctx.workdir.clone(),
                 uid,
                 gid,
@@ -423,6 +441,17 @@ impl Builder<'_> {
                     .ok_or_else(|| BuildError::UnknownUser(name.clone()))
             }
         }
+    }
+
+    /// The environment a `run` sees: the context's, plus `SOURCE_DATE_EPOCH` when set.
+    fn step_env(&self, ctx: &StepContext) -> Vec<(String, String)> {
+        let mut env = ctx.env.clone();
+        if let Some(epoch) = self.options.source_date_epoch {
+            if !env.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH") {
+                env.push(("SOURCE_DATE_EPOCH".into(), epoch.to_string()));
+            }
+        }
+        env
     }
 
     fn check_cancelled(&self) -> Result<(), BuildError> {

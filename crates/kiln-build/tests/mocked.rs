@@ -140,7 +140,7 @@ fn context_reaches_the_sandbox() {
     build(&store, &sandbox, SPEC, BuildOptions::default())
         .0
         .unwrap();
-    let runs = sandbox.runs.lock().unwrap();
+    let runs = sandbox.runs.lock().unwrap().clone();
     let two = &runs[1];
     assert_eq!(two.argv, vec!["/usr/bin/env", "bash", "-c", "two"]);
     assert_eq!((two.uid, two.gid), (7, 8));
@@ -154,6 +154,23 @@ fn context_reaches_the_sandbox() {
         ]
     );
     assert!(!two.host_network && two.fast_sync);
+    // SOURCE_DATE_EPOCH reaches steps but not their ids.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = FsStore::open(dir2.path()).unwrap();
+    let sandbox2 = ScriptedSandbox::default();
+    let options = BuildOptions {
+        source_date_epoch: Some(1_600_000_000),
+        ..Default::default()
+    };
+    let with_epoch = build(&store2, &sandbox2, SPEC, options).0.unwrap();
+    let without = build(&store, &sandbox, SPEC, BuildOptions::default())
+        .0
+        .unwrap();
+    assert_eq!(with_epoch, without);
+    let runs2 = sandbox2.runs.lock().unwrap();
+    assert!(runs2[1]
+        .env
+        .contains(&("SOURCE_DATE_EPOCH".into(), "1600000000".into())));
     match &two.root {
         RootFs::Overlay { lower, .. } => assert_eq!(lower.len(), 2, "step one over the base"),
         other => panic!("expected an overlay, got {other:?}"),
