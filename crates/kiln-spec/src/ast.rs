@@ -40,6 +40,9 @@ impl<T> Located<T> {
 }
 
 /// A whole build: `((build NAME SPEC)* (from BASE) [kiln forms] OP…)`.
+///
+/// kiln forms (`bootstrap`, `test`, `image`) may sit anywhere after `from`, each
+/// at most once; `test` and `image` only in the outermost spec, not in a child build's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     /// Named stages built before this one, usable by `(copy (from (build NAME)))`.
@@ -147,7 +150,10 @@ pub enum User {
 ///       (http (port 80) (path /index.html) (status 200) (body "Cloudy") (timeout 30))
 ///       (tcp (port 11211) (send "get k\r\n") (expect "END")))
 /// ```
-/// Every check may also carry `(name "…")`; `timeout` defaults to 60 seconds.
+/// Every check may also carry `(name "…")`; `timeout` defaults to
+/// [`DEFAULT_CHECK_TIMEOUT`] seconds, an http `path` to `/` and `status` to 200.
+/// Settings and checks may come in any order; settings at most once, and at least
+/// one check. A `tcp` check's `send` may be `""`, to read a banner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestSpec {
     /// Guest memory in MiB (`None`: the runner's default).
@@ -167,6 +173,29 @@ pub struct Check {
     /// Seconds.
     pub timeout: u32,
     pub kind: CheckKind,
+}
+
+/// A check's `timeout` when the spec gives none, in seconds.
+pub const DEFAULT_CHECK_TIMEOUT: u32 = 60;
+/// An `http` check's `path` when the spec gives none.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// An `http` check's expected `status` when the spec gives none.
+pub const DEFAULT_HTTP_STATUS: u16 = 200;
+
+impl Check {
+    /// The name reports use: the spec's `(name …)`, else a short description
+    /// such as `http :80/index.html` or `console "login:"`.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match &self.kind {
+            CheckKind::Console { expect } => format!("console {expect:?}"),
+            CheckKind::Port { port } => format!("port {port}"),
+            CheckKind::Http { port, path, .. } => format!("http :{port}{path}"),
+            CheckKind::Tcp { port, expect, .. } => format!("tcp {port} {expect:?}"),
+        }
+    }
 }
 
 /// What a check waits for.
@@ -212,6 +241,26 @@ pub struct PartitionSpec {
     pub size: Option<u64>,
     /// Filesystem and GPT partition label (`None`: the name).
     pub label: Option<String>,
+}
+
+impl ImageSpec {
+    /// The partition that boots by default: the one `default` names, else the first.
+    /// `None` only for an `ImageSpec` built by hand with no partitions.
+    pub fn default_partition(&self) -> Option<&PartitionSpec> {
+        let named = self.default.as_ref().and_then(|name| {
+            self.partitions
+                .iter()
+                .find(|p| &p.value.name == name)
+        });
+        named.or(self.partitions.first()).map(|p| &p.value)
+    }
+}
+
+impl PartitionSpec {
+    /// The filesystem and GPT label: `label` if given, else the name.
+    pub fn effective_label(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Where a partition's root filesystem comes from.

@@ -4,7 +4,9 @@
 //! touches the filesystem. The pieces:
 //! - [`parse()`] and [`parse_file()`]: text → validated [`Spec`], errors carry `line:col` and "did you mean";
 //! - [`print()`]: [`Spec`] → canonical text (`parse(print(s)) == s`; canonical text prints back byte for byte);
-//! - [`hash`]: step ids ([`LayerId`]) computed as the store contract in DESIGN.md says.
+//! - [`hash`]: step ids ([`LayerId`]) computed as the store contract in DESIGN.md says;
+//!   `(test …)` and `(image …)` do not enter them;
+//! - [`parse_size`] and [`format_size`]: byte sizes as specs write them (`512M`, `1.5G`).
 
 pub mod ast;
 mod error;
@@ -12,12 +14,14 @@ pub mod hash;
 mod parse;
 mod print;
 mod sexp;
+mod size;
 mod validate;
 
 pub use ast::*;
 pub use error::SpecError;
 pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
-pub use validate::BOOTSTRAP_VARIANTS;
+pub use size::{format_size, parse_size, SizeError};
+pub use validate::{BOOTSTRAP_VARIANTS, DEBIAN_ARCHES};
 
 /// Parses and validates a spec.
 ///

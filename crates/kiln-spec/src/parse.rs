@@ -9,19 +9,27 @@
 //! `validate.rs`; this module calls them with the atom being judged.
 //!
 //! Record-like forms (`run`, `copy`, `user`, `bootstrap`, cache and secret
-//! mounts) take their fields in any order, each at most once. `(network …)`
-//! accepts any names, as OBuilder does; only `host` changes anything.
+//! mounts, checks, partitions) take their fields in any order, each at most
+//! once. `(network …)` accepts any names, as OBuilder does; only `host` changes
+//! anything. `test` and `image` hold repeated items (checks, partitions) among
+//! their once-only fields, and are accepted only in the outermost spec.
+
+mod checks;
+mod image;
 
 use crate::sexp::{self, Atom, List, Sexp};
 use crate::validate::{self, suggest};
 use crate::{
-    Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, SpecError, User,
+    Bootstrap, ChildBuild, Copy, CopyFrom, ImageSpec, Located, Mount, Op, Pos, Run, Spec,
+    SpecError, TestSpec, User,
 };
 
 /// Forms that structure a spec.
 const STRUCTURE_FORMS: &[&str] = &["build", "from"];
 /// kiln's own top-level forms; each may appear once, anywhere after `from`.
-const KILN_FORMS: &[&str] = &["bootstrap"];
+const KILN_FORMS: &[&str] = &["bootstrap", "test", "image"];
+/// kiln forms that only the outermost spec may hold.
+const TOP_LEVEL_ONLY_FORMS: &[&str] = &["test", "image"];
 /// OBuilder's operations.
 const OP_FORMS: &[&str] = &["comment", "workdir", "shell", "run", "copy", "user", "env"];
 
@@ -30,11 +38,21 @@ const COPY_FIELDS: &[&str] = &["from", "src", "dst", "exclude"];
 const USER_FIELDS: &[&str] = &["uid", "gid", "name"];
 const BOOTSTRAP_FIELDS: &[&str] = &["variant", "include", "mirror", "arch"];
 const MOUNT_FIELDS: &[&str] = &["target"];
+/// `test` settings; each at most once, among any number of checks.
+const TEST_SETTINGS: &[&str] = &["memory", "cpus", "boot-timeout"];
+const CHECK_KINDS: &[&str] = &["console", "port", "http", "tcp"];
+const CONSOLE_FIELDS: &[&str] = &["name", "expect", "timeout"];
+const PORT_FIELDS: &[&str] = &["name", "port", "timeout"];
+const HTTP_FIELDS: &[&str] = &["name", "port", "path", "status", "body", "timeout"];
+const TCP_FIELDS: &[&str] = &["name", "port", "send", "expect", "timeout"];
+/// `image` fields; `partition` may repeat, the others appear at most once.
+const IMAGE_FIELDS: &[&str] = &["partition", "default", "node-types", "arch"];
+const PARTITION_FIELDS: &[&str] = &["name", "build", "spec", "size", "label"];
 
 /// Reads and validates a whole spec.
 pub(crate) fn parse_spec(text: &str) -> Result<Spec, SpecError> {
     match sexp::read(text)? {
-        Sexp::List(list) => spec_from_list(&list),
+        Sexp::List(list) => spec_from_list(&list, None),
         Sexp::Atom(atom) => Err(SpecError::new(
             atom.pos,
             format!(
@@ -45,8 +63,12 @@ pub(crate) fn parse_spec(text: &str) -> Result<Spec, SpecError> {
     }
 }
 
-fn spec_from_list(list: &List) -> Result<Spec, SpecError> {
-    let mut parts = SpecParts::default();
+/// Reads a spec list; `child_of` names the child build it belongs to, if any.
+fn spec_from_list(list: &List, child_of: Option<&str>) -> Result<Spec, SpecError> {
+    let mut parts = SpecParts {
+        child_of: child_of.map(str::to_string),
+        ..SpecParts::default()
+    };
     for item in &list.items {
         parts.item(item)?;
     }
@@ -171,37 +193,48 @@ impl<'a> Fields<'a> {
         args: &'a [Sexp],
         known: &[&str],
     ) -> Result<Fields<'a>, SpecError> {
-        let mut found: Vec<Form<'a>> = Vec::new();
+        let mut fields = Fields::new(owner, pos);
         for arg in args {
-            let field = Form::of(arg, &owner)?;
-            if !known.contains(&field.name()) {
-                return Err(SpecError::new(
-                    field.pos,
-                    format!(
-                        "unknown field `{}` in {owner}: its fields are {}",
-                        field.name(),
-                        known
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-                .with_suggestion(suggest(field.name(), known.iter().copied())));
-            }
-            if let Some(first) = found.iter().find(|f| f.name() == field.name()) {
-                return Err(SpecError::new(
-                    field.pos,
-                    format!(
-                        "duplicate field `{}` in {owner} (the first is at {}): keep only one",
-                        field.name(),
-                        first.pos
-                    ),
-                ));
-            }
-            found.push(field);
+            let field = Form::of(arg, &fields.owner)?;
+            fields.add(field, known)?;
         }
-        Ok(Fields { owner, pos, found })
+        Ok(fields)
+    }
+
+    fn new(owner: String, pos: Pos) -> Fields<'a> {
+        Fields {
+            owner,
+            pos,
+            found: Vec::new(),
+        }
+    }
+
+    /// Adds one field, which must be in `known` and not seen before.
+    fn add(&mut self, field: Form<'a>, known: &[&str]) -> Result<(), SpecError> {
+        let owner = &self.owner;
+        if !known.contains(&field.name()) {
+            return Err(SpecError::new(
+                field.pos,
+                format!(
+                    "unknown field `{}` in {owner}: its fields are {}",
+                    field.name(),
+                    backquoted(known.iter().copied())
+                ),
+            )
+            .with_suggestion(suggest(field.name(), known.iter().copied())));
+        }
+        if let Some(first) = self.found.iter().find(|f| f.name() == field.name()) {
+            return Err(SpecError::new(
+                field.pos,
+                format!(
+                    "duplicate field `{}` in {owner} (the first is at {}): keep only one",
+                    field.name(),
+                    first.pos
+                ),
+            ));
+        }
+        self.found.push(field);
+        Ok(())
     }
 
     fn get(&self, name: &str) -> Option<Form<'a>> {
@@ -219,15 +252,33 @@ impl<'a> Fields<'a> {
             )
         })
     }
+
+    /// The single atom of an optional field.
+    fn atom(&self, name: &str, usage: &str) -> Result<Option<&'a Atom>, SpecError> {
+        self.get(name).map(|f| f.atom(usage)).transpose()
+    }
+}
+
+/// `names` as "`a`, `b`, `c`", for messages that list what is allowed.
+fn backquoted<'n>(names: impl IntoIterator<Item = &'n str>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A spec's items as they are read, checked for order and uniqueness.
 #[derive(Default)]
 struct SpecParts {
+    /// The child build whose spec this is; `None` for the outermost spec.
+    child_of: Option<String>,
     builds: Vec<Located<ChildBuild>>,
     from: Option<(Located<String>, Pos)>,
     bootstrap: Option<Located<Bootstrap>>,
     ops: Vec<Located<Op>>,
+    test: Option<Located<TestSpec>>,
+    image: Option<Located<ImageSpec>>,
 }
 
 impl SpecParts {
@@ -303,7 +354,7 @@ impl SpecParts {
                 ),
             ));
         }
-        let spec = spec_from_list(spec)?;
+        let spec = spec_from_list(spec, Some(&name.text))?;
         self.builds.push(Located::new(
             ChildBuild {
                 name: name.text.clone(),
@@ -330,25 +381,43 @@ impl SpecParts {
     }
 
     fn kiln_form(&mut self, form: Form) -> Result<(), SpecError> {
-        match form.name() {
-            "bootstrap" => {
-                if let Some(first) = &self.bootstrap {
-                    return Err(SpecError::new(
-                        form.pos,
-                        format!(
-                            "second `bootstrap` (the first is at {}): merge them into one",
-                            first.pos
-                        ),
-                    ));
-                }
-                self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos));
-                Ok(())
+        let name = form.name();
+        if let Some(build) = &self.child_of {
+            if TOP_LEVEL_ONLY_FORMS.contains(&name) {
+                return Err(SpecError::new(
+                    form.pos,
+                    format!(
+                        "`{name}` inside child build `{build}`: only the outermost spec may have a `{name}`; move this `({name} …)` there"
+                    ),
+                ));
             }
-            other => Err(SpecError::new(
-                form.pos,
-                format!("internal error: kiln form `{other}` has no parser"),
-            )),
         }
+        let first = match name {
+            "bootstrap" => self.bootstrap.as_ref().map(|f| f.pos),
+            "test" => self.test.as_ref().map(|f| f.pos),
+            "image" => self.image.as_ref().map(|f| f.pos),
+            _ => None,
+        };
+        if let Some(first) = first {
+            return Err(SpecError::new(
+                form.pos,
+                format!("second `{name}` (the first is at {first}): merge them into one"),
+            ));
+        }
+        match name {
+            "bootstrap" => self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos)),
+            "test" => self.test = Some(Located::new(checks::test(form)?, form.pos)),
+            "image" => {
+                self.image = Some(Located::new(image::image(form, &self.builds)?, form.pos))
+            }
+            other => {
+                return Err(SpecError::new(
+                    form.pos,
+                    format!("internal error: kiln form `{other}` has no parser"),
+                ))
+            }
+        }
+        Ok(())
     }
 
     fn finish(self, pos: Pos) -> Result<Spec, SpecError> {
@@ -363,9 +432,8 @@ impl SpecParts {
             from,
             bootstrap: self.bootstrap,
             ops: self.ops,
-            // Parsed by the `(test …)` / `(image …)` forms (issue 3, in progress).
-            test: None,
-            image: None,
+            test: self.test,
+            image: self.image,
         })
     }
 }
@@ -545,25 +613,25 @@ fn copy_from(field: Form, builds: &[Located<ChildBuild>]) -> Result<CopyFrom, Sp
         .with_suggestion(suggest(source.name(), ["build"])));
     }
     let name = source.atom("(build NAME)")?;
+    child_build("`copy` reads from", name, builds)?;
+    Ok(CopyFrom::Build(name.text.clone()))
+}
+
+/// Checks that `name` is a child build of this spec; `user` begins the error,
+/// e.g. "`copy` reads from".
+fn child_build(user: &str, name: &Atom, builds: &[Located<ChildBuild>]) -> Result<(), SpecError> {
     if builds.iter().any(|b| b.value.name == name.text) {
-        return Ok(CopyFrom::Build(name.text.clone()));
+        return Ok(());
     }
     let defined: Vec<&str> = builds.iter().map(|b| b.value.name.as_str()).collect();
     let hint = if defined.is_empty() {
         "this spec defines no child builds; add `(build NAME …)` before `from`".to_string()
     } else {
-        format!(
-            "this spec defines {}",
-            defined
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("this spec defines {}", backquoted(defined.iter().copied()))
     };
     Err(SpecError::new(
         name.pos,
-        format!("`copy` reads from unknown build `{}`: {hint}", name.text),
+        format!("{user} unknown build `{}`: {hint}", name.text),
     )
     .with_suggestion(suggest(&name.text, defined)))
 }

@@ -7,7 +7,9 @@
 //!
 //! - A spec list always has one item per line: `((` before its first item, then each
 //!   further item on a new line, one column right of the spec's `(`. Items come in
-//!   a fixed order: child builds, `from`, `bootstrap`, then the ops.
+//!   a fixed order: child builds, `from`, `bootstrap`, the ops, `test`, `image`.
+//!   `test` and `image` go last because they say what to do with the result of
+//!   the ops (boot and check it, put it on a disk), and read best after them.
 //! - A child build is `(build NAME` then, on the next line and two columns right of
 //!   the build's `(`, its spec laid out by the rule above.
 //! - Any other form goes on one line when it fits in 80 columns, counting the `)`s
@@ -24,8 +26,17 @@
 //!   ```
 //! - Fields follow OBuilder's order: `run` is cache, network, secrets, shell;
 //!   `copy` is from, src, dst, exclude; `user` is uid, gid or name; `bootstrap` is
-//!   variant, include, mirror, arch. Fields holding their default are left out:
-//!   `(from context)`, empty `cache`/`network`/`secrets`/`exclude`/`include`.
+//!   variant, include, mirror, arch. kiln's own forms: `test` is memory, cpus,
+//!   boot-timeout, then the checks in spec order; a check is name, its own fields
+//!   (`console`: expect; `port`: port; `http`: port, path, status, body; `tcp`:
+//!   port, send, expect), then timeout; `image` is the partitions in spec order,
+//!   then default, node-types, arch; a partition is name, build or spec, size,
+//!   label. Fields holding their default are left out: `(from context)`, empty
+//!   `cache`/`network`/`secrets`/`exclude`/`include`, a check's `(timeout 60)`,
+//!   an http check's `(path /)` and `(status 200)`.
+//! - Numbers print in decimal without leading zeros. A partition size prints in
+//!   the largest of `T`, `G`, `M`, `K` (powers of 1024) that divides it exactly,
+//!   else in bytes: 2147483648 is `2G`, 1536 MiB is `1536M`, `1.5G` is `1536M`.
 //! - An atom prints bare when it reads back as itself: non-empty printable ASCII
 //!   without whitespace, `(`, `)`, `"`, `;`, `\`, `#|` or `|#`. Otherwise it is
 //!   double-quoted with `\"`, `\\`, `\n`, `\t`, `\r`, `\b`, `\DDD` for other control
@@ -34,7 +45,12 @@
 //! - The text ends with one newline.
 
 use crate::sexp::ends_bare_atom;
-use crate::{Bootstrap, ChildBuild, Copy, CopyFrom, Op, Run, Spec, User};
+use crate::size::format_size;
+use crate::{
+    Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom, ImageSpec, Op, PartitionSource,
+    PartitionSpec, Run, Spec, TestSpec, User, DEFAULT_CHECK_TIMEOUT, DEFAULT_HTTP_PATH,
+    DEFAULT_HTTP_STATUS,
+};
 
 /// The column budget for putting a form on one line.
 const WIDTH: usize = 80;
@@ -167,6 +183,12 @@ fn spec_doc(spec: &Spec) -> Doc {
         items.push(bootstrap_doc(&b.value));
     }
     items.extend(spec.ops.iter().map(|op| op_doc(&op.value)));
+    if let Some(t) = &spec.test {
+        items.push(test_doc(&t.value));
+    }
+    if let Some(i) = &spec.image {
+        items.push(image_doc(&i.value));
+    }
     Doc::Spec(items)
 }
 
@@ -246,6 +268,104 @@ fn bootstrap_doc(b: &Bootstrap) -> Doc {
         fields.push(form("arch", [atom(a)]));
     }
     form("bootstrap", fields)
+}
+
+fn test_doc(test: &TestSpec) -> Doc {
+    let mut fields = Vec::new();
+    if let Some(m) = test.memory_mb {
+        fields.push(number("memory", m));
+    }
+    if let Some(c) = test.cpus {
+        fields.push(number("cpus", c));
+    }
+    if let Some(t) = test.boot_timeout {
+        fields.push(number("boot-timeout", t));
+    }
+    fields.extend(test.checks.iter().map(|c| check_doc(&c.value)));
+    form("test", fields)
+}
+
+fn check_doc(check: &Check) -> Doc {
+    let mut fields = Vec::new();
+    if let Some(name) = &check.name {
+        fields.push(form("name", [atom(name)]));
+    }
+    let kind = match &check.kind {
+        CheckKind::Console { expect } => {
+            fields.push(form("expect", [atom(expect)]));
+            "console"
+        }
+        CheckKind::Port { port } => {
+            fields.push(number("port", *port));
+            "port"
+        }
+        CheckKind::Http {
+            port,
+            path,
+            status,
+            body,
+        } => {
+            fields.push(number("port", *port));
+            if path != DEFAULT_HTTP_PATH {
+                fields.push(form("path", [atom(path)]));
+            }
+            if *status != DEFAULT_HTTP_STATUS {
+                fields.push(number("status", *status));
+            }
+            if let Some(body) = body {
+                fields.push(form("body", [atom(body)]));
+            }
+            "http"
+        }
+        CheckKind::Tcp { port, send, expect } => {
+            fields.push(number("port", *port));
+            fields.push(form("send", [atom(send)]));
+            fields.push(form("expect", [atom(expect)]));
+            "tcp"
+        }
+    };
+    if check.timeout != DEFAULT_CHECK_TIMEOUT {
+        fields.push(number("timeout", check.timeout));
+    }
+    form(kind, fields)
+}
+
+fn image_doc(image: &ImageSpec) -> Doc {
+    let mut fields: Vec<Doc> = image
+        .partitions
+        .iter()
+        .map(|p| partition_doc(&p.value))
+        .collect();
+    if let Some(d) = &image.default {
+        fields.push(form("default", [atom(d)]));
+    }
+    if !image.node_types.is_empty() {
+        fields.push(form("node-types", atoms(&image.node_types)));
+    }
+    if !image.arches.is_empty() {
+        fields.push(form("arch", atoms(&image.arches)));
+    }
+    form("image", fields)
+}
+
+fn partition_doc(p: &PartitionSpec) -> Doc {
+    let mut fields = vec![form("name", [atom(&p.name)])];
+    fields.push(match &p.source {
+        PartitionSource::Build(name) => form("build", [atom(name)]),
+        PartitionSource::Spec(path) => form("spec", [atom(path)]),
+    });
+    if let Some(size) = p.size {
+        fields.push(form("size", [Doc::Atom(format_size(size))]));
+    }
+    if let Some(label) = &p.label {
+        fields.push(form("label", [atom(label)]));
+    }
+    form("partition", fields)
+}
+
+/// `(NAME N)` for a number field.
+fn number(name: &str, n: impl ToString) -> Doc {
+    form(name, [Doc::Atom(n.to_string())])
 }
 
 fn form(name: &str, args: impl IntoIterator<Item = Doc>) -> Doc {

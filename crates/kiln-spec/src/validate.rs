@@ -4,7 +4,9 @@
 //! (which forms and fields exist, how many arguments) live in `parse.rs`.
 
 use crate::sexp::Atom;
+use crate::size::parse_size;
 use crate::SpecError;
+use std::ops::RangeInclusive;
 
 /// The highest uid/gid accepted; `u32::MAX` is `(uid_t)-1`, which means "no id".
 pub(crate) const MAX_ID: u32 = u32::MAX - 1;
@@ -22,6 +24,14 @@ pub const BOOTSTRAP_VARIANTS: &[&str] = &[
     "debootstrap",
     "standard",
 ];
+
+/// Debian's release architectures, the values `(image (arch A…))` accepts.
+pub const DEBIAN_ARCHES: &[&str] = &[
+    "amd64", "arm64", "armhf", "armel", "i386", "mips64el", "ppc64el", "riscv64", "s390x",
+];
+
+/// The longest label an ext4 filesystem holds, in bytes.
+pub(crate) const MAX_LABEL_LEN: usize = 16;
 
 /// The known name closest to `name`, if it is close enough to be a likely typo.
 ///
@@ -154,6 +164,142 @@ pub(crate) fn non_empty(what: &str, example: &str, atom: &Atom) -> Result<(), Sp
         ));
     }
     Ok(())
+}
+
+/// A decimal number within `range`; `unit` (e.g. " (MiB)") follows the bounds
+/// in the error, `example` shows the field written correctly.
+pub(crate) fn number(
+    field: &str,
+    atom: &Atom,
+    range: RangeInclusive<u64>,
+    unit: &str,
+    example: &str,
+) -> Result<u64, SpecError> {
+    let text = &atom.text;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SpecError::new(
+            atom.pos,
+            format!("`{field}` must be a number, found `{text}`: write e.g. `{example}`"),
+        ));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(SpecError::new(
+            atom.pos,
+            format!(
+                "`{field}` {text} is out of range: it must be from {} to {}{unit}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+/// An HTTP check's path: absolute, and free of anything that would break the request line.
+pub(crate) fn http_path(atom: &Atom) -> Result<(), SpecError> {
+    let text = &atom.text;
+    if !text.starts_with('/') {
+        return Err(SpecError::new(
+            atom.pos,
+            format!("http path `{text}` does not start with `/`: write `/{text}`"),
+        ));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SpecError::new(
+            atom.pos,
+            format!(
+                "http path `{}` contains a space or control character: percent-encode it, e.g. a space as `%20`",
+                crate::print::quote(text)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Partition names and labels, node types: `[A-Za-z0-9._-]+`.
+pub(crate) fn identifier(what: &str, atom: &Atom) -> Result<(), SpecError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if !atom.text.is_empty() && atom.text.chars().all(ok) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        atom.pos,
+        format!(
+            "invalid {what} `{}`: use one or more letters, digits, `.`, `_` and `-`",
+            atom.text
+        ),
+    ))
+}
+
+/// A partition label: an identifier short enough for an ext4 label.
+pub(crate) fn partition_label(atom: &Atom) -> Result<(), SpecError> {
+    identifier("partition label", atom)?;
+    if atom.text.len() > MAX_LABEL_LEN {
+        return Err(SpecError::new(
+            atom.pos,
+            format!(
+                "partition label `{}` has {} characters, but an ext4 label holds at most {MAX_LABEL_LEN}: shorten it",
+                atom.text,
+                atom.text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `(partition (spec PATH))`: a path relative to the spec's directory, staying inside it.
+pub(crate) fn partition_spec_path(atom: &Atom) -> Result<(), SpecError> {
+    let text = &atom.text;
+    let problem = if text.is_empty() {
+        "is empty: write e.g. `(spec db.spec)`"
+    } else if text.starts_with('/') {
+        "is absolute: write it relative to this spec's directory"
+    } else if text.split('/').any(|component| component == "..") {
+        "contains `..`: the spec file must be inside this spec's directory; move it there"
+    } else {
+        return Ok(());
+    };
+    Err(SpecError::new(
+        atom.pos,
+        format!("partition spec path `{text}` {problem}"),
+    ))
+}
+
+/// A partition size such as `2G`, in bytes.
+pub(crate) fn partition_size(atom: &Atom) -> Result<u64, SpecError> {
+    parse_size(&atom.text).map_err(|e| {
+        SpecError::new(atom.pos, format!("partition size `{}` {e}", atom.text))
+    })
+}
+
+/// An `(arch …)` value must be a Debian architecture.
+pub(crate) fn debian_arch(atom: &Atom) -> Result<(), SpecError> {
+    if DEBIAN_ARCHES.contains(&atom.text.as_str()) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        atom.pos,
+        format!(
+            "unknown architecture `{}`: use Debian's names, one of {}",
+            atom.text,
+            DEBIAN_ARCHES.join(", ")
+        ),
+    )
+    .with_suggestion(
+        suggest(&atom.text, DEBIAN_ARCHES.iter().copied()).or_else(|| arch_alias(&atom.text)),
+    ))
+}
+
+/// Debian's name for an architecture other tools name differently (`x86_64`…).
+fn arch_alias(name: &str) -> Option<String> {
+    let debian = match name.to_lowercase().as_str() {
+        "x86_64" | "x86-64" | "x64" => "amd64",
+        "aarch64" => "arm64",
+        "i686" | "i586" | "i486" | "x86" => "i386",
+        "ppc64le" => "ppc64el",
+        _ => return None,
+    };
+    Some(debian.to_string())
 }
 
 #[cfg(test)]

@@ -246,6 +246,8 @@ fn everything() -> Spec {
                 shell: "opam install -y --deps-only . && opam exec -- dune build --profile=release @install".into(),
             })),
         ],
+        test: None,
+        image: None,
     };
     Spec {
         child_builds: vec![at(ChildBuild {
@@ -294,6 +296,8 @@ fn everything() -> Spec {
             at(Op::Env("EMPTY".into(), String::new())),
             at(Op::Workdir("".into())),
         ],
+        test: None,
+        image: None,
     }
 }
 

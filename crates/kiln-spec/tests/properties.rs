@@ -159,6 +159,8 @@ fn spec(depth: u32) -> BoxedStrategy<Spec> {
                 from: at(from.clone()),
                 bootstrap: bootstrap.clone().map(at),
                 ops: ops.into_iter().map(at).collect(),
+                test: None,
+                image: None,
             })
         })
         .boxed()
