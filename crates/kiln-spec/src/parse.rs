@@ -387,7 +387,7 @@ impl SpecParts {
                 return Err(SpecError::new(
                     form.pos,
                     format!(
-                        "`{name}` inside child build `{build}`: only the outermost spec may have a `{name}`; move this `({name} …)` there"
+                        "`{name}` inside child build `{build}`: `({name} …)` belongs to the outermost spec only; move it there"
                     ),
                 ));
             }

@@ -166,15 +166,50 @@ pub(crate) fn non_empty(what: &str, example: &str, atom: &Atom) -> Result<(), Sp
     Ok(())
 }
 
-/// A decimal number within `range`; `unit` (e.g. " (MiB)") follows the bounds
-/// in the error, `example` shows the field written correctly.
-pub(crate) fn number(
+/// A decimal number within `range`, e.g. a port; `example` shows the field written correctly.
+pub(crate) fn number_in(
     field: &str,
     atom: &Atom,
     range: RangeInclusive<u64>,
-    unit: &str,
     example: &str,
 ) -> Result<u64, SpecError> {
+    match digits(field, atom, example)?.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(SpecError::new(
+            atom.pos,
+            format!(
+                "`{field}` {} is out of range: it must be from {} to {}",
+                atom.text,
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+/// A decimal number from `min` up, e.g. a timeout; `unit` (e.g. " MiB") follows
+/// `min` in the error, `example` shows the field written correctly.
+pub(crate) fn number_at_least(
+    field: &str,
+    atom: &Atom,
+    min: u32,
+    unit: &str,
+    example: &str,
+) -> Result<u32, SpecError> {
+    let text = digits(field, atom, example)?;
+    let problem = match text.parse::<u32>() {
+        Ok(n) if n >= min => return Ok(n),
+        Ok(_) => format!("is too small: it must be at least {min}{unit}"),
+        Err(_) => format!("is too large: it must be at most {}", u32::MAX),
+    };
+    Err(SpecError::new(
+        atom.pos,
+        format!("`{field}` {text} {problem}"),
+    ))
+}
+
+/// The atom's text, if it is all decimal digits.
+fn digits<'a>(field: &str, atom: &'a Atom, example: &str) -> Result<&'a str, SpecError> {
     let text = &atom.text;
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(SpecError::new(
@@ -182,17 +217,7 @@ pub(crate) fn number(
             format!("`{field}` must be a number, found `{text}`: write e.g. `{example}`"),
         ));
     }
-    match text.parse::<u64>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(SpecError::new(
-            atom.pos,
-            format!(
-                "`{field}` {text} is out of range: it must be from {} to {}{unit}",
-                range.start(),
-                range.end()
-            ),
-        )),
-    }
+    Ok(text)
 }
 
 /// An HTTP check's path: absolute, and free of anything that would break the request line.

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// The smallest guest memory accepted, in MiB; less does not boot a Debian kernel.
-const MIN_MEMORY_MB: u64 = 64;
+const MIN_MEMORY_MB: u32 = 64;
 
 /// Parses `(test SETTING… CHECK…)`, settings and checks in any order.
 pub(super) fn test(form: Form) -> Result<TestSpec, SpecError> {
@@ -61,12 +61,12 @@ fn unknown_item(item: Form) -> SpecError {
 /// `(memory MIB)`, `(cpus N)` or `(boot-timeout SECONDS)`.
 fn setting(item: Form) -> Result<u32, SpecError> {
     let (min, unit, usage) = match item.name() {
-        "memory" => (MIN_MEMORY_MB, " (MiB)", "(memory 1024)"),
+        "memory" => (MIN_MEMORY_MB, " MiB", "(memory 1024)"),
         "cpus" => (1, "", "(cpus 2)"),
-        _ => (1, " (seconds)", "(boot-timeout 120)"),
+        _ => (1, " second", "(boot-timeout 120)"),
     };
     let atom = item.atom(usage)?;
-    u32_number(item.name(), atom, min, unit, usage)
+    validate::number_at_least(item.name(), atom, min, unit, usage)
 }
 
 /// One check: `(console …)`, `(port …)`, `(http …)` or `(tcp …)`.
@@ -95,7 +95,7 @@ fn check(form: Form) -> Result<Check, SpecError> {
         validate::non_empty("check name", "(name boots)", name)?;
     }
     let timeout = match fields.atom("timeout", "(timeout 60)")? {
-        Some(atom) => u32_number("timeout", atom, 1, " (seconds)", "(timeout 60)")?,
+        Some(atom) => validate::number_at_least("timeout", atom, 1, " second", "(timeout 60)")?,
         None => DEFAULT_CHECK_TIMEOUT,
     };
     let kind = match kind {
@@ -154,7 +154,7 @@ fn http(fields: &Fields) -> Result<CheckKind, SpecError> {
 /// The required `(port N)` of a check.
 fn port(fields: &Fields, usage: &str) -> Result<u16, SpecError> {
     let atom = fields.require("port", usage)?.atom("(port N)")?;
-    u16_number("port", atom, 1, u64::from(u16::MAX), usage)
+    u16_number("port", atom, 1, u16::MAX, usage)
 }
 
 /// The required, non-empty `(expect TEXT)` of a `console` or `tcp` check.
@@ -164,24 +164,14 @@ fn expect(fields: &Fields, usage: &str) -> Result<String, SpecError> {
     Ok(atom.text.clone())
 }
 
-fn u32_number(
-    field: &str,
-    atom: &Atom,
-    min: u64,
-    unit: &str,
-    example: &str,
-) -> Result<u32, SpecError> {
-    let n = validate::number(field, atom, min..=u64::from(u32::MAX), unit, example)?;
-    u32::try_from(n).map_err(|_| SpecError::new(atom.pos, "internal error: number out of range"))
-}
-
 fn u16_number(
     field: &str,
     atom: &Atom,
-    min: u64,
-    max: u64,
+    min: u16,
+    max: u16,
     example: &str,
 ) -> Result<u16, SpecError> {
-    let n = validate::number(field, atom, min..=max, "", example)?;
+    let range = u64::from(min)..=u64::from(max);
+    let n = validate::number_in(field, atom, range, example)?;
     u16::try_from(n).map_err(|_| SpecError::new(atom.pos, "internal error: number out of range"))
 }
