@@ -206,9 +206,18 @@ pub enum CheckKind {
     /// A TCP connection to the guest's `port` succeeds.
     Port { port: u16 },
     /// `GET path` on the guest's `port` answers `status` (and contains `body`).
-    Http { port: u16, path: String, status: u16, body: Option<String> },
+    Http {
+        port: u16,
+        path: String,
+        status: u16,
+        body: Option<String>,
+    },
     /// Connect, send `send`, and read until the reply contains `expect`.
-    Tcp { port: u16, send: String, expect: String },
+    Tcp {
+        port: u16,
+        send: String,
+        expect: String,
+    },
 }
 
 /// kiln extension `(image …)`: a whole-disk image with several OS partitions (a "combo
@@ -247,11 +256,10 @@ impl ImageSpec {
     /// The partition that boots by default: the one `default` names, else the first.
     /// `None` only for an `ImageSpec` built by hand with no partitions.
     pub fn default_partition(&self) -> Option<&PartitionSpec> {
-        let named = self.default.as_ref().and_then(|name| {
-            self.partitions
-                .iter()
-                .find(|p| &p.value.name == name)
-        });
+        let named = self
+            .default
+            .as_ref()
+            .and_then(|name| self.partitions.iter().find(|p| &p.value.name == name));
         named.or(self.partitions.first()).map(|p| &p.value)
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! A spec is `((build NAME SPEC)* (from BASE) ITEM…)` where each ITEM is an
 //! OBuilder op or a kiln form. kiln forms are top-level forms OBuilder never
-//! uses; to add one (say `(test …)`), name it in [`KILN_FORMS`], give [`Spec`]
-//! a field, and parse it in [`SpecParts::kiln_form`].
+//! uses; to add one (say `(deploy …)`), name it in [`KILN_FORMS`], give [`Spec`]
+//! a field, and parse it in [`SpecParts::kiln_form`]. `(test …)` is parsed in
+//! `parse/checks.rs`, `(image …)` in `parse/image.rs`.
 //!
 //! Value rules (env names, absolute targets, `..` in sources, …) are in
 //! `validate.rs`; this module calls them with the atom being judged.
@@ -407,9 +408,7 @@ impl SpecParts {
         match name {
             "bootstrap" => self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos)),
             "test" => self.test = Some(Located::new(checks::test(form)?, form.pos)),
-            "image" => {
-                self.image = Some(Located::new(image::image(form, &self.builds)?, form.pos))
-            }
+            "image" => self.image = Some(Located::new(image::image(form, &self.builds)?, form.pos)),
             other => {
                 return Err(SpecError::new(
                     form.pos,

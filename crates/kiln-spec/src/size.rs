@@ -91,7 +91,7 @@ fn parse_u128(digits: &str) -> Result<u128, SizeError> {
 /// `2G`, 1536 MiB is `1536M`, `4097` stays `4097`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, multiplier) in UNITS {
-        if bytes != 0 && bytes % multiplier == 0 {
+        if bytes != 0 && bytes.is_multiple_of(multiplier) {
             return format!("{}{unit}", bytes / multiplier);
         }
     }

@@ -292,9 +292,8 @@ pub(crate) fn partition_spec_path(atom: &Atom) -> Result<(), SpecError> {
 
 /// A partition size such as `2G`, in bytes.
 pub(crate) fn partition_size(atom: &Atom) -> Result<u64, SpecError> {
-    parse_size(&atom.text).map_err(|e| {
-        SpecError::new(atom.pos, format!("partition size `{}` {e}", atom.text))
-    })
+    parse_size(&atom.text)
+        .map_err(|e| SpecError::new(atom.pos, format!("partition size `{}` {e}", atom.text)))
 }
 
 /// An `(arch …)` value must be a Debian architecture.
@@ -382,6 +381,71 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn numbers_with_bounds() {
+        assert_eq!(number_in("port", &atom("1"), 1..=65535, "(port 1)"), Ok(1));
+        assert_eq!(
+            number_in("port", &atom("065535"), 1..=65535, "(port 1)"),
+            Ok(65535)
+        );
+        for bad in ["0", "65536", "99999999999999999999999"] {
+            let err = number_in("port", &atom(bad), 1..=65535, "(port 1)").unwrap_err();
+            assert!(err.message.contains("from 1 to 65535"), "{bad}: {err}");
+        }
+        assert_eq!(
+            number_at_least("cpus", &atom("1"), 1, "", "(cpus 1)"),
+            Ok(1)
+        );
+        assert_eq!(
+            number_at_least("cpus", &atom("4294967295"), 1, "", "(cpus 1)"),
+            Ok(u32::MAX)
+        );
+        let small = number_at_least("memory", &atom("63"), 64, " MiB", "(memory 64)");
+        assert!(small.unwrap_err().message.ends_with("at least 64 MiB"));
+        let large = number_at_least("cpus", &atom("4294967296"), 1, "", "(cpus 1)");
+        assert!(large.unwrap_err().message.contains("too large"));
+        for bad in ["", "-1", "+1", "1.0", "1K", " 1"] {
+            let err = number_at_least("cpus", &atom(bad), 1, "", "(cpus 1)").unwrap_err();
+            assert!(err.message.contains("must be a number"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identifiers_labels_and_paths() {
+        for ok in ["a", "A.b_c-9", "..", "-"] {
+            assert!(identifier("partition name", &atom(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a:b"] {
+            assert!(identifier("partition name", &atom(bad)).is_err(), "{bad}");
+        }
+        assert!(partition_label(&atom(&"x".repeat(16))).is_ok());
+        assert!(partition_label(&atom(&"x".repeat(17))).is_err());
+        for ok in ["db.spec", "sub/db.spec", "./db.spec", "..db/x"] {
+            assert!(partition_spec_path(&atom(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["", "/db.spec", "../db.spec", "a/../../b", "a/.."] {
+            assert!(partition_spec_path(&atom(bad)).is_err(), "{bad}");
+        }
+        for ok in ["/", "/index.html", "/a?b=c&d#e", "/caf%C3%A9"] {
+            assert!(http_path(&atom(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["", "index.html", "/a b", "/a\tb", "/a\u{7f}"] {
+            assert!(http_path(&atom(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn arches_suggest_debian_names() {
+        assert!(debian_arch(&atom("riscv64")).is_ok());
+        let typo = debian_arch(&atom("amd46")).unwrap_err();
+        assert_eq!(typo.suggestion.as_deref(), Some("amd64"));
+        let alias = debian_arch(&atom("aarch64")).unwrap_err();
+        assert_eq!(alias.suggestion.as_deref(), Some("arm64"));
+        let alias = debian_arch(&atom("x86_64")).unwrap_err();
+        assert_eq!(alias.suggestion.as_deref(), Some("amd64"));
+        assert_eq!(debian_arch(&atom("sparc")).unwrap_err().suggestion, None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! twin of `fuzz/fuzz_targets/parse.rs`, so `cargo test` exercises it too.
 
 use kiln_spec::{
-    parse, print, Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, User,
+    parse, print, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom, ImageSpec, Located,
+    Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec, TestSpec, User, DEBIAN_ARCHES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -130,12 +131,136 @@ fn bootstrap() -> impl Strategy<Value = Option<Bootstrap>> {
     prop::option::of(fields)
 }
 
-/// A valid spec with child builds nested up to `depth` levels.
-fn spec(depth: u32) -> BoxedStrategy<Spec> {
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![Just(1u16), Just(u16::MAX), 1..=u16::MAX]
+}
+
+fn check() -> impl Strategy<Value = Check> {
+    let kind = prop_oneof![
+        non_empty_text().prop_map(|expect| CheckKind::Console { expect }),
+        port().prop_map(|port| CheckKind::Port { port }),
+        (
+            port(),
+            "/[!-~é✓]{0,16}",
+            prop_oneof![Just(200u16), 100..=599u16],
+            prop::option::of(non_empty_text())
+        )
+            .prop_map(|(port, path, status, body)| CheckKind::Http {
+                port,
+                path,
+                status,
+                body
+            }),
+        (port(), text(), non_empty_text()).prop_map(|(port, send, expect)| CheckKind::Tcp {
+            port,
+            send,
+            expect
+        }),
+    ];
+    let timeout = prop_oneof![Just(60u32), Just(1), Just(u32::MAX), 1..=u32::MAX];
+    (prop::option::of(non_empty_text()), timeout, kind).prop_map(|(name, timeout, kind)| Check {
+        name,
+        timeout,
+        kind,
+    })
+}
+
+fn test_spec() -> impl Strategy<Value = TestSpec> {
+    (
+        prop::option::of(64..=u32::MAX),
+        prop::option::of(1..=u32::MAX),
+        prop::option::of(1..=u32::MAX),
+        prop::collection::vec(check(), 1..5),
+    )
+        .prop_map(|(memory_mb, cpus, boot_timeout, checks)| TestSpec {
+            memory_mb,
+            cpus,
+            boot_timeout,
+            checks: checks.into_iter().map(at).collect(),
+        })
+}
+
+/// Partition names, labels and node types.
+fn identifier(max: usize) -> impl Strategy<Value = String> {
+    prop::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{max}}}")).expect("valid regex")
+}
+
+/// Byte sizes, often in whole units so every unit gets printed.
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1..=u64::MAX,
+        (1u64..=4096, 0u32..=4).prop_map(|(n, unit)| n << (10 * unit)),
+    ]
+}
+
+fn partition_source(builds: Vec<String>) -> BoxedStrategy<PartitionSource> {
+    let spec_path = text()
+        .prop_filter("relative, without `..`", |p| {
+            !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == "..")
+        })
+        .prop_map(PartitionSource::Spec);
+    if builds.is_empty() {
+        return spec_path.boxed();
+    }
+    prop_oneof![
+        spec_path,
+        prop::sample::select(builds).prop_map(PartitionSource::Build)
+    ]
+    .boxed()
+}
+
+fn partition(builds: Vec<String>) -> impl Strategy<Value = PartitionSpec> {
+    (
+        identifier(24),
+        partition_source(builds),
+        prop::option::of(size()),
+        prop::option::of(identifier(16)),
+    )
+        .prop_map(|(name, source, size, mut label)| {
+            if label.is_none() && name.len() > 16 {
+                label = Some(name[..16].to_string());
+            }
+            PartitionSpec {
+                name,
+                source,
+                size,
+                label,
+            }
+        })
+}
+
+/// A valid image: unique partition names and labels, a default among them.
+fn image_spec(builds: Vec<String>) -> impl Strategy<Value = ImageSpec> {
+    (
+        prop::collection::vec(partition(builds), 1..4),
+        any::<Option<prop::sample::Index>>(),
+        prop::collection::vec(identifier(8), 0..3),
+        prop::sample::subsequence(DEBIAN_ARCHES.to_vec(), 0..4).prop_shuffle(),
+    )
+        .prop_map(|(mut partitions, default, mut node_types, arches)| {
+            let mut names = std::collections::HashSet::new();
+            let mut labels = std::collections::HashSet::new();
+            partitions.retain(|p| {
+                names.insert(p.name.clone()) && labels.insert(p.effective_label().to_string())
+            });
+            let mut seen = std::collections::HashSet::new();
+            node_types.retain(|t| seen.insert(t.clone()));
+            ImageSpec {
+                default: default.map(|i| i.get(&partitions).name.clone()),
+                partitions: partitions.into_iter().map(at).collect(),
+                node_types,
+                arches: arches.into_iter().map(str::to_string).collect(),
+            }
+        })
+}
+
+/// A valid spec with child builds nested up to `depth` levels; only the
+/// outermost (`top`) spec may have `test` and `image`.
+fn spec(depth: u32, top: bool) -> BoxedStrategy<Spec> {
     let builds = if depth == 0 {
         Just(Vec::new()).boxed()
     } else {
-        prop::collection::vec((non_empty_text(), spec(depth - 1)), 0..3)
+        prop::collection::vec((non_empty_text(), spec(depth - 1, false)), 0..3)
             .prop_map(|mut builds| {
                 let mut seen = std::collections::HashSet::new();
                 builds.retain(|(name, _)| seen.insert(name.clone()));
@@ -144,9 +269,18 @@ fn spec(depth: u32) -> BoxedStrategy<Spec> {
             .boxed()
     };
     (builds, non_empty_text(), bootstrap())
-        .prop_flat_map(|(builds, from, bootstrap)| {
+        .prop_flat_map(move |(builds, from, bootstrap)| {
             let names: Vec<String> = builds.iter().map(|(n, _)| n.clone()).collect();
-            prop::collection::vec(op(names), 0..8).prop_map(move |ops| Spec {
+            let (test, image) = if top {
+                (
+                    prop::option::of(test_spec()).boxed(),
+                    prop::option::of(image_spec(names.clone())).boxed(),
+                )
+            } else {
+                (Just(None).boxed(), Just(None).boxed())
+            };
+            let ops = prop::collection::vec(op(names), 0..8);
+            (ops, test, image).prop_map(move |(ops, test, image)| Spec {
                 child_builds: builds
                     .iter()
                     .map(|(name, spec)| {
@@ -159,8 +293,8 @@ fn spec(depth: u32) -> BoxedStrategy<Spec> {
                 from: at(from.clone()),
                 bootstrap: bootstrap.clone().map(at),
                 ops: ops.into_iter().map(at).collect(),
-                test: None,
-                image: None,
+                test: test.map(at),
+                image: image.map(at),
             })
         })
         .boxed()
@@ -229,6 +363,11 @@ const TOKENS: &[&str] = &[
     "(run (shell x))",
     "(copy (from (build b)) (src a) (dst d))",
     "(bootstrap)",
+    "(test (port (port 22)))",
+    "(http (port 80) (path /) (status 200))",
+    "(image (partition (name a) (spec a)))",
+    "(partition (name b) (build b) (size 1.5G))",
+    "(default a)",
     "(env A b)",
     "\\300",
     "\\x",
@@ -267,7 +406,7 @@ proptest! {
     #![proptest_config(Config { cases: 512, ..Config::default() })]
 
     #[test]
-    fn random_specs_round_trip(spec in spec(2)) {
+    fn random_specs_round_trip(spec in spec(2, true)) {
         let printed = print(&spec);
         let reparsed = parse(&printed);
         prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);

@@ -31,6 +31,7 @@ pub(super) fn test(form: Form) -> Result<TestSpec, SpecError> {
         let slot = match name {
             "memory" => &mut spec.memory_mb,
             "cpus" => &mut spec.cpus,
+            // `boot-timeout`, the last of `TEST_SETTINGS`.
             _ => &mut spec.boot_timeout,
         };
         *slot = Some(setting(item)?);

@@ -21,10 +21,16 @@ pub(super) fn image(form: Form, builds: &[Located<ChildBuild>]) -> Result<ImageS
         fields.add(item, IMAGE_FIELDS)?;
         match item.name() {
             "default" => default = Some(item.atom("(default NAME)")?),
-            "node-types" => image.node_types = distinct_atoms(item, "node type", "(node-types pc3000)", |a| {
-                validate::identifier("node type", a)
-            })?,
-            _ => image.arches = distinct_atoms(item, "architecture", "(arch amd64)", validate::debian_arch)?,
+            "node-types" => {
+                image.node_types = distinct_atoms(item, "node type", "(node-types pc3000)", |a| {
+                    validate::identifier("node type", a)
+                })?
+            }
+            // `arch`: `fields.add` lets only `IMAGE_FIELDS` through.
+            _ => {
+                image.arches =
+                    distinct_atoms(item, "architecture", "(arch amd64)", validate::debian_arch)?
+            }
         }
     }
     if image.partitions.is_empty() {
