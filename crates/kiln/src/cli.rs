@@ -54,6 +54,10 @@ pub enum Command {
     Clean(CleanArgs),
     /// Check that the store and the sandbox work.
     Healthcheck(JsonArg),
+    /// Boot a disk image under QEMU with the serial console on this terminal (Ctrl-A X quits).
+    Run(RunArgs),
+    /// Boot a disk image and run a spec's (test …) checks against it.
+    Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,23 +77,108 @@ pub struct BuildArgs {
     /// Print a JSON summary (`{"id": …}`) on stdout at the end; step output goes to stderr.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// After building the image (-o), boot it and run the spec's (test …) checks.
+    #[arg(long, requires = "output")]
+    pub test: bool,
+    /// With --test: write a JUnit XML report here.
+    #[arg(long, value_name = "FILE", requires = "test")]
+    pub junit: Option<PathBuf>,
+    /// Build twice from scratch (fresh stores) and compare the outputs bit for bit;
+    /// on a difference, name the first differing file.
+    #[arg(long)]
+    pub check_reproducible: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ExportFormat {
+/// Where and how a layer becomes an image.
+#[derive(Debug, Args, Clone)]
+pub struct ImageArgs {
+    /// Write the result here: a disk image (format from the extension: .raw/.img, .qcow2,
+    /// .vmdk, .vhdx, .vdi), a rootfs .tar, or a directory with --format dir.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Output format, overriding the extension.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// Whole-disk size (e.g. 4G); default: content plus headroom.
+    #[arg(long, value_parser = crate::size::parse_size)]
+    pub size: Option<u64>,
+    /// uefi: ESP + systemd-boot; kernel: no bootloader, kernel/initrd/cmdline passed by the
+    /// runner (gem5 style); none: a plain data disk.
+    #[arg(long, value_enum, default_value = "uefi")]
+    pub boot: BootArg,
+    /// Compress qcow2 output.
+    #[arg(long)]
+    pub compress: bool,
+    /// Also write vmlinuz, initrd.img (and vmlinux when it can be had) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+    Vmdk,
+    Vhdx,
+    Vdi,
     Tar,
     Dir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootArg {
+    Uefi,
+    Kernel,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The disk image (its IMAGE.manifest.json tells how it boots).
+    pub image: PathBuf,
+    /// Forward a host port to a guest port: HOST:GUEST (repeatable; host side on 127.0.0.1).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+    pub publish: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Discard every write: the image file is never modified.
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Also copy the serial console to this file.
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The disk image to boot.
+    pub image: PathBuf,
+    /// The spec whose (test …) form lists the checks.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Also copy the serial console to this file.
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Machine-readable report on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Layer id (or a unique prefix of one).
     pub id: String,
-    #[arg(long, value_enum, default_value = "tar")]
-    pub format: ExportFormat,
-    /// Output file (tar; `-` for stdout) or directory (dir).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    /// Output: a tar (`-` for stdout), a directory (--format dir) or a disk image.
+    #[command(flatten)]
+    pub image: ImageArgs,
 }
 
 #[derive(Debug, Args)]

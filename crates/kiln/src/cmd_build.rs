@@ -1,6 +1,7 @@
 //! `kiln build`, `kiln export`, `kiln fmt`.
 
-use crate::cli::{BuildArgs, ExportArgs, ExportFormat, FmtArgs};
+use crate::cli::{BuildArgs, ExportArgs, FmtArgs};
+use crate::cmd_image;
 use anyhow::{bail, Context};
 use kiln_build::{BuildError, BuildOptions, Builder};
 use kiln_fetch::RealFetcher;
@@ -15,67 +16,123 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let spec = read_spec(&args.file)?;
+    let text = fs::read_to_string(&args.file)
+        .with_context(|| format!("reading spec {}", args.file.display()))?;
+    let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
     let secrets = read_secrets(&args.secrets)?;
     if !args.context.is_dir() {
-        bail!(
-            "build context {} is not a directory",
-            args.context.display()
-        );
+        bail!("build context {} is not a directory", args.context.display());
     }
     let context = fs::canonicalize(&args.context)
         .with_context(|| format!("build context {}", args.context.display()))?;
+    if args.test && spec.test.is_none() {
+        bail!("--test: {} has no (test …) form to run", args.file.display());
+    }
     kiln_sandbox::mount::enter_private_mount_namespace()?;
+    let epoch = cmd_image::source_date_epoch(&text)?;
+    if args.check_reproducible {
+        return crate::cmd_repro::check(store_dir, &args, &spec, &text, &context, secrets, epoch);
+    }
     let store = FsStore::open(store_dir)?;
-    let fetcher = RealFetcher {
-        deb_cache: store.deb_cache(),
-        default_registry: std::env::var("KILN_REGISTRY")
-            .ok()
-            .filter(|r| !r.is_empty()),
-    };
     let cancelled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, cancelled.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
-    let sandbox = NamespaceSandbox::new().with_cancel_flag(cancelled.clone());
     let options = BuildOptions {
         fast_sync: !args.no_fast_sync,
         secrets,
         cancelled: cancelled.clone(),
+        source_date_epoch: Some(epoch),
         ..Default::default()
-    };
-    let builder = Builder {
-        store: &store,
-        sandbox: &sandbox,
-        fetcher: &fetcher,
-        options,
     };
     let mut out: Box<dyn Write> = if args.json {
         Box::new(std::io::stderr())
     } else {
         Box::new(std::io::stdout())
     };
-    let result = builder.build(&spec, &context, &mut out);
+    let built = build_all(&store, options, &spec, &args.file, &context, &mut out);
     drop(out);
-    match result {
-        Ok(id) => {
-            if args.json {
-                println!("{}", serde_json::json!({ "id": id.as_str() }));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let (id, partitions) = match built {
+        Ok(v) => v,
         Err(_) if cancelled.load(Ordering::SeqCst) => {
             eprintln!("kiln: build cancelled; the step in progress was discarded");
-            Ok(ExitCode::from(130))
+            return Ok(ExitCode::from(130));
         }
-        Err(e @ BuildError::StepFailed { .. }) => {
-            eprintln!("kiln: {}: {e}", args.file.display());
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => match e.downcast::<BuildError>() {
+            Ok(e @ BuildError::StepFailed { .. }) => {
+                eprintln!("kiln: {}: {e}", args.file.display());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(e) => return Err(e.into()),
+            Err(e) => return Err(e),
+        },
+    };
+    let source = cmd_image::ImageSource {
+        layer: id.clone(),
+        image: spec.image.as_ref().map(|i| &i.value),
+        partitions,
+        spec_sha256: sha256_hex(text.as_bytes()),
+        source_date_epoch: epoch,
+    };
+    let manifest = cmd_image::produce(&store, &source, &args.image)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "id": id.as_str(), "manifest": manifest }));
     }
+    if args.test {
+        let output = args.image.output.as_deref().unwrap_or(Path::new(""));
+        let test = spec.test.as_ref().map(|t| &t.value).cloned().unwrap_or_default();
+        return crate::cmd_vm::run_checks(output, &test, args.junit.as_deref(), None, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the spec and whatever its `(image …)` partitions need: its stages (already
+/// built with it) and other spec files (built here, each with its own directory as context).
+pub fn build_all(
+    store: &FsStore,
+    options: BuildOptions,
+    spec: &kiln_spec::Spec,
+    spec_file: &Path,
+    context: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<(LayerId, BTreeMap<String, LayerId>)> {
+    let fetcher = RealFetcher {
+        deb_cache: store.deb_cache(),
+        default_registry: std::env::var("KILN_REGISTRY").ok().filter(|r| !r.is_empty()),
+    };
+    // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
+    let sandbox = NamespaceSandbox::new().with_cancel_flag(options.cancelled.clone());
+    let builder = Builder { store, sandbox: &sandbox, fetcher: &fetcher, options };
+    let (id, stages) = builder.build_with_stages(spec, context, out)?;
+    let mut partitions = BTreeMap::new();
+    if let Some(image) = &spec.image {
+        let spec_dir = spec_file.parent().unwrap_or(Path::new("."));
+        for part in &image.value.partitions {
+            let layer = match &part.value.source {
+                kiln_spec::PartitionSource::Build(stage) => stages
+                    .get(stage)
+                    .cloned()
+                    .with_context(|| format!("partition `{}`: no stage `{stage}`", part.value.name))?,
+                kiln_spec::PartitionSource::Spec(file) => {
+                    let path = spec_dir.join(file);
+                    let text = fs::read_to_string(&path).with_context(|| {
+                        format!("partition `{}`: reading spec {}", part.value.name, path.display())
+                    })?;
+                    let other = kiln_spec::parse_file(&text, &path.display().to_string())?;
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    builder.build(&other, dir, out)?
+                }
+            };
+            partitions.insert(part.value.name.clone(), layer);
+        }
+    }
+    Ok((id, partitions))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<kiln_spec::Spec> {
@@ -104,59 +161,59 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let store = FsStore::open(store_dir)?;
     let id = resolve_id(&store, &args.id)?;
-    let scratch = store.scratch_dir("export")?;
-    let result = export_from(&store, &id, &scratch, &args);
-    let _ = fs::remove_dir_all(&scratch);
-    result?;
+    let Some(output) = &args.image.output else {
+        bail!("kiln export needs -o PATH (a .tar, a directory with --format dir, or a disk image)");
+    };
+    if output.as_os_str() == "-" {
+        let scratch = store.scratch_dir("export")?;
+        let root = kiln_sandbox::mount::mount_lower_readonly(&store.chain(&id)?, &scratch.join("root"));
+        let written = root.map_err(anyhow::Error::from).and_then(|root| {
+            kiln_image::tar_export::write_tar(root.path(), std::io::BufWriter::new(std::io::stdout().lock()))
+                .map_err(anyhow::Error::from)
+        });
+        let _ = fs::remove_dir_all(&scratch);
+        written?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let info = store.get(&id)?.with_context(|| format!("layer {id} vanished"))?;
+    let source = cmd_image::ImageSource {
+        layer: id.clone(),
+        image: None,
+        partitions: BTreeMap::new(),
+        spec_sha256: String::new(),
+        source_date_epoch: match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v}"))?,
+            Err(_) => info.meta.created,
+        },
+    };
+    cmd_image::produce(&store, &source, &args.image)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn export_from(
-    store: &FsStore,
-    id: &LayerId,
-    scratch: &Path,
-    args: &ExportArgs,
-) -> anyhow::Result<()> {
-    let root = kiln_sandbox::mount::mount_lower_readonly(&store.chain(id)?, &scratch.join("root"))?;
-    match args.format {
-        ExportFormat::Dir => kiln_image::dir_export(root.path(), &args.output)?,
-        ExportFormat::Tar if args.output.as_os_str() == "-" => {
-            kiln_image::tar_export::write_tar(
-                root.path(),
-                std::io::BufWriter::new(std::io::stdout().lock()),
-            )?;
+/// Writes the tree at `root` as a tar next to `output` and renames it into place, so a
+/// failed export never leaves half a file. Shows progress on a terminal.
+pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow::Result<()> {
+    let tmp = output.with_extension("tar.kiln-tmp");
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let bar = indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
+    let mut progress = |entries: u64, bytes: u64| {
+        if entries % 256 == 0 {
+            bar.set_message(format!(
+                "exporting {}: {entries} entries, {}",
+                id.short(),
+                crate::size::human(bytes)
+            ));
+            bar.tick();
         }
-        ExportFormat::Tar => {
-            // Write next to the target and rename, so a failed export never leaves half a file.
-            let tmp = args.output.with_extension("tar.kiln-tmp");
-            let file =
-                fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let bar = indicatif::ProgressBar::new_spinner()
-                .with_message(format!("exporting {}", id.short()));
-            let mut progress = |entries: u64, bytes: u64| {
-                if entries % 256 == 0 {
-                    bar.set_message(format!(
-                        "exporting {}: {entries} entries, {}",
-                        id.short(),
-                        crate::size::human(bytes)
-                    ));
-                    bar.tick();
-                }
-            };
-            let written = kiln_image::tar_export::write_tar_with_progress(
-                root.path(),
-                std::io::BufWriter::new(file),
-                &mut progress,
-            );
-            bar.finish_and_clear();
-            if let Err(e) = written {
-                let _ = fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-            fs::rename(&tmp, &args.output)
-                .with_context(|| format!("writing {}", args.output.display()))?;
-        }
+    };
+    let written =
+        kiln_image::tar_export::write_tar_with_progress(root, std::io::BufWriter::new(file), &mut progress);
+    bar.finish_and_clear();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
     }
+    fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
 

@@ -5,7 +5,10 @@
 
 mod cli;
 mod cmd_build;
+mod cmd_image;
+mod cmd_repro;
 mod cmd_store;
+mod cmd_vm;
 mod size;
 
 use clap::Parser;
@@ -36,6 +39,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Prune(args) => cmd_store::prune(&store_dir, args),
         cli::Command::Clean(args) => cmd_store::clean(&store_dir, args),
         cli::Command::Healthcheck(args) => cmd_store::healthcheck(&store_dir, args),
+        cli::Command::Run(args) => cmd_vm::run(args),
+        cli::Command::Test(args) => cmd_vm::test(args),
     }
 }
 

@@ -1,0 +1,283 @@
+//! From a stored layer to an output people use: tar, directory, or a disk image with
+//! its manifest, SBOM and (on request) extracted kernel.
+
+use crate::cli::{BootArg, ImageArgs, OutputFormat};
+use anyhow::{bail, Context};
+use kiln_image::disk::{self, BootMode, DiskRequest, PartitionInput};
+use kiln_image::formats::{self, Format};
+use kiln_image::manifest::{self, ManifestInput, ManifestPartition};
+use kiln_sandbox::mount::{self, MountGuard};
+use kiln_spec::{ImageSpec, LayerId, PartitionSource};
+use kiln_store::{FsStore, Store};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What an image is made of, beyond the layer: the spec's facts for the manifest.
+pub struct ImageSource<'a> {
+    /// The layer of the main spec (the only partition without an `(image …)` form).
+    pub layer: LayerId,
+    pub image: Option<&'a ImageSpec>,
+    /// Layers of the spec's `(build …)` stages and of `(partition (spec …))` files.
+    pub partitions: BTreeMap<String, LayerId>,
+    pub spec_sha256: String,
+    pub source_date_epoch: i64,
+}
+
+/// The output format asked for, from `--format` or the output's extension.
+pub fn output_format(args: &ImageArgs, output: &Path) -> anyhow::Result<OutputFormat> {
+    if let Some(f) = args.format {
+        return Ok(f);
+    }
+    let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    Ok(match ext {
+        "raw" | "img" => OutputFormat::Raw,
+        "qcow2" => OutputFormat::Qcow2,
+        "vmdk" => OutputFormat::Vmdk,
+        "vhdx" => OutputFormat::Vhdx,
+        "vdi" => OutputFormat::Vdi,
+        "tar" => OutputFormat::Tar,
+        _ => bail!(
+            "cannot tell the format of {} from its extension: use .raw, .img, .qcow2, .vmdk, .vhdx, .vdi or .tar, or --format",
+            output.display()
+        ),
+    })
+}
+
+/// The default SOURCE_DATE_EPOCH: derived from the spec's hash, so the same spec always
+/// gets the same one (a date in 2020–2024, never in the future).
+pub fn epoch_from_spec(spec_sha256: &[u8; 32]) -> i64 {
+    let n = u32::from_be_bytes([spec_sha256[0], spec_sha256[1], spec_sha256[2], spec_sha256[3]]);
+    1_577_836_800 + i64::from(n % (5 * 365 * 86_400))
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, else from the spec.
+pub fn source_date_epoch(spec_text: &str) -> anyhow::Result<i64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"));
+    }
+    Ok(epoch_from_spec(&Sha256::digest(spec_text.as_bytes()).into()))
+}
+
+/// Writes `source` as `args.output` in the asked format. The caller has entered a
+/// private mount namespace.
+pub fn produce(store: &FsStore, source: &ImageSource, args: &ImageArgs) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
+    let Some(output) = &args.output else { return Ok(None) };
+    let format = output_format(args, output)?;
+    let scratch = store.scratch_dir("image")?;
+    let result = produce_in(store, source, args, output, format, &scratch);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn produce_in(
+    store: &FsStore,
+    source: &ImageSource,
+    args: &ImageArgs,
+    output: &Path,
+    format: OutputFormat,
+    scratch: &Path,
+) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
+    let main_root = mount_layer(store, &source.layer, &scratch.join("main"))?;
+    if let Some(dir) = &args.kernel_out {
+        extract_kernel(main_root.path(), dir, source.source_date_epoch)?;
+    }
+    match format {
+        OutputFormat::Tar => {
+            crate::cmd_build::write_tar_atomically(main_root.path(), output, &source.layer)?;
+            return Ok(None);
+        }
+        OutputFormat::Dir => {
+            kiln_image::dir_export(main_root.path(), output)?;
+            return Ok(None);
+        }
+        _ => {}
+    }
+    // Every partition's merged tree, mounted read-only.
+    let parts = partitions(source)?;
+    let mut mounts: Vec<MountGuard> = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, (name, label, layer, size)) in parts.iter().enumerate() {
+        let root = mount_layer(store, layer, &scratch.join(format!("part{i}")))?;
+        inputs.push(PartitionInput { name: name.clone(), label: label.clone(), rootfs: root.path().to_path_buf(), size: *size });
+        mounts.push(root);
+    }
+    let default = source
+        .image
+        .and_then(|i| i.default.as_ref())
+        .and_then(|d| parts.iter().position(|p| &p.0 == d))
+        .unwrap_or(0);
+    let boot = match args.boot {
+        BootArg::Uefi => BootMode::Uefi,
+        BootArg::Kernel => BootMode::Kernel,
+        BootArg::None => BootMode::None,
+    };
+    let seed = image_seed(source, args, format);
+    let staging = scratch.join("staging");
+    fs::create_dir_all(&staging)?;
+    let request = DiskRequest {
+        partitions: inputs,
+        default,
+        boot,
+        disk_size: args.size,
+        seed: seed.clone(),
+        source_date_epoch: source.source_date_epoch,
+        scratch: staging,
+    };
+    let raw = tmp_sibling(output, "raw");
+    eprintln!("assembling {} partition(s) into {}", request.partitions.len(), output.display());
+    let layout = disk::assemble(&request, &raw)?;
+    let converted = match format {
+        OutputFormat::Raw => {
+            fs::rename(&raw, output).with_context(|| format!("writing {}", output.display()))?;
+            Ok(())
+        }
+        other => {
+            let fmt = match other {
+                OutputFormat::Qcow2 => Format::Qcow2 { compressed: args.compress },
+                OutputFormat::Vmdk => Format::Vmdk,
+                OutputFormat::Vhdx => Format::Vhdx,
+                _ => Format::Vdi,
+            };
+            let tmp = tmp_sibling(output, "convert");
+            let r = formats::convert(&raw, fmt, &tmp).map_err(anyhow::Error::from).and_then(|()| {
+                fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))
+            });
+            let _ = fs::remove_file(&raw);
+            r
+        }
+    };
+    converted?;
+    if boot == BootMode::Kernel {
+        let dir = boot_dir(output);
+        extract_kernel(&request.partitions[default].rootfs, &dir, source.source_date_epoch)?;
+        fs::write(dir.join("cmdline"), format!("{}\n", layout.cmdline))?;
+    }
+    let info = kiln_image::tools::qemu_img::info(output)?;
+    let mut mparts = Vec::new();
+    for (report, input) in layout.partitions.iter().zip(&request.partitions) {
+        mparts.push(ManifestPartition {
+            name: report.name.clone(),
+            label: report.label.clone(),
+            index: report.index,
+            partuuid: report.partuuid.clone(),
+            fs_uuid: report.fs_uuid.clone(),
+            offset: report.offset,
+            size: report.size,
+            os: kiln_image::osinfo::os_descriptor(&input.rootfs)?,
+        });
+    }
+    let arches = match source.image.map(|i| i.arches.clone()).filter(|a| !a.is_empty()) {
+        Some(a) => a,
+        None => mparts.iter().map(|p| p.os.arch.clone()).filter(|a| !a.is_empty()).take(1).collect(),
+    };
+    let input = ManifestInput {
+        image_name: output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        format: format_name(format).into(),
+        virtual_size: info.virtual_size,
+        default_partition: mparts.get(default).map(|p| p.name.clone()),
+        partitions: mparts,
+        node_types: source.image.map(|i| i.node_types.clone()).unwrap_or_default(),
+        arches,
+        boot: match boot {
+            BootMode::Uefi => "uefi",
+            BootMode::Kernel => "kernel",
+            BootMode::None => "none",
+        }
+        .into(),
+        spec_sha256: source.spec_sha256.clone(),
+        layer_id: source.layer.to_string(),
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        build_time: source.source_date_epoch,
+    };
+    manifest::write_manifest(output, &input)?;
+    let sbom = kiln_image::spdx::sbom(&request.partitions[default].rootfs, &input.image_name, &seed, source.source_date_epoch)?;
+    manifest::write_sbom(output, &sbom)?;
+    drop(mounts);
+    Ok(Some(manifest::read_manifest(&manifest::manifest_path(output))?))
+}
+
+/// The partitions to assemble: `(name, label, layer, size)`.
+fn partitions(source: &ImageSource) -> anyhow::Result<Vec<(String, String, LayerId, Option<u64>)>> {
+    let Some(image) = source.image else {
+        return Ok(vec![("root".into(), "root".into(), source.layer.clone(), None)]);
+    };
+    image
+        .partitions
+        .iter()
+        .map(|p| {
+            let p = &p.value;
+            let layer = source.partitions.get(&p.name).cloned().with_context(|| {
+                let what = match &p.source {
+                    PartitionSource::Build(b) => format!("build stage `{b}`"),
+                    PartitionSource::Spec(s) => format!("spec {s}"),
+                };
+                format!("partition `{}`: {what} was not built", p.name)
+            })?;
+            Ok((p.name.clone(), p.label.clone().unwrap_or_else(|| p.name.clone()), layer, p.size))
+        })
+        .collect()
+}
+
+/// What every UUID and hash seed of the image derives from: the content and the layout.
+fn image_seed(source: &ImageSource, args: &ImageArgs, format: OutputFormat) -> String {
+    let mut h = Sha256::new();
+    h.update(source.layer.as_str());
+    for (name, layer) in &source.partitions {
+        h.update(name);
+        h.update(layer.as_str());
+    }
+    h.update(format!("{:?}{:?}{:?}", args.boot, args.size, format_name(format)));
+    hex_string(&h.finalize())
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn format_name(format: OutputFormat) -> &'static str {
+    match format {
+        OutputFormat::Raw => "raw",
+        OutputFormat::Qcow2 => "qcow2",
+        OutputFormat::Vmdk => "vmdk",
+        OutputFormat::Vhdx => "vhdx",
+        OutputFormat::Vdi => "vdi",
+        OutputFormat::Tar => "tar",
+        OutputFormat::Dir => "dir",
+    }
+}
+
+fn mount_layer(store: &FsStore, layer: &LayerId, at: &Path) -> anyhow::Result<MountGuard> {
+    Ok(mount::mount_lower_readonly(&store.chain(layer)?, at)?)
+}
+
+fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
+    let Some(files) = kiln_image::kernel::find_kernel(rootfs)? else {
+        bail!(
+            "the image has no kernel in /boot: install one in the spec, e.g. \
+             (run (network host) (shell \"apt-get update && apt-get install -y linux-image-amd64 systemd-sysv\"))"
+        );
+    };
+    let out = kiln_image::kernel::extract(&files, rootfs, dir, epoch)?;
+    eprintln!(
+        "kernel {} written to {}{}",
+        files.release,
+        dir.display(),
+        if out.vmlinux.is_some() { " (with vmlinux)" } else { "" }
+    );
+    Ok(())
+}
+
+/// `IMAGE.boot/`: kernel, initrd and cmdline of a `--boot kernel` image.
+pub fn boot_dir(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".boot");
+    PathBuf::from(name)
+}
+
+fn tmp_sibling(output: &Path, what: &str) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(format!(".kiln-{what}-tmp"));
+    PathBuf::from(name)
+}

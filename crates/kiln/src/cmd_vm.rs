@@ -1,0 +1,95 @@
+//! `kiln run` and `kiln test`: boot an image under QEMU, interactively or against the
+//! spec's `(test …)` checks.
+
+use crate::cli::{RunArgs, TestArgs};
+use anyhow::{bail, Context};
+use kiln_vm::{Boot, ConsoleMode, Forward, VmConfig};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// How an image boots, from its manifest (`IMAGE.manifest.json`) and, for
+/// `--boot kernel` images, the kernel, initrd and cmdline in `IMAGE.boot/`.
+fn boot_of(image: &Path) -> anyhow::Result<Boot> {
+    let manifest_path = kiln_image::manifest::manifest_path(image);
+    let boot = if manifest_path.exists() {
+        kiln_image::manifest::read_manifest(&manifest_path)?.boot
+    } else {
+        // Not made by kiln: assume a UEFI disk, the most common kind today.
+        "uefi".to_string()
+    };
+    Ok(match boot.as_str() {
+        "kernel" => {
+            let dir = crate::cmd_image::boot_dir(image);
+            let cmdline = std::fs::read_to_string(dir.join("cmdline"))
+                .with_context(|| format!("{}: the kernel command line of this --boot kernel image", dir.display()))?;
+            let initrd = dir.join("initrd.img");
+            Boot::Kernel {
+                kernel: dir.join("vmlinuz"),
+                initrd: initrd.exists().then_some(initrd),
+                cmdline: cmdline.trim().to_string(),
+            }
+        }
+        "uefi" => Boot::Uefi,
+        other => bail!("{}: an image with boot `{other}` cannot be booted", image.display()),
+    })
+}
+
+fn config(image: &Path) -> anyhow::Result<VmConfig> {
+    if !image.exists() {
+        bail!("{} does not exist", image.display());
+    }
+    Ok(VmConfig::with_image(boot_of(image)?, image))
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = config(&args.image)?;
+    cfg.memory_mb = args.memory;
+    cfg.cpus = args.cpus;
+    cfg.snapshot = args.snapshot;
+    cfg.serial_log = args.serial_log.clone();
+    cfg.console = ConsoleMode::Interactive;
+    for p in &args.publish {
+        let (host, guest) = p
+            .split_once(':')
+            .and_then(|(h, g)| Some((h.parse::<u16>().ok()?, g.parse::<u16>().ok()?)))
+            .with_context(|| format!("-p {p}: expected HOST:GUEST ports, e.g. 8080:80"))?;
+        cfg.forwards.push(Forward { host, guest });
+    }
+    eprintln!("kiln: booting {} (serial console below; Ctrl-A X quits)", args.image.display());
+    let vm = kiln_vm::Vm::start(cfg)?;
+    let status = vm.wait();
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading spec {}", args.file.display()))?;
+    let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
+    let Some(test) = spec.test else {
+        bail!("{} has no (test …) form: add checks, e.g. (test (port (port 22)))", args.file.display());
+    };
+    run_checks(&args.image, &test.value, args.junit.as_deref(), args.serial_log.as_deref(), args.json)
+}
+
+/// Boots `image`, runs `test`'s checks, prints a report; exit 1 if any check failed.
+pub fn run_checks(
+    image: &Path,
+    test: &kiln_spec::TestSpec,
+    junit: Option<&Path>,
+    serial_log: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = config(image)?;
+    cfg.snapshot = true;
+    cfg.serial_log = serial_log.map(Path::to_path_buf);
+    let report = kiln_vm::run_test(cfg, test)?;
+    if let Some(path) = junit {
+        let suite = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        kiln_vm::junit::write_junit(&report, &suite, path)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
