@@ -16,6 +16,8 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// up is soon replaced, while a slow server still gets time to answer.
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(16);
+/// Even the last attempt before the deadline gets this long.
+const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A parsed HTTP response.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,7 +91,7 @@ enum Failure {
 }
 
 fn get(host: u16, path: &str, timeout: Duration) -> Result<Response, Failure> {
-    let timeout = timeout.max(Duration::from_millis(100));
+    let timeout = timeout.max(MIN_ATTEMPT_TIMEOUT);
     let io = |doing: &str, e: std::io::Error| {
         let why = format!("{doing} failed: {e}");
         match e.kind() {

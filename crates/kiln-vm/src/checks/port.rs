@@ -25,12 +25,20 @@ use crate::qemu::Vm;
 /// How long one connection may wait for the guest to answer its handshake
 /// before a fresh connection (with a fresh SYN) is tried.
 const ATTEMPT_WINDOW: Duration = Duration::from_millis(1500);
+/// Even the last attempt before the deadline gets this long: enough for a
+/// running guest to answer, so the final verdict is not a zero-length wait.
+const MIN_ATTEMPT_WINDOW: Duration = Duration::from_millis(300);
 
 pub(super) fn check(vm: &Vm, guest: u16, deadline: Instant) -> Result<String, String> {
     let host = forwarded(vm, guest)?;
     let mut retry = Retry::new(deadline);
     loop {
-        let last = match attempt(vm, guest, host, retry.left().min(ATTEMPT_WINDOW)) {
+        let last = match attempt(
+            vm,
+            guest,
+            host,
+            retry.left().clamp(MIN_ATTEMPT_WINDOW, ATTEMPT_WINDOW),
+        ) {
             Ok(()) => {
                 return Ok(format!(
                     "the guest accepted a connection on port {guest} (host port {host})"
@@ -55,8 +63,7 @@ pub(super) fn check(vm: &Vm, guest: u16, deadline: Instant) -> Result<String, St
 fn attempt(vm: &Vm, guest: u16, host: u16, window: Duration) -> Result<(), String> {
     let before = established(vm, guest)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host));
-    let connect_timeout = window.max(Duration::from_millis(100));
-    let stream = TcpStream::connect_timeout(&addr, connect_timeout)
+    let stream = TcpStream::connect_timeout(&addr, window)
         .map_err(|e| format!("connecting to {addr} failed: {e}"))?;
     stream
         .set_nonblocking(true)

@@ -13,6 +13,8 @@ const MAX_REPLY: usize = 1 << 20;
 /// See the HTTP check: attempts start short and grow while they time out.
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(16);
+/// Even the last attempt before the deadline gets this long.
+const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
 
 pub(super) fn check(
     vm: &Vm,
@@ -67,7 +69,7 @@ impl Exchange {
             timed_out: false,
             ended: None,
         };
-        if let Err(e) = exchange.talk(host, send, expect, timeout.max(Duration::from_millis(100))) {
+        if let Err(e) = exchange.talk(host, send, expect, timeout.max(MIN_ATTEMPT_TIMEOUT)) {
             exchange.timed_out = matches!(
                 e.kind(),
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock

@@ -1,0 +1,362 @@
+//! A tiny bootable guest for the integration tests, made without building a
+//! Debian image: Debian's kernel (downloaded once with `apt-get download` and
+//! cached under CARGO_TARGET_TMPDIR) plus an initramfs written here in cpio
+//! "newc" format holding the host's static busybox, the virtio modules and an
+//! /init that serves HTTP on port 80 and echoes TCP on port 7777.
+//!
+//! Kernel command-line switches understood by /init:
+//! - `kiln.nonet`: load no network driver (the guest never answers on the network);
+//! - `kiln.disk`: wait for /dev/vda and write [`DISK_MARKER`] at byte 512.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kiln_vm::{Accel, Boot, VmConfig};
+
+/// Printed by /init once its services run.
+pub const READY: &str = "KILN-READY";
+/// Printed by /init after writing to /dev/vda.
+pub const DISK_WRITTEN: &str = "KILN-DISK-WRITTEN";
+/// What /init writes at byte 512 of /dev/vda.
+pub const DISK_MARKER: &[u8] = b"kiln-guest-was-here";
+/// The text of the page served on port 80.
+pub const PAGE_TEXT: &str = "kiln test page";
+/// An unused guest port (nothing listens there).
+pub const CLOSED_PORT: u16 = 81;
+pub const HTTP_PORT: u16 = 80;
+pub const ECHO_PORT: u16 = 7777;
+
+/// The modules /init loads (it loads them in the order their `depends=` give).
+const MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+/// The network modules, loaded only without `kiln.nonet`.
+const NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /lib/modules/order.base); do insmod /lib/modules/$m.ko; done
+wait_for() { for i in $(seq 1 50); do [ -e "$1" ] && return 0; sleep 0.1; done; echo "KILN-MISSING $1"; }
+if ! grep -q kiln.nonet /proc/cmdline; then
+  for m in $(cat /lib/modules/order.net); do insmod /lib/modules/$m.ko; done
+  wait_for /sys/class/net/eth0
+  ip link set lo up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip link set eth0 up
+  httpd -p 80 -h /www
+  nc -ll -p 7777 -e cat &
+fi
+if grep -q kiln.disk /proc/cmdline; then
+  wait_for /dev/vda
+  printf kiln-guest-was-here | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null
+  echo KILN-DISK-WRITTEN
+fi
+echo KILN-READY
+exec sleep 2147483647
+"#;
+
+/// The guest's kernel and initramfs.
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// The guest, prepared once per test process.
+pub fn guest() -> &'static Guest {
+    static GUEST: OnceLock<Guest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-vm-guest");
+        fs::create_dir_all(&cache).expect("create the guest cache directory");
+        let kernel_dir = kernel_dir(&cache);
+        let initrd = cache.join("initrd.cpio");
+        write_atomically(&initrd, &initramfs(&kernel_dir));
+        Guest {
+            kernel: kernel_dir.join("vmlinuz"),
+            initrd,
+        }
+    })
+}
+
+/// A VM booting the guest under TCG, small and quick to stop.
+pub fn kernel_config(cmdline_extra: &str) -> VmConfig {
+    let guest = guest();
+    let mut cfg = VmConfig::new(Boot::Kernel {
+        kernel: guest.kernel.clone(),
+        initrd: Some(guest.initrd.clone()),
+        cmdline: format!("console=ttyS0 quiet {cmdline_extra}"),
+    });
+    cfg.accel = Some(Accel::Tcg);
+    cfg.memory_mb = 256;
+    cfg.cpus = 1;
+    cfg.shutdown_grace = Duration::from_secs(1);
+    cfg
+}
+
+/// True when no process (not even a zombie) has this pid.
+pub fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A sparse raw disk of `bytes` zeros.
+pub fn zero_disk(path: &Path, bytes: u64) {
+    let file = fs::File::create(path).expect("create the disk image");
+    file.set_len(bytes).expect("size the disk image");
+}
+
+/// The cached kernel directory (vmlinuz + modules), downloaded when missing.
+fn kernel_dir(cache: &Path) -> PathBuf {
+    let dir = cache.join("kernel");
+    if dir.join("vmlinuz").is_file() {
+        return dir;
+    }
+    let staging = tempfile::tempdir_in(cache).expect("create a staging directory");
+    let package = kernel_package();
+    run(Command::new("apt-get")
+        .args(["download", &package])
+        .current_dir(staging.path()));
+    let deb = fs::read_dir(staging.path())
+        .expect("list the download directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap_or_else(|| panic!("apt-get download {package} produced no .deb"));
+    let tree = staging.path().join("tree");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
+    let out = staging.path().join("kernel");
+    fs::create_dir(&out).expect("create the kernel directory");
+    let vmlinuz = find_file(&tree.join("boot"), |name| name.starts_with("vmlinuz-"))
+        .unwrap_or_else(|| panic!("{package} has no /boot/vmlinuz-*"));
+    fs::copy(&vmlinuz, out.join("vmlinuz")).expect("copy vmlinuz");
+    for module in MODULES {
+        let file = format!("{module}.ko");
+        let found =
+            find_file(&tree.join("lib/modules"), |name| name == file).unwrap_or_else(|| {
+                panic!("{package} has no {file} (compressed modules are not supported)")
+            });
+        fs::copy(&found, out.join(&file)).expect("copy a module");
+    }
+    // Another test process may have won the race; its copy is as good.
+    if fs::rename(&out, &dir).is_err() && !dir.join("vmlinuz").is_file() {
+        panic!("could not move the kernel into {}", dir.display());
+    }
+    dir
+}
+
+/// `linux-image-amd64`'s current dependency, e.g. `linux-image-6.1.0-50-amd64`.
+fn kernel_package() -> String {
+    let output = Command::new("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .expect("run apt-cache (the tests need Debian's apt)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!("apt-cache knows no linux-image-amd64 dependency: run `apt-get update`")
+        })
+}
+
+fn run(cmd: &mut Command) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn find_file(dir: &Path, wanted: impl Fn(&str) -> bool + Copy) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let file_type = entry.file_type().ok()?;
+        if file_type.is_dir() {
+            if let Some(found) = find_file(&path, wanted) {
+                return Some(found);
+            }
+        } else if file_type.is_file() && entry.file_name().to_str().is_some_and(wanted) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let dir = path.parent().expect("a parent directory");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).expect("create a temporary file");
+    tmp.write_all(bytes).expect("write the temporary file");
+    tmp.persist(path).expect("rename the temporary file");
+}
+
+/// The initramfs: busybox, modules, /init, a web root, /dev/console.
+fn initramfs(kernel_dir: &Path) -> Vec<u8> {
+    let busybox = fs::read("/bin/busybox")
+        .expect("read /bin/busybox: install it with `apt-get install busybox-static`");
+    assert!(
+        is_static_elf(&busybox),
+        "/bin/busybox is dynamically linked: install `busybox-static` instead of `busybox`"
+    );
+    let mut cpio = Cpio::default();
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "www",
+        "lib",
+        "lib/modules",
+    ] {
+        cpio.dir(dir);
+    }
+    cpio.char_device("dev/console", 5, 1);
+    cpio.file("bin/busybox", 0o755, &busybox);
+    cpio.file("init", 0o755, INIT.as_bytes());
+    let page = format!("<html><body><h1>{PAGE_TEXT}</h1></body></html>\n");
+    cpio.file("www/index.html", 0o644, page.as_bytes());
+    let mut depends = Vec::new();
+    for module in MODULES {
+        let name = format!("{module}.ko");
+        let bytes = fs::read(kernel_dir.join(&name)).expect("read a cached module");
+        depends.push((*module, module_depends(&bytes)));
+        cpio.file(&format!("lib/modules/{name}"), 0o644, &bytes);
+    }
+    let order = load_order(&depends);
+    let (net, base): (Vec<&str>, Vec<&str>) = order.iter().partition(|m| NET_MODULES.contains(m));
+    cpio.file("lib/modules/order.base", 0o644, base.join("\n").as_bytes());
+    cpio.file("lib/modules/order.net", 0o644, net.join("\n").as_bytes());
+    cpio.finish()
+}
+
+/// The `depends=` list from a module's .modinfo section.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"depends=";
+    let Some(at) = ko.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let value = &ko[at + key.len()..];
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Modules ordered so that each comes after those it depends on.
+fn load_order<'a>(depends: &[(&'a str, Vec<String>)]) -> Vec<&'a str> {
+    let mut order: Vec<&str> = Vec::new();
+    while order.len() < depends.len() {
+        let before = order.len();
+        for (module, deps) in depends {
+            if !order.contains(module) && deps.iter().all(|d| order.contains(&d.as_str())) {
+                order.push(module);
+            }
+        }
+        assert!(
+            order.len() > before,
+            "module dependencies outside the set or circular: {depends:?}"
+        );
+    }
+    order
+}
+
+/// True when the ELF has no program interpreter (PT_INTERP).
+fn is_static_elf(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&elf[o..o + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    assert!(
+        elf.starts_with(b"\x7fELF\x02\x01"),
+        "/bin/busybox is not a 64-bit LE ELF"
+    );
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let p_type = u32::from_le_bytes(elf[phoff + i * phentsize..][..4].try_into().unwrap());
+        p_type != 3
+    })
+}
+
+/// A writer for the cpio "newc" format the kernel unpacks as initramfs.
+#[derive(Default)]
+struct Cpio {
+    out: Vec<u8>,
+    next_ino: u32,
+}
+
+impl Cpio {
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, 2, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | perm, 1, (0, 0), data);
+    }
+
+    fn char_device(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020600, 1, (major, minor), &[]);
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
+        self.next_ino += 1;
+        let fields = [
+            self.next_ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime: fixed, for reproducible archives
+            data.len() as u32,
+            0, // dev major
+            0, // dev minor
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0, // checksum (unused by newc)
+        ];
+        self.out.extend_from_slice(b"070701");
+        for field in fields {
+            self.out
+                .extend_from_slice(format!("{field:08X}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, 1, (0, 0), &[]);
+        self.out
+    }
+}
