@@ -49,7 +49,7 @@ pub enum VmError {
     },
 
     /// QEMU exited on its own (during start-up, or while a check waited).
-    #[error("QEMU exited ({status}) {during}{}", stderr_suffix(.stderr))]
+    #[error("QEMU exited ({status}) {during}{}{}", stderr_suffix(.stderr), hint_suffix(.stderr))]
     QemuExited {
         status: ExitStatusText,
         during: String,
@@ -107,6 +107,33 @@ fn stderr_suffix(stderr: &str) -> String {
     } else {
         format!("; QEMU said:\n{}", stderr.trim_end())
     }
+}
+
+/// Advice for QEMU failures whose own message does not say what to do.
+fn hint_suffix(stderr: &str) -> String {
+    const HINTS: &[(&str, &str)] = &[
+        (
+            "Could not set up host forwarding rule",
+            "a forwarded host port is already in use: pick another host port, or 0 for any free one",
+        ),
+        (
+            "KVM",
+            "KVM does not work here: run with KILN_ACCEL=tcg",
+        ),
+        (
+            "Permission denied",
+            "QEMU could not open a file it needs: check the image's and firmware's permissions",
+        ),
+        (
+            "Failed to get \"write\" lock",
+            "another process is using the image: stop it, or run with --snapshot",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| stderr.contains(needle))
+        .map(|(_, hint)| format!("\nhint: {hint}"))
+        .unwrap_or_default()
 }
 
 /// Shorthand for this crate's results.

@@ -137,7 +137,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn clean_text(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
+    let mut chars = text.chars();
     while let Some(c) = chars.next() {
         match c {
             '\x1b' => skip_escape(&mut chars),
@@ -150,16 +150,13 @@ pub fn clean_text(bytes: &[u8]) -> String {
 }
 
 /// Skips the rest of an escape sequence: CSI (`ESC [ … final`), or `ESC x`.
-fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    match chars.next() {
-        Some('[') => {
-            for c in chars.by_ref() {
-                if ('\x40'..='\x7e').contains(&c) {
-                    break;
-                }
+fn skip_escape(chars: &mut impl Iterator<Item = char>) {
+    if chars.next() == Some('[') {
+        for c in chars.by_ref() {
+            if ('\x40'..='\x7e').contains(&c) {
+                break;
             }
         }
-        Some(_) | None => {}
     }
 }
 
