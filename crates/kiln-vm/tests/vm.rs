@@ -200,3 +200,84 @@ fn uefi_firmware_reaches_the_serial_console() {
     // The VM wrote to its private copy of the variable store, never to Debian's.
     assert_eq!(sha256(&firmware.vars), vars_before);
 }
+
+/// Run by `qemu_dies_with_its_parent` in a child process: starts a VM, prints
+/// QEMU's pid and waits to be killed.
+#[test]
+#[ignore = "helper process for qemu_dies_with_its_parent"]
+fn helper_start_a_vm_and_wait() {
+    if std::env::var_os("KILN_VM_TEST_HELPER").is_none() {
+        return;
+    }
+    let vm = Vm::start(kernel_config("kiln.nonet")).unwrap();
+    println!("QEMU-PID {}", vm.pid());
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn qemu_dies_with_its_parent() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    // Orphans come to this process instead of the machine's init, so that the
+    // test can reap QEMU itself and check that nothing is left.
+    // SAFETY: plain prctl.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_start_a_vm_and_wait",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KILN_VM_TEST_HELPER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(helper.stdout.take().unwrap());
+    let pid: i32 = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("QEMU-PID ").and_then(|p| p.parse().ok()))
+        .expect("the helper printed QEMU's pid");
+    let qemu = pidfd_open(pid);
+    // SIGKILL: no destructor runs in the helper; only PR_SET_PDEATHSIG can act.
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let exited = wait_for_exit(qemu, Duration::from_secs(10));
+    if !exited {
+        // Clean up before failing; the orphan is this process's child now.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    let reaped = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    assert!(exited, "QEMU {pid} outlived the process that started it");
+    assert!(reaped.is_ok(), "{reaped:?}");
+    assert!(process_gone(pid as u32));
+}
+
+/// A pidfd for `pid` (it becomes readable once the process has exited).
+fn pidfd_open(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the returned descriptor is owned from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn wait_for_exit(pidfd: std::os::fd::OwnedFd, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
+    ready == 1
+}
