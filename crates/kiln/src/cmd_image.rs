@@ -141,7 +141,7 @@ fn produce_in(
                 _ => Format::Vdi,
             };
             let tmp = tmp_sibling(output, "convert");
-            let r = formats::convert(&raw, fmt, &tmp).map_err(anyhow::Error::from).and_then(|()| {
+            let r = formats::convert(&raw, fmt, &tmp, &seed).map_err(anyhow::Error::from).and_then(|()| {
                 fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))
             });
             let _ = fs::remove_file(&raw);

@@ -89,7 +89,26 @@ pub fn run_checks(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
+        print_report(&report);
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_report(report: &kiln_vm::TestReport) {
+    for c in &report.checks {
+        if c.passed {
+            println!("PASS {} ({:.1} s)", c.name, c.elapsed.as_secs_f64());
+        } else {
+            println!("FAIL {} ({:.1} s): {}", c.name, c.elapsed.as_secs_f64(), c.message);
+        }
+    }
+    match report.boot_time {
+        Some(t) => println!("boot to first passing check: {:.1} s ({})", t.as_secs_f64(), report.accel.as_str()),
+        None => println!("no check passed ({})", report.accel.as_str()),
+    }
+    let failed = report.failures();
+    println!("{} passed, {} failed", report.checks.len() - failed, failed);
+    if failed > 0 && !report.serial_log_tail.is_empty() {
+        println!("--- last lines of the serial console ---\n{}", report.serial_log_tail);
+    }
 }
