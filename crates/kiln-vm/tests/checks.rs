@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use kiln_spec::{Check, CheckKind, Located, Pos, TestSpec};
-use kiln_vm::{run_test, write_junit, Accel, TestReport};
+use kiln_vm::{run_checks, run_test, write_junit, Accel, TestReport};
 use quick_xml::events::Event;
 use support::*;
 
@@ -184,4 +184,38 @@ fn assert_junit_reads_back(report: &TestReport, dir: &std::path::Path) {
     assert_eq!(attr("tests"), "8");
     assert_eq!(attr("failures"), "4");
     assert!(system_out.contains(READY), "{system_out}");
+}
+
+/// An HTTP check started while the guest boots must pass soon after the
+/// service comes up: requests sent too early must not hold it back.
+#[test]
+fn http_check_answers_soon_after_the_guest_is_up() {
+    let mut cfg = kernel_config("");
+    cfg.snapshot = true;
+    cfg.forwards = vec![kiln_vm::Forward {
+        host: 0,
+        guest: HTTP_PORT,
+    }];
+    let vm = kiln_vm::Vm::start(cfg).unwrap();
+    let page = http("/index.html", 200, Some(PAGE_TEXT), 120).value;
+    let (ready_at, results) = std::thread::scope(|s| {
+        let ready = s.spawn(|| {
+            vm.wait_console(READY, Duration::from_secs(120))
+                .expect("the guest boots")
+        });
+        let results = run_checks(&vm, [&page], Duration::ZERO);
+        (ready.join().unwrap(), results)
+    });
+    let result = &results[0];
+    assert!(result.passed, "{result:?}");
+    // The guest prints READY right after starting httpd.
+    let lag = result.finished.saturating_sub(ready_at);
+    eprintln!(
+        "ready after {ready_at:?}, page served after {:?}",
+        result.finished
+    );
+    assert!(
+        lag < Duration::from_secs(3),
+        "the check lagged {lag:?} behind the boot"
+    );
 }

@@ -2,22 +2,17 @@
 //! HTTP/1.0 request: no client library, no proxies, no redirects followed.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::{excerpt, forwarded, vm_gone, Retry};
+use super::{excerpt, forwarded, port, vm_gone, Retry};
 use crate::qemu::Vm;
 
 /// The most of a response that is read.
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// The first attempt's I/O timeout; it doubles after each timed-out attempt
-/// (up to [`MAX_ATTEMPT_TIMEOUT`]) so that a request sent before the guest was
-/// up is soon replaced, while a slow server still gets time to answer.
-const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(16);
-/// Even the last attempt before the deadline gets this long.
-const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+/// The least time a request gets to be answered, even near the deadline.
+const MIN_ANSWER_TIME: Duration = Duration::from_millis(300);
 
 /// A parsed HTTP response.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,9 +41,10 @@ pub(super) fn check(
         None => format!("status {status}"),
     };
     let mut retry = Retry::new(deadline);
-    let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
     loop {
-        let seen = match get(host, &path, retry.left().min(attempt_timeout)) {
+        let seen = match port::connect_accepted(vm, guest, host, &retry)
+            .and_then(|stream| request(stream, host, &path, retry.left().max(MIN_ANSWER_TIME)))
+        {
             Ok(response) if matches(&response, status, body) => {
                 return Ok(format!(
                     "GET {url} answered status {} with {} bytes",
@@ -61,11 +57,7 @@ pub(super) fn check(
                 response.status,
                 excerpt(&response.body, 300)
             ),
-            Err(Failure::TimedOut(why)) => {
-                attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
-                why
-            }
-            Err(Failure::Other(why)) => why,
+            Err(why) => why,
         };
         if let Some(gone) = vm_gone(vm) {
             return Err(gone);
@@ -84,28 +76,22 @@ fn matches(response: &Response, status: u16, body: Option<&str>) -> bool {
         && body.is_none_or(|b| String::from_utf8_lossy(&response.body).contains(b))
 }
 
-/// Why an attempt got no response.
-enum Failure {
-    TimedOut(String),
-    Other(String),
-}
-
-fn get(host: u16, path: &str, timeout: Duration) -> Result<Response, Failure> {
-    let timeout = timeout.max(MIN_ATTEMPT_TIMEOUT);
-    let io = |doing: &str, e: std::io::Error| {
-        let why = format!("{doing} failed: {e}");
-        match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::TimedOut(
-                format!("no answer within {:.1}s ({why})", timeout.as_secs_f64()),
-            ),
-            _ => Failure::Other(why),
+/// Sends the request on a connection the guest accepted and reads the answer.
+fn request(
+    mut stream: TcpStream,
+    host: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let io = |doing: &str, e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            format!("no answer within {:.1}s", timeout.as_secs_f64())
         }
+        _ => format!("{doing} failed: {e}"),
     };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("connecting", e))?;
+    let deadline = Instant::now() + timeout;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .set_write_timeout(Some(timeout))
         .map_err(|e| io("socket setup", e))?;
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{host}\r\nUser-Agent: kiln-test\r\n\
@@ -114,15 +100,21 @@ fn get(host: u16, path: &str, timeout: Duration) -> Result<Response, Failure> {
     stream
         .write_all(request.as_bytes())
         .map_err(|e| io("sending the request", e))?;
-    let raw = read_response(&mut stream).map_err(|e| io("reading the response", e))?;
-    parse_response(&raw).map_err(Failure::Other)
+    let raw = read_response(&mut stream, deadline).map_err(|e| io("reading the response", e))?;
+    parse_response(&raw)
 }
 
-/// Reads until EOF, the declared Content-Length, or [`MAX_RESPONSE`].
-fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Reads until EOF, the declared Content-Length, or [`MAX_RESPONSE`]; fails
+/// with `TimedOut` at `deadline`.
+fn read_response(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = match stream.read(&mut buf) {
             Ok(n) => n,
             // A reset after a complete response is still a response.
@@ -247,7 +239,8 @@ mod tests {
             conn.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
                 .unwrap();
         });
-        let r = get(port, "/x", Duration::from_secs(10)).ok().unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let r = request(stream, port, "/x", Duration::from_secs(10)).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (201, &b"ok"[..]));
         server.join().unwrap();
     }

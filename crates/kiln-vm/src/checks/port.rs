@@ -14,6 +14,11 @@
 //! passes when such a socket appears that was not there before it connected
 //! (or when the guest sends data first); it fails at once on EOF/reset (port
 //! closed) and after a short window while the guest side stays in `SYN_SENT`.
+//!
+//! The HTTP and TCP checks connect the same way ([`connect_accepted`]), so a
+//! request is only sent once the guest took the connection: until then they
+//! retry with fresh connections every [`ATTEMPT_WINDOW`] at most, and after it
+//! they give a slow server all the time left.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -27,19 +32,14 @@ use crate::qemu::Vm;
 const ATTEMPT_WINDOW: Duration = Duration::from_millis(1500);
 /// Even the last attempt before the deadline gets this long: enough for a
 /// running guest to answer, so the final verdict is not a zero-length wait.
-const MIN_ATTEMPT_WINDOW: Duration = Duration::from_millis(300);
+pub(super) const MIN_ATTEMPT_WINDOW: Duration = Duration::from_millis(300);
 
 pub(super) fn check(vm: &Vm, guest: u16, deadline: Instant) -> Result<String, String> {
     let host = forwarded(vm, guest)?;
     let mut retry = Retry::new(deadline);
     loop {
-        let last = match attempt(
-            vm,
-            guest,
-            host,
-            retry.left().clamp(MIN_ATTEMPT_WINDOW, ATTEMPT_WINDOW),
-        ) {
-            Ok(()) => {
+        let last = match connect_accepted(vm, guest, host, &retry) {
+            Ok(_) => {
                 return Ok(format!(
                     "the guest accepted a connection on port {guest} (host port {host})"
                 ))
@@ -59,8 +59,25 @@ pub(super) fn check(vm: &Vm, guest: u16, deadline: Instant) -> Result<String, St
     }
 }
 
+/// Connects to the forward of `guest` (on loopback port `host`) and returns the
+/// connection, in blocking mode, once the guest has accepted it; fails when the
+/// guest refuses it, or does not answer within one attempt's window.
+pub(super) fn connect_accepted(
+    vm: &Vm,
+    guest: u16,
+    host: u16,
+    retry: &Retry,
+) -> Result<TcpStream, String> {
+    let window = retry.left().clamp(MIN_ATTEMPT_WINDOW, ATTEMPT_WINDOW);
+    let stream = attempt(vm, guest, host, window)?;
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("socket setup failed: {e}"))?;
+    Ok(stream)
+}
+
 /// One connection: `Ok` when the guest accepted it.
-fn attempt(vm: &Vm, guest: u16, host: u16, window: Duration) -> Result<(), String> {
+fn attempt(vm: &Vm, guest: u16, host: u16, window: Duration) -> Result<TcpStream, String> {
     let before = established(vm, guest)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host));
     let stream = TcpStream::connect_timeout(&addr, window)
@@ -77,7 +94,7 @@ fn attempt(vm: &Vm, guest: u16, host: u16, window: Duration) -> Result<(), Strin
                     "the guest refused the connection: port {guest} is closed"
                 ))
             }
-            Ok(_) => return Ok(()), // the guest sent data: it accepted
+            Ok(_) => return Ok(stream), // the guest sent data: it accepted
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 return Err(format!(
@@ -86,7 +103,7 @@ fn attempt(vm: &Vm, guest: u16, host: u16, window: Duration) -> Result<(), Strin
             }
         }
         if established(vm, guest)?.difference(&before).next().is_some() {
-            return Ok(());
+            return Ok(stream);
         }
         if Instant::now() >= end {
             return Err(format!(

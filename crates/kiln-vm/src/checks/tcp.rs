@@ -1,20 +1,17 @@
 //! "Sending SEND to port P gets a reply containing EXPECT".
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::{excerpt, forwarded, vm_gone, Retry};
+use super::{excerpt, forwarded, port, vm_gone, Retry};
 use crate::qemu::Vm;
 
 /// The most of a reply that is kept.
 const MAX_REPLY: usize = 1 << 20;
 
-/// See the HTTP check: attempts start short and grow while they time out.
-const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(16);
-/// Even the last attempt before the deadline gets this long.
-const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+/// The least time a reply gets, even near the deadline.
+const MIN_ANSWER_TIME: Duration = Duration::from_millis(300);
 
 pub(super) fn check(
     vm: &Vm,
@@ -25,18 +22,19 @@ pub(super) fn check(
 ) -> Result<String, String> {
     let host = forwarded(vm, guest)?;
     let mut retry = Retry::new(deadline);
-    let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
     loop {
-        let timeout = retry.left().min(attempt_timeout);
-        let exchange = Exchange::run(host, send.as_bytes(), expect.as_bytes(), timeout);
+        let exchange = match port::connect_accepted(vm, guest, host, &retry) {
+            Ok(stream) => {
+                let timeout = retry.left().max(MIN_ANSWER_TIME);
+                Exchange::run(stream, send.as_bytes(), expect.as_bytes(), timeout)
+            }
+            Err(why) => Exchange::failed(why),
+        };
         if exchange.matched {
             return Ok(format!(
                 "port {guest} replied {}",
                 excerpt(&exchange.reply, 120)
             ));
-        }
-        if exchange.timed_out {
-            attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
         }
         if let Some(gone) = vm_gone(vm) {
             return Err(gone);
@@ -53,28 +51,33 @@ pub(super) fn check(
 }
 
 /// One connection's worth of sending and reading.
+#[derive(Default)]
 struct Exchange {
     reply: Vec<u8>,
     matched: bool,
-    timed_out: bool,
     /// Why the reading stopped without a match.
     ended: Option<String>,
 }
 
 impl Exchange {
-    fn run(host: u16, send: &[u8], expect: &[u8], timeout: Duration) -> Exchange {
-        let mut exchange = Exchange {
-            reply: Vec::new(),
-            matched: false,
-            timed_out: false,
-            ended: None,
-        };
-        if let Err(e) = exchange.talk(host, send, expect, timeout.max(MIN_ATTEMPT_TIMEOUT)) {
-            exchange.timed_out = matches!(
+    /// An attempt that got no connection.
+    fn failed(why: String) -> Exchange {
+        Exchange {
+            ended: Some(why),
+            ..Exchange::default()
+        }
+    }
+
+    /// Sends `send` on a connection the guest accepted, then reads until the
+    /// reply contains `expect`, the connection closes, or `timeout` passes.
+    fn run(stream: TcpStream, send: &[u8], expect: &[u8], timeout: Duration) -> Exchange {
+        let mut exchange = Exchange::default();
+        if let Err(e) = exchange.talk(stream, send, expect, timeout) {
+            let timed_out = matches!(
                 e.kind(),
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
             );
-            exchange.ended = Some(if exchange.timed_out {
+            exchange.ended = Some(if timed_out {
                 format!("no matching reply within {:.1}s", timeout.as_secs_f64())
             } else {
                 e.to_string()
@@ -85,13 +88,11 @@ impl Exchange {
 
     fn talk(
         &mut self,
-        host: u16,
+        mut stream: TcpStream,
         send: &[u8],
         expect: &[u8],
         timeout: Duration,
     ) -> std::io::Result<()> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host));
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_write_timeout(Some(timeout))?;
         stream.write_all(send)?;
         let end = Instant::now() + timeout;
@@ -152,7 +153,8 @@ mod tests {
     #[test]
     fn exchange_matches_a_reply() {
         let (port, server) = echo_server();
-        let ex = Exchange::run(port, b"ping\n", b"ping", Duration::from_secs(10));
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let ex = Exchange::run(stream, b"ping\n", b"ping", Duration::from_secs(10));
         assert!(ex.matched, "{}", ex.describe());
         server.join().unwrap();
     }
@@ -160,7 +162,8 @@ mod tests {
     #[test]
     fn exchange_explains_a_wrong_reply() {
         let (port, server) = echo_server();
-        let ex = Exchange::run(port, b"ping\n", b"pong", Duration::from_secs(10));
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let ex = Exchange::run(stream, b"ping\n", b"pong", Duration::from_secs(10));
         assert!(!ex.matched);
         let text = ex.describe();
         assert!(text.contains("closed") && text.contains("ping"), "{text}");
