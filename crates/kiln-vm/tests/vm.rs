@@ -281,3 +281,35 @@ fn wait_for_exit(pidfd: std::os::fd::OwnedFd, timeout: Duration) -> bool {
     let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
     ready == 1
 }
+
+#[test]
+fn waits_and_checks_end_when_qemu_dies() {
+    let mut cfg = kernel_config("kiln.nonet");
+    cfg.forwards = vec![Forward {
+        host: 0,
+        guest: HTTP_PORT,
+    }];
+    let vm = Vm::start(cfg).unwrap();
+    let started = Instant::now();
+    let err = std::thread::scope(|s| {
+        let waiter = s.spawn(|| vm.wait_console("TEXT-NEVER-PRINTED", Duration::from_secs(120)));
+        let pid = nix::unistd::Pid::from_raw(vm.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL).unwrap();
+        waiter.join().unwrap().unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(matches!(err, VmError::QemuExited { .. }), "{text}");
+    assert!(text.contains("killed by signal 9"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+
+    let check = Check {
+        name: None,
+        timeout: 60,
+        kind: CheckKind::Port { port: HTTP_PORT },
+    };
+    let started = Instant::now();
+    let results = run_checks(&vm, [&check], Duration::ZERO);
+    assert!(!results[0].passed);
+    assert!(results[0].message.contains("QEMU exited"), "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{results:?}");
+}

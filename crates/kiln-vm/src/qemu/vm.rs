@@ -271,13 +271,17 @@ impl Vm {
     /// An error for "QEMU exited {during}", with its status and stderr.
     pub(crate) fn exited_error(&self, during: &str) -> VmError {
         let status = self.process.wait(Some(Duration::from_secs(5)));
-        if let Some(reader) = self
-            .stderr_reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = reader.join();
+        // Once QEMU has exited its stderr is at EOF: join the reader so that
+        // the message holds everything QEMU said. (A live QEMU keeps it open.)
+        if status.is_some() {
+            let reader = self
+                .stderr_reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(reader) = reader {
+                let _ = reader.join();
+            }
         }
         exited(status, during, &self.stderr)
     }
