@@ -1,10 +1,21 @@
 //! One root partition's ext4 filesystem, written in place into the raw disk.
+//!
+//! `mke2fs -d` copies the source tree (read only) straight into the partition; one
+//! debugfs run then makes the result depend only on the tree's contents, names,
+//! owners, modes and modification times:
+//! - every inode's change time becomes the epoch (mke2fs copies the source's ctimes,
+//!   which are the times the tree was built and cannot be set by any system call);
+//! - access times become the (clamped) modification times, and modification times
+//!   later than the epoch become the epoch;
+//! - the [`edits`](super::edits) are made, with debugfs' clock set to the epoch.
 
+use super::edits::{self, Edits};
 use super::ids::PartitionIds;
 use super::layout::{inode_count, Extent};
-use super::stage::Content;
+use super::tree::Scan;
 use crate::tools::{debugfs, dumpe2fs, mke2fs};
 use crate::ImageError;
+use std::io::Write as _;
 use std::path::Path;
 
 /// The root directory's inode; lower numbers are reserved and never hold files.
@@ -17,39 +28,56 @@ const FIRST_INODE: u32 = 11;
 pub(crate) struct Ext4Job<'a> {
     pub raw: &'a Path,
     pub extent: Extent,
-    /// The staged tree.
-    pub stage: &'a Path,
+    /// The partition's source tree (never modified).
+    pub tree: &'a Path,
+    pub scan: &'a Scan,
+    pub edits: Edits<'a>,
     pub ids: &'a PartitionIds,
     pub label: &'a str,
-    pub content: Content,
     pub epoch: i64,
+    /// A directory of this partition's own for temporary files.
     pub work_dir: &'a Path,
 }
 
-/// Runs mke2fs into the partition, then sets every inode's change time to `epoch`.
-///
-/// `mke2fs -d` copies each file's ctime from the staged copy, where it is the time of
-/// the copy (no system call can set it), so it is fixed afterwards in the image.
+/// Makes the filesystem, then fixes times and makes the edits.
 pub(crate) fn write(job: &Ext4Job) -> Result<(), ImageError> {
+    let ops = edits::plan(job.tree, &job.edits, job.work_dir)?;
     mke2fs::make_ext4(&mke2fs::Ext4Options {
-        source: job.stage,
+        source: job.tree,
         image: job.raw,
         offset: job.extent.offset,
         size: job.extent.size,
         uuid: &job.ids.fs_uuid,
         hash_seed: &job.ids.hash_seed,
         label: job.label,
-        inodes: inode_count(job.extent.size, job.content),
+        inodes: inode_count(job.extent.size, job.scan.content),
         now: job.epoch,
         work_dir: job.work_dir,
     })?;
-    let used: Vec<_> = dumpe2fs::used_inodes(job.raw, job.extent.offset)?
+    let offset = job.extent.offset;
+    let used = dumpe2fs::used_inodes(job.raw, offset)?;
+    let mut script = format!("set_current_time @{}\n", job.epoch).into_bytes();
+    for ino in used
         .into_iter()
-        .filter_map(|r| {
-            let start = (*r.start()).max(FIRST_INODE);
-            (start <= *r.end()).then(|| start..=*r.end())
-        })
-        .chain(std::iter::once(ROOT_INODE..=ROOT_INODE))
-        .collect();
-    debugfs::set_ctimes(job.raw, job.extent.offset, &used, job.epoch, job.work_dir)
+        .flat_map(|r| r.filter(|&i| i == ROOT_INODE || i >= FIRST_INODE))
+    {
+        let _ = writeln!(script, "sif <{ino}> ctime @{}", job.epoch);
+    }
+    for fix in &job.scan.fixes {
+        let path = debugfs::quote(&fix.path)?;
+        time_line(&mut script, &path, "atime", fix.atime);
+        if let Some(mtime) = fix.mtime {
+            time_line(&mut script, &path, "mtime", mtime);
+        }
+    }
+    script.extend(edits::script(&ops, |path| {
+        debugfs::blocks(job.raw, offset, path)
+    })?);
+    debugfs::run_script(job.raw, offset, &script, job.work_dir)
+}
+
+fn time_line(script: &mut Vec<u8>, quoted: &[u8], field: &str, time: i64) {
+    script.extend_from_slice(b"sif ");
+    script.extend_from_slice(quoted);
+    let _ = writeln!(script, " {field} @{time}");
 }

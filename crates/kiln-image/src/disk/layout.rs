@@ -3,7 +3,7 @@
 //! Every partition starts on a MiB boundary; the first at 1 MiB (after the protective
 //! MBR and the primary GPT), and the disk keeps its last MiB for the backup GPT.
 
-use super::stage::Content;
+use super::tree::Content;
 use crate::ImageError;
 
 pub(crate) const MIB: u64 = 1 << 20;

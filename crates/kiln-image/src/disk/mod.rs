@@ -12,19 +12,20 @@
 //! 2. sizes are planned from the measured trees (automatic: content × 1.3 + 256 MiB, or
 //!    the asked partition and disk sizes);
 //! 3. `sfdisk` writes the GPT into a sparse file in the scratch directory;
-//! 4. for each partition in turn, its tree is copied to the scratch directory and the copy
-//!    adjusted (see [`stage`](self) below), `mke2fs -d` writes the filesystem straight into
-//!    the disk at the partition's offset, `debugfs` fixes the inode change times, and the
-//!    copy is deleted;
+//! 4. for each partition in turn, `mke2fs -d` copies its tree (read only, never copied
+//!    to disk first) straight into the disk at the partition's offset, and one `debugfs`
+//!    run fixes times and makes the edits: the image's `/etc/fstab`, the ESP's mount point,
+//!    an empty `/etc/machine-id`, no build leftovers;
 //! 5. the ESP is made as its own FAT image (mkfs.vfat + mtools) and copied in, sparse;
 //! 6. the finished file is renamed to the output path.
 //!
 //! Reproducibility: the same trees, seed and `SOURCE_DATE_EPOCH` give the same bytes.
 //! Every UUID, the ext4 directory hash seeds and the FAT volume id derive from the seed;
-//! file times later than the epoch are clamped to it and inode change times set to it;
-//! mke2fs, mkfs.vfat and mtools take "now" from the epoch; mke2fs reads directories in
-//! byte order; `/etc/machine-id` is emptied and the files in [`REMOVED`] and [`EMPTIED`],
-//! which record when an image was built, are removed or emptied. Files a package fills
+//! file times later than the epoch are clamped to it, inode change times set to it and
+//! access times to the modification times; mke2fs, debugfs, mkfs.vfat and mtools take
+//! "now" from the epoch; mke2fs reads directories in byte order; `/etc/machine-id` is
+//! emptied and the files in [`REMOVED`] and [`EMPTIED`], which record when an image was
+//! built, are removed or emptied (their blocks zeroed). Files a package fills
 //! with random bytes at install time (SSH host keys, for one) are left alone: they are
 //! the spec's business, and differ between two builds.
 //!
@@ -32,26 +33,27 @@
 //! the kernel resolves that itself, so it works with or without an initrd, whatever the
 //! disk is called in the guest (`vda`, `sda`); `root=UUID=…` would need an initrd.
 
+mod edits;
 mod esp;
 mod ext4;
 pub(crate) mod ids;
 mod layout;
 mod sparse;
-mod stage;
+mod tree;
 
-pub use stage::{EMPTIED, REMOVED};
+pub use edits::{EMPTIED, REMOVED};
 
 use crate::tools::sfdisk::{self, GptPartition, GptTable, SECTOR};
 use crate::{ImageError, KernelFiles};
 use esp::{BootEntry, EspContent};
 use ids::{fat_uuid, Ids, PartitionIds};
 use layout::{Extent, Want};
-use stage::Content;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use tree::{Content, Scan};
 
 /// GPT type of an EFI system partition.
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
@@ -129,8 +131,8 @@ pub struct DiskRequest {
     pub seed: String,
     /// `SOURCE_DATE_EPOCH`: later file times are clamped to it.
     pub source_date_epoch: i64,
-    /// An existing directory on the output's filesystem for temporary files (the staged
-    /// copies of the trees and the disk before it is renamed into place).
+    /// An existing directory on the output's filesystem for temporary files (chiefly
+    /// the disk itself until it is renamed into place).
     pub scratch: PathBuf,
 }
 
@@ -213,11 +215,21 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
         BootMode::Uefi => Some(esp_content(req, &part_ids, &kernels)?),
         _ => None,
     };
-    let wants = req
+    let scans = req
         .partitions
         .iter()
-        .map(|p| want(p, req.boot))
+        .map(|p| scan(p, req))
         .collect::<Result<Vec<_>, _>>()?;
+    let wants: Vec<Want> = req
+        .partitions
+        .iter()
+        .zip(&scans)
+        .map(|(p, scan)| Want {
+            name: p.name.clone(),
+            content: scan.content,
+            size: p.size,
+        })
+        .collect();
     let esp_size = match &esp_content {
         Some(c) => Some(layout::esp_size(esp::payload_bytes(c)?)),
         None => None,
@@ -234,7 +246,7 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
             &report.partitions[i],
             input,
             &part_ids[i],
-            wants[i].content,
+            &scans[i],
             &raw,
             work.path(),
         )?;
@@ -257,6 +269,12 @@ fn validate(req: &DiskRequest) -> Result<(), ImageError> {
             "the default partition is number {} but the image has {}",
             req.default + 1,
             req.partitions.len()
+        )));
+    }
+    if req.source_date_epoch < 0 {
+        return Err(ImageError::Tool(format!(
+            "SOURCE_DATE_EPOCH {} is before 1970: give a time in seconds since 1970",
+            req.source_date_epoch
         )));
     }
     if req.seed.is_empty() {
@@ -370,19 +388,16 @@ fn esp_content(
     })
 }
 
-/// Sizing input for one partition: its measured tree plus what staging adds (fstab,
-/// the ESP mount point).
-fn want(input: &PartitionInput, boot: BootMode) -> Result<Want, ImageError> {
-    let measured = stage::measure(&input.rootfs)?;
-    let added = if boot == BootMode::Uefi { 3 } else { 1 };
-    Ok(Want {
-        name: input.name.clone(),
-        content: Content {
-            bytes: measured.bytes + added * 4096,
-            inodes: measured.inodes + added,
-        },
-        size: input.size,
-    })
+/// Scans one partition's tree; its content counts what the edits add (fstab, the ESP's
+/// mount point and its parent).
+fn scan(input: &PartitionInput, req: &DiskRequest) -> Result<Scan, ImageError> {
+    let mut scan = tree::scan(&input.rootfs, req.source_date_epoch)?;
+    let added = if req.boot == BootMode::Uefi { 3 } else { 1 };
+    scan.content = Content {
+        bytes: scan.content.bytes + added * 4096,
+        inodes: scan.content.inodes + added,
+    };
+    Ok(scan)
 }
 
 fn report(
@@ -457,13 +472,13 @@ fn create_sparse(path: &Path, size: u64) -> Result<(), ImageError> {
     file.set_len(size).map_err(|e| ImageError::io(path, e))
 }
 
-/// Stages one partition's tree, writes its filesystem into the disk, drops the copy.
+/// Writes one partition's filesystem into the disk.
 fn write_partition(
     req: &DiskRequest,
     part: &PartitionReport,
     input: &PartitionInput,
     ids: &PartitionIds,
-    content: Content,
+    scan: &Scan,
     raw: &Path,
     work: &Path,
 ) -> Result<(), ImageError> {
@@ -475,31 +490,25 @@ fn write_partition(
     } else {
         &[]
     };
-    let staged = work.join(format!("stage-{}", part.index));
-    stage::stage(
-        &input.rootfs,
-        &staged,
-        &stage::Edits {
-            fstab: &fstab,
-            mount_points,
-            epoch: req.source_date_epoch,
-        },
-    )?;
-    let written = ext4::write(&ext4::Ext4Job {
+    let work_dir = work.join(format!("partition-{}", part.index));
+    fs::create_dir(&work_dir).map_err(|e| ImageError::io(&work_dir, e))?;
+    ext4::write(&ext4::Ext4Job {
         raw,
         extent: Extent {
             offset: part.offset,
             size: part.size,
         },
-        stage: &staged,
+        tree: &input.rootfs,
+        scan,
+        edits: edits::Edits {
+            fstab: &fstab,
+            mount_points,
+        },
         ids,
         label: &part.label,
-        content,
         epoch: req.source_date_epoch,
-        work_dir: work,
-    });
-    fs::remove_dir_all(&staged).map_err(|e| ImageError::io(&staged, e))?;
-    written
+        work_dir: &work_dir,
+    })
 }
 
 fn write_esp(
