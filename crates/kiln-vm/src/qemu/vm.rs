@@ -89,37 +89,18 @@ impl Vm {
         let stderr_reader = pipes
             .stderr
             .map(|pipe| spawn_stderr_reader(pipe, Arc::clone(&stderr), echo));
-        let console = match pipes.stdout {
-            Some(pipe) => {
-                let console = Arc::new(Console::default());
-                console
-                    .spawn_reader(pipe, serial_log)
-                    .map_err(|source| VmError::Spawn {
-                        binary: qemu.clone(),
-                        source,
-                    })?;
-                Some(console)
-            }
-            None => None,
-        };
+        let console =
+            capture_console(pipes.stdout, serial_log).map_err(|source| VmError::Spawn {
+                binary: qemu.clone(),
+                source,
+            })?;
 
         let vm_parts = Parts {
             process,
             stderr,
             stderr_reader,
         };
-        // Connecting before QEMU accepts is fine (the kernel queues us); dropping
-        // our copy of the listener afterwards means a QEMU that dies resets the
-        // connection instead of leaving the handshake to time out.
-        let stream = UnixStream::connect(&qmp_path);
-        drop(listener);
-        let qmp = stream
-            .map_err(|e| VmError::Qmp {
-                doing: "connecting".into(),
-                detail: e.to_string(),
-            })
-            .and_then(|s| Qmp::handshake(s, STARTUP_TIMEOUT))
-            .and_then(|mut qmp| qmp.set_timeout(QMP_TIMEOUT).map(|()| qmp));
+        let qmp = connect_qmp(&qmp_path, listener);
         let mut qmp = match qmp {
             Ok(qmp) => qmp,
             Err(e) => return Err(vm_parts.explain_failure(e, "while starting")),
@@ -317,6 +298,36 @@ fn exited(status: Option<ExitStatus>, during: &str, stderr: &Mutex<Vec<u8>>) -> 
         during: during.to_string(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// Connects to QEMU's QMP socket and negotiates.
+///
+/// Connecting before QEMU accepts is fine (the kernel queues the connection);
+/// dropping our copy of the listener right after means that a QEMU that dies
+/// resets the connection instead of leaving the handshake to time out.
+fn connect_qmp(path: &Path, listener: UnixListener) -> Result<Qmp> {
+    let stream = UnixStream::connect(path);
+    drop(listener);
+    let stream = stream.map_err(|e| VmError::Qmp {
+        doing: "connecting".into(),
+        detail: e.to_string(),
+    })?;
+    let mut qmp = Qmp::handshake(stream, STARTUP_TIMEOUT)?;
+    qmp.set_timeout(QMP_TIMEOUT)?;
+    Ok(qmp)
+}
+
+/// Starts reading the serial console from QEMU's stdout (captured mode only).
+fn capture_console(
+    stdout: Option<std::process::ChildStdout>,
+    log: Option<File>,
+) -> std::io::Result<Option<Arc<Console>>> {
+    let Some(pipe) = stdout else {
+        return Ok(None);
+    };
+    let console = Arc::new(Console::default());
+    console.spawn_reader(pipe, log)?;
+    Ok(Some(console))
 }
 
 /// The firmware and the VM's private copy of its variable store (UEFI only).
