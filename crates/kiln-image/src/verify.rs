@@ -1,10 +1,10 @@
 //! Checks of a finished disk image with the programs that know each layer best:
-//! `qemu-img check` (the container format), `sfdisk --verify` (the GPT) and
-//! `e2fsck -fn` (each ext4 filesystem, read only).
+//! `qemu-img check` (the container format), `sfdisk --verify` (the GPT),
+//! `e2fsck -fn` (each ext4 filesystem, read only) and `fsck.vfat -n` (the ESP).
 
 use crate::disk::{DiskLayout, PartitionReport};
 use crate::formats::Format;
-use crate::tools::{e2fsck, qemu_img, sfdisk};
+use crate::tools::{e2fsck, fsck_vfat, qemu_img, sfdisk};
 use crate::ImageError;
 use std::path::Path;
 
@@ -51,13 +51,22 @@ pub fn e2fsck_partition(raw: &Path, part: &PartitionReport) -> Result<(), ImageE
     e2fsck::check_readonly(&copy, 0).map_err(|e| in_partition(e, part))
 }
 
+/// `fsck.vfat -n` of the EFI system partition `esp` of the raw disk `raw` (copied out,
+/// sparse, to a temporary file: dosfstools cannot read at an offset).
+pub fn fsck_esp(raw: &Path, esp: &PartitionReport) -> Result<(), ImageError> {
+    let tmp = tempfile::tempdir().map_err(|e| ImageError::io(std::env::temp_dir(), e))?;
+    let copy = tmp.path().join("esp.img");
+    crate::disk::extract_region(raw, esp.offset, esp.size, &copy)?;
+    fsck_vfat::check_readonly(&copy).map_err(|e| in_partition(e, esp))
+}
+
 fn in_partition(err: ImageError, part: &PartitionReport) -> ImageError {
     ImageError::Tool(format!("partition {} (`{}`): {err}", part.index, part.name))
 }
 
 /// Every check on an image written by kiln: `qemu-img check`, then (on the image itself
-/// when raw, else on a raw copy made in `scratch`) `sfdisk --verify` and `e2fsck -fn` of
-/// each OS partition of `layout`.
+/// when raw, else on a raw copy made in `scratch`) `sfdisk --verify`, `e2fsck -fn` of
+/// each OS partition of `layout` and `fsck.vfat -n` of its ESP.
 pub fn verify_image(
     image: &Path,
     format: Format,
@@ -87,6 +96,9 @@ pub fn verify_image(
     sfdisk_verify(&raw)?;
     for part in &layout.partitions {
         e2fsck_partition(&raw, part)?;
+    }
+    if let Some(esp) = &layout.esp {
+        fsck_esp(&raw, esp)?;
     }
     Ok(())
 }

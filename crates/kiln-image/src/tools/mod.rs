@@ -9,6 +9,7 @@
 pub mod debugfs;
 pub mod dumpe2fs;
 pub mod e2fsck;
+pub mod fsck_vfat;
 pub mod mke2fs;
 pub mod mkfs_vfat;
 pub mod mtools;
