@@ -135,12 +135,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_spec(file: &Path) -> anyhow::Result<kiln_spec::Spec> {
-    let text =
-        fs::read_to_string(file).with_context(|| format!("reading spec {}", file.display()))?;
-    Ok(kiln_spec::parse_file(&text, &file.display().to_string())?)
-}
-
 /// `ID:FILE` pairs into id → contents.
 fn read_secrets(pairs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let mut secrets = BTreeMap::new();
