@@ -196,10 +196,12 @@ fn replace(
     if !parent_missing {
         let at = tree.join(rel);
         match fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => return Err(ImageError::Tool(format!(
+            Ok(m) if m.is_dir() => {
+                return Err(ImageError::Tool(format!(
                 "{} is a directory: kiln writes the image's /{rel} there; remove it in the spec",
                 at.display()
-            ))),
+            )))
+            }
             Ok(m) => ops.push(Op::Remove {
                 path: absolute(rel),
                 zap: m.is_file() && m.nlink() == 1,

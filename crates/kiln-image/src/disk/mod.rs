@@ -16,7 +16,8 @@
 //!    to disk first) straight into the disk at the partition's offset, and one `debugfs`
 //!    run fixes times and makes the edits: the image's `/etc/fstab`, the ESP's mount point,
 //!    an empty `/etc/machine-id`, no build leftovers;
-//! 5. the ESP is made as its own FAT image (mkfs.vfat + mtools) and copied in, sparse;
+//! 5. meanwhile, the ESP is made as its own FAT image (mkfs.vfat + mtools); it is then
+//!    copied in, sparse;
 //! 6. the finished file is renamed to the output path.
 //!
 //! Reproducibility: the same trees, seed and `SOURCE_DATE_EPOCH` give the same bytes.
@@ -240,19 +241,42 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
     let raw = work.path().join("disk.raw");
     create_sparse(&raw, plan.disk_size)?;
     sfdisk::write_gpt(&raw, &gpt_table(&report))?;
-    for (i, input) in req.partitions.iter().enumerate() {
-        write_partition(
-            req,
-            &report.partitions[i],
-            input,
-            &part_ids[i],
-            &scans[i],
-            &raw,
-            work.path(),
-        )?;
-    }
-    if let (Some(content), Some(esp_report)) = (&esp_content, &report.esp) {
-        write_esp(req, &ids, content, esp_report, &raw, work.path())?;
+    // The ESP is made in a file of its own while the root filesystems are written.
+    let esp = std::thread::scope(|s| {
+        let esp_job = match (&esp_content, &report.esp) {
+            (Some(content), Some(part)) => {
+                Some(s.spawn(|| build_esp(req, &ids, content, part, work.path())))
+            }
+            _ => None,
+        };
+        let roots = req
+            .partitions
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, input)| {
+                write_partition(
+                    req,
+                    &report.partitions[i],
+                    input,
+                    &part_ids[i],
+                    &scans[i],
+                    &raw,
+                    work.path(),
+                )
+            });
+        let esp = esp_job
+            .map(|job| {
+                job.join().unwrap_or_else(|_| {
+                    Err(ImageError::Tool(
+                        "building the EFI system partition panicked".into(),
+                    ))
+                })
+            })
+            .transpose();
+        roots.and(esp)
+    })?;
+    if let (Some(image), Some(part)) = (esp, &report.esp) {
+        copy_into(&image, part, &raw)?;
     }
     move_into_place(&raw, out_raw)?;
     Ok(report)
@@ -511,15 +535,17 @@ fn write_partition(
     })
 }
 
-fn write_esp(
+/// Makes the ESP as a FAT image file in `work`; returns its path.
+fn build_esp(
     req: &DiskRequest,
     ids: &Ids,
     content: &EspContent,
     part: &PartitionReport,
-    raw: &Path,
     work: &Path,
-) -> Result<(), ImageError> {
-    let image = work.join("esp.img");
+) -> Result<PathBuf, ImageError> {
+    let dir = work.join("esp");
+    fs::create_dir(&dir).map_err(|e| ImageError::io(&dir, e))?;
+    let image = dir.join("esp.img");
     esp::build(
         &image,
         part.size,
@@ -527,16 +553,19 @@ fn write_esp(
         part.offset / SECTOR,
         content,
         req.source_date_epoch,
-        work,
+        &dir,
     )?;
-    let src = fs::File::open(&image).map_err(|e| ImageError::io(&image, e))?;
+    Ok(image)
+}
+
+/// Copies the filesystem image `image` into the partition `part` of the disk `raw`.
+fn copy_into(image: &Path, part: &PartitionReport, raw: &Path) -> Result<(), ImageError> {
+    let src = fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
     let dst = fs::OpenOptions::new()
         .write(true)
         .open(raw)
         .map_err(|e| ImageError::io(raw, e))?;
-    sparse::copy_region(&src, 0, part.size, &dst, part.offset)
-        .map_err(|e| ImageError::io(raw, e))?;
-    fs::remove_file(&image).map_err(|e| ImageError::io(&image, e))
+    sparse::copy_region(&src, 0, part.size, &dst, part.offset).map_err(|e| ImageError::io(raw, e))
 }
 
 /// Renames the finished disk to `out`; across filesystems, copies it (sparse) next to

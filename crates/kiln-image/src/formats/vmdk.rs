@@ -20,21 +20,38 @@ pub(super) fn stamp(path: &Path, seed: &str) -> Result<(), ImageError> {
     if offset == 0 || sectors == 0 || sectors > 2048 {
         return Err(unexpected(path, "vmdk", "no embedded descriptor"));
     }
-    let descriptor = read_at(&file, path, offset * 512, (sectors * 512) as usize)?;
-    let at = cid_position(&descriptor).ok_or_else(|| unexpected(path, "vmdk", "no CID line"))?;
-    write_at(&file, path, offset * 512 + at as u64, cid(seed).as_bytes())
+    let area = (sectors * 512) as usize;
+    let descriptor = read_at(&file, path, offset * 512, area)?;
+    let text_len = descriptor.iter().position(|&b| b == 0).unwrap_or(area);
+    let text = with_cid(&descriptor[..text_len], &cid(seed))
+        .ok_or_else(|| unexpected(path, "vmdk", "no CID line"))?;
+    if text.len() > area {
+        return Err(unexpected(path, "vmdk", "descriptor full"));
+    }
+    // The text is followed by zeros up to the end of its area; qemu writes the id
+    // without leading zeros, so the text may grow or shrink by a few bytes.
+    let mut padded = text;
+    padded.resize(area, 0);
+    write_at(&file, path, offset * 512, &padded)
 }
 
-/// Where the 8 hex digits of the `CID=` line start.
-fn cid_position(descriptor: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for line in descriptor.split(|&b| b == b'\n') {
-        if line.starts_with(b"CID=") && line.len() >= 12 {
-            return Some(line_start + 4);
+/// The descriptor `text` with the value of its `CID=` line replaced by `cid`.
+fn with_cid(text: &[u8], cid: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() + 8);
+    let mut found = false;
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
         }
-        line_start += line.len() + 1;
+        if !found && line.starts_with(b"CID=") {
+            out.extend_from_slice(b"CID=");
+            out.extend_from_slice(cid.as_bytes());
+            found = true;
+        } else {
+            out.extend_from_slice(line);
+        }
     }
-    None
+    found.then_some(out)
 }
 
 /// A content id; `ffffffff` and `fffffffe` mean "no parent" and "unlinked" to VMware.
@@ -49,11 +66,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_cid_not_parent_cid() {
-        let d = b"# Disk DescriptorFile\nversion=1\nCID=dee799f9\nparentCID=ffffffff\n";
-        let at = cid_position(d).unwrap();
-        assert_eq!(&d[at..at + 8], b"dee799f9");
-        assert!(cid_position(b"parentCID=ffffffff\n").is_none());
+    fn replaces_cid_of_any_length_not_parent_cid() {
+        let d = b"# Disk DescriptorFile\nversion=1\nCID=ee799f9\nparentCID=ffffffff\n";
+        let out = with_cid(d, "0123abcd").unwrap();
+        assert_eq!(
+            out,
+            b"# Disk DescriptorFile\nversion=1\nCID=0123abcd\nparentCID=ffffffff\n"
+        );
+        assert!(with_cid(b"parentCID=ffffffff\n", "x").is_none());
         assert_eq!(cid("x").len(), 8);
     }
 }
