@@ -54,9 +54,9 @@ pub struct Ext4Options<'a> {
 
 /// Runs `mke2fs -t ext4 -d SOURCE` into `image` at `offset`.
 ///
-/// The result depends only on the options and the source tree (times of the files are
-/// taken from the source; their ctimes, which no program can set, are fixed afterwards
-/// with [`super::debugfs::set_ctimes`]).
+/// The result depends only on the options and the source tree. Times are taken from the
+/// source, ctimes included (no program can set those on the source, so the caller fixes
+/// them afterwards with [`super::debugfs::run_script`]).
 pub fn make_ext4(o: &Ext4Options) -> Result<(), ImageError> {
     let config = o.work_dir.join("kiln-mke2fs.conf");
     std::fs::write(&config, CONFIG).map_err(|e| ImageError::io(&config, e))?;
