@@ -23,7 +23,11 @@ fn main() -> Result<(), StoreError> {
     }
     let start = Instant::now();
     let info = store.commit(tmp, "tree", None)?;
-    println!("commit of {} bytes: {:.1} ms", info.size, start.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "commit of {} bytes: {:.1} ms",
+        info.size,
+        start.elapsed().as_secs_f64() * 1000.0
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -21,12 +21,18 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
     let secrets = read_secrets(&args.secrets)?;
     if !args.context.is_dir() {
-        bail!("build context {} is not a directory", args.context.display());
+        bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
     }
     let context = fs::canonicalize(&args.context)
         .with_context(|| format!("build context {}", args.context.display()))?;
     if args.test && spec.test.is_none() {
-        bail!("--test: {} has no (test …) form to run", args.file.display());
+        bail!(
+            "--test: {} has no (test …) form to run",
+            args.file.display()
+        );
     }
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let epoch = cmd_image::source_date_epoch(&text)?;
@@ -77,11 +83,19 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let manifest = cmd_image::produce(&store, &source, &args.image)?;
     if args.json {
-        println!("{}", serde_json::json!({ "id": id.as_str(), "manifest": manifest }));
+        println!(
+            "{}",
+            serde_json::json!({ "id": id.as_str(), "manifest": manifest })
+        );
     }
     if args.test {
         let output = args.image.output.as_deref().unwrap_or(Path::new(""));
-        let test = spec.test.as_ref().map(|t| &t.value).cloned().unwrap_or_default();
+        let test = spec
+            .test
+            .as_ref()
+            .map(|t| &t.value)
+            .cloned()
+            .unwrap_or_default();
         return crate::cmd_vm::run_checks(output, &test, args.junit.as_deref(), None, false);
     }
     Ok(ExitCode::SUCCESS)
@@ -99,25 +113,37 @@ pub fn build_all(
 ) -> anyhow::Result<(LayerId, BTreeMap<String, LayerId>)> {
     let fetcher = RealFetcher {
         deb_cache: store.deb_cache(),
-        default_registry: std::env::var("KILN_REGISTRY").ok().filter(|r| !r.is_empty()),
+        default_registry: std::env::var("KILN_REGISTRY")
+            .ok()
+            .filter(|r| !r.is_empty()),
     };
     // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
     let sandbox = NamespaceSandbox::new().with_cancel_flag(options.cancelled.clone());
-    let builder = Builder { store, sandbox: &sandbox, fetcher: &fetcher, options };
+    let builder = Builder {
+        store,
+        sandbox: &sandbox,
+        fetcher: &fetcher,
+        options,
+    };
     let (id, stages) = builder.build_with_stages(spec, context, out)?;
     let mut partitions = BTreeMap::new();
     if let Some(image) = &spec.image {
         let spec_dir = spec_file.parent().unwrap_or(Path::new("."));
         for part in &image.value.partitions {
             let layer = match &part.value.source {
-                kiln_spec::PartitionSource::Build(stage) => stages
-                    .get(stage)
-                    .cloned()
-                    .with_context(|| format!("partition `{}`: no stage `{stage}`", part.value.name))?,
+                kiln_spec::PartitionSource::Build(stage) => {
+                    stages.get(stage).cloned().with_context(|| {
+                        format!("partition `{}`: no stage `{stage}`", part.value.name)
+                    })?
+                }
                 kiln_spec::PartitionSource::Spec(file) => {
                     let path = spec_dir.join(file);
                     let text = fs::read_to_string(&path).with_context(|| {
-                        format!("partition `{}`: reading spec {}", part.value.name, path.display())
+                        format!(
+                            "partition `{}`: reading spec {}",
+                            part.value.name,
+                            path.display()
+                        )
                     })?;
                     let other = kiln_spec::parse_file(&text, &path.display().to_string())?;
                     let dir = path.parent().unwrap_or(Path::new("."));
@@ -132,7 +158,10 @@ pub fn build_all(
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `ID:FILE` pairs into id → contents.
@@ -160,23 +189,32 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     if output.as_os_str() == "-" {
         let scratch = store.scratch_dir("export")?;
-        let root = kiln_sandbox::mount::mount_lower_readonly(&store.chain(&id)?, &scratch.join("root"));
+        let root =
+            kiln_sandbox::mount::mount_lower_readonly(&store.chain(&id)?, &scratch.join("root"));
         let written = root.map_err(anyhow::Error::from).and_then(|root| {
-            kiln_image::tar_export::write_tar(root.path(), std::io::BufWriter::new(std::io::stdout().lock()))
-                .map_err(anyhow::Error::from)
+            kiln_image::tar_export::write_tar(
+                root.path(),
+                std::io::BufWriter::new(std::io::stdout().lock()),
+            )
+            .map_err(anyhow::Error::from)
         });
         let _ = fs::remove_dir_all(&scratch);
         written?;
         return Ok(ExitCode::SUCCESS);
     }
-    let info = store.get(&id)?.with_context(|| format!("layer {id} vanished"))?;
+    let info = store
+        .get(&id)?
+        .with_context(|| format!("layer {id} vanished"))?;
     let source = cmd_image::ImageSource {
         layer: id.clone(),
         image: None,
         partitions: BTreeMap::new(),
         spec_sha256: String::new(),
         source_date_epoch: match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v}"))?,
+            Ok(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v}"))?,
             Err(_) => info.meta.created,
         },
     };
@@ -189,7 +227,8 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
 pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow::Result<()> {
     let tmp = output.with_extension("tar.kiln-tmp");
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let bar = indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
+    let bar =
+        indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
     let mut progress = |entries: u64, bytes: u64| {
         if entries % 256 == 0 {
             bar.set_message(format!(
@@ -200,8 +239,11 @@ pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow:
             bar.tick();
         }
     };
-    let written =
-        kiln_image::tar_export::write_tar_with_progress(root, std::io::BufWriter::new(file), &mut progress);
+    let written = kiln_image::tar_export::write_tar_with_progress(
+        root,
+        std::io::BufWriter::new(file),
+        &mut progress,
+    );
     bar.finish_and_clear();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);

@@ -48,22 +48,38 @@ pub fn output_format(args: &ImageArgs, output: &Path) -> anyhow::Result<OutputFo
 /// The default SOURCE_DATE_EPOCH: derived from the spec's hash, so the same spec always
 /// gets the same one (a date in 2020–2024, never in the future).
 pub fn epoch_from_spec(spec_sha256: &[u8; 32]) -> i64 {
-    let n = u32::from_be_bytes([spec_sha256[0], spec_sha256[1], spec_sha256[2], spec_sha256[3]]);
+    let n = u32::from_be_bytes([
+        spec_sha256[0],
+        spec_sha256[1],
+        spec_sha256[2],
+        spec_sha256[3],
+    ]);
     1_577_836_800 + i64::from(n % (5 * 365 * 86_400))
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, else from the spec.
 pub fn source_date_epoch(spec_text: &str) -> anyhow::Result<i64> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"));
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"));
     }
-    Ok(epoch_from_spec(&Sha256::digest(spec_text.as_bytes()).into()))
+    Ok(epoch_from_spec(
+        &Sha256::digest(spec_text.as_bytes()).into(),
+    ))
 }
 
 /// Writes `source` as `args.output` in the asked format. The caller has entered a
 /// private mount namespace.
-pub fn produce(store: &FsStore, source: &ImageSource, args: &ImageArgs) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
-    let Some(output) = &args.output else { return Ok(None) };
+pub fn produce(
+    store: &FsStore,
+    source: &ImageSource,
+    args: &ImageArgs,
+) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
+    let Some(output) = &args.output else {
+        return Ok(None);
+    };
     let format = output_format(args, output)?;
     let scratch = store.scratch_dir("image")?;
     let result = produce_in(store, source, args, output, format, &scratch);
@@ -100,7 +116,12 @@ fn produce_in(
     let mut inputs = Vec::new();
     for (i, (name, label, layer, size)) in parts.iter().enumerate() {
         let root = mount_layer(store, layer, &scratch.join(format!("part{i}")))?;
-        inputs.push(PartitionInput { name: name.clone(), label: label.clone(), rootfs: root.path().to_path_buf(), size: *size });
+        inputs.push(PartitionInput {
+            name: name.clone(),
+            label: label.clone(),
+            rootfs: root.path().to_path_buf(),
+            size: *size,
+        });
         mounts.push(root);
     }
     let default = source
@@ -113,7 +134,7 @@ fn produce_in(
         BootArg::Kernel => BootMode::Kernel,
         BootArg::None => BootMode::None,
     };
-    let seed = image_seed(source, args, format);
+    let seed = image_seed(source, args);
     let staging = scratch.join("staging");
     fs::create_dir_all(&staging)?;
     let request = DiskRequest {
@@ -126,7 +147,11 @@ fn produce_in(
         scratch: staging,
     };
     let raw = tmp_sibling(output, "raw");
-    eprintln!("assembling {} partition(s) into {}", request.partitions.len(), output.display());
+    eprintln!(
+        "assembling {} partition(s) into {}",
+        request.partitions.len(),
+        output.display()
+    );
     let layout = disk::assemble(&request, &raw)?;
     let converted = match format {
         OutputFormat::Raw => {
@@ -135,15 +160,16 @@ fn produce_in(
         }
         other => {
             let fmt = match other {
-                OutputFormat::Qcow2 => Format::Qcow2 { compressed: args.compress },
+                OutputFormat::Qcow2 => Format::Qcow2 {
+                    compressed: args.compress,
+                },
                 OutputFormat::Vmdk => Format::Vmdk,
                 OutputFormat::Vhdx => Format::Vhdx,
                 _ => Format::Vdi,
             };
-            let tmp = tmp_sibling(output, "convert");
-            let r = formats::convert(&raw, fmt, &tmp, &seed).map_err(anyhow::Error::from).and_then(|()| {
-                fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))
-            });
+            // convert() writes next to `output` and renames into place itself (a VMDK
+            // records its own file name, so it must be written under its final name).
+            let r = formats::convert(&raw, fmt, output, &seed).map_err(anyhow::Error::from);
             let _ = fs::remove_file(&raw);
             r
         }
@@ -151,7 +177,11 @@ fn produce_in(
     converted?;
     if boot == BootMode::Kernel {
         let dir = boot_dir(output);
-        extract_kernel(&request.partitions[default].rootfs, &dir, source.source_date_epoch)?;
+        extract_kernel(
+            &request.partitions[default].rootfs,
+            &dir,
+            source.source_date_epoch,
+        )?;
         fs::write(dir.join("cmdline"), format!("{}\n", layout.cmdline))?;
     }
     let info = kiln_image::tools::qemu_img::info(output)?;
@@ -168,17 +198,32 @@ fn produce_in(
             os: kiln_image::osinfo::os_descriptor(&input.rootfs)?,
         });
     }
-    let arches = match source.image.map(|i| i.arches.clone()).filter(|a| !a.is_empty()) {
+    let arches = match source
+        .image
+        .map(|i| i.arches.clone())
+        .filter(|a| !a.is_empty())
+    {
         Some(a) => a,
-        None => mparts.iter().map(|p| p.os.arch.clone()).filter(|a| !a.is_empty()).take(1).collect(),
+        None => mparts
+            .iter()
+            .map(|p| p.os.arch.clone())
+            .filter(|a| !a.is_empty())
+            .take(1)
+            .collect(),
     };
     let input = ManifestInput {
-        image_name: output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        image_name: output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         format: format_name(format).into(),
         virtual_size: info.virtual_size,
         default_partition: mparts.get(default).map(|p| p.name.clone()),
         partitions: mparts,
-        node_types: source.image.map(|i| i.node_types.clone()).unwrap_or_default(),
+        node_types: source
+            .image
+            .map(|i| i.node_types.clone())
+            .unwrap_or_default(),
         arches,
         boot: match boot {
             BootMode::Uefi => "uefi",
@@ -192,16 +237,28 @@ fn produce_in(
         build_time: source.source_date_epoch,
     };
     manifest::write_manifest(output, &input)?;
-    let sbom = kiln_image::spdx::sbom(&request.partitions[default].rootfs, &input.image_name, &seed, source.source_date_epoch)?;
+    let sbom = kiln_image::spdx::sbom(
+        &request.partitions[default].rootfs,
+        &input.image_name,
+        &seed,
+        source.source_date_epoch,
+    )?;
     manifest::write_sbom(output, &sbom)?;
     drop(mounts);
-    Ok(Some(manifest::read_manifest(&manifest::manifest_path(output))?))
+    Ok(Some(manifest::read_manifest(&manifest::manifest_path(
+        output,
+    ))?))
 }
 
 /// The partitions to assemble: `(name, label, layer, size)`.
 fn partitions(source: &ImageSource) -> anyhow::Result<Vec<(String, String, LayerId, Option<u64>)>> {
     let Some(image) = source.image else {
-        return Ok(vec![("root".into(), "root".into(), source.layer.clone(), None)]);
+        return Ok(vec![(
+            "root".into(),
+            "root".into(),
+            source.layer.clone(),
+            None,
+        )]);
     };
     image
         .partitions
@@ -215,20 +272,26 @@ fn partitions(source: &ImageSource) -> anyhow::Result<Vec<(String, String, Layer
                 };
                 format!("partition `{}`: {what} was not built", p.name)
             })?;
-            Ok((p.name.clone(), p.label.clone().unwrap_or_else(|| p.name.clone()), layer, p.size))
+            Ok((
+                p.name.clone(),
+                p.label.clone().unwrap_or_else(|| p.name.clone()),
+                layer,
+                p.size,
+            ))
         })
         .collect()
 }
 
 /// What every UUID and hash seed of the image derives from: the content and the layout.
-fn image_seed(source: &ImageSource, args: &ImageArgs, format: OutputFormat) -> String {
+fn image_seed(source: &ImageSource, args: &ImageArgs) -> String {
     let mut h = Sha256::new();
     h.update(source.layer.as_str());
     for (name, layer) in &source.partitions {
         h.update(name);
         h.update(layer.as_str());
     }
-    h.update(format!("{:?}{:?}{:?}", args.boot, args.size, format_name(format)));
+    // Not the format: web.raw and web.qcow2 of one build hold the same disk.
+    h.update(format!("{:?}{:?}", args.boot, args.size));
     hex_string(&h.finalize())
 }
 
@@ -264,7 +327,11 @@ fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
         "kernel {} written to {}{}",
         files.release,
         dir.display(),
-        if out.vmlinux.is_some() { " (with vmlinux)" } else { "" }
+        if out.vmlinux.is_some() {
+            " (with vmlinux)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -53,13 +53,22 @@ fn compare(
         let root = work.join(name);
         let store = FsStore::open(&root.join("store"))?;
         share_deb_cache(main, &store)?;
-        let options = BuildOptions { secrets: secrets.clone(), source_date_epoch: Some(epoch), fast_sync: !args.no_fast_sync, ..Default::default() };
+        let options = BuildOptions {
+            secrets: secrets.clone(),
+            source_date_epoch: Some(epoch),
+            fast_sync: !args.no_fast_sync,
+            ..Default::default()
+        };
         let mut out = std::io::stderr();
         let (layer, partitions) = build_all(&store, options, spec, &args.file, context, &mut out)?;
         let mut outputs = Vec::new();
         for (format, ext) in &formats {
             let path = root.join(format!("image.{ext}"));
-            let image_args = ImageArgs { output: Some(path.clone()), format: Some(*format), ..args.image.clone() };
+            let image_args = ImageArgs {
+                output: Some(path.clone()),
+                format: Some(*format),
+                ..args.image.clone()
+            };
             let source = ImageSource {
                 layer: layer.clone(),
                 image: spec.image.as_ref().map(|i| &i.value),
@@ -70,14 +79,21 @@ fn compare(
             cmd_image::produce(&store, &source, &image_args)?;
             outputs.push(path);
         }
-        runs.push(Run { store, layer, outputs });
+        runs.push(Run {
+            store,
+            layer,
+            outputs,
+        });
     }
     let (a, b) = (&runs[0], &runs[1]);
     let mut same = true;
     for (pa, pb) in a.outputs.iter().zip(&b.outputs) {
         let (da, _) = kiln_image::repro::file_digest(pa)?;
         let (db, _) = kiln_image::repro::file_digest(pb)?;
-        let ext = pa.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext = pa
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if da == db {
             println!("reproducible {ext}: sha256 {da}");
         } else {
@@ -121,8 +137,10 @@ fn compared_formats(args: &BuildArgs) -> anyhow::Result<Vec<(OutputFormat, &'sta
 
 /// Names the first file that differs between the two builds' trees.
 fn report_first_difference(a: &Run, b: &Run, work: &Path) -> anyhow::Result<()> {
-    let ma = kiln_sandbox::mount::mount_lower_readonly(&a.store.chain(&a.layer)?, &work.join("tree-a"))?;
-    let mb = kiln_sandbox::mount::mount_lower_readonly(&b.store.chain(&b.layer)?, &work.join("tree-b"))?;
+    let ma =
+        kiln_sandbox::mount::mount_lower_readonly(&a.store.chain(&a.layer)?, &work.join("tree-a"))?;
+    let mb =
+        kiln_sandbox::mount::mount_lower_readonly(&b.store.chain(&b.layer)?, &work.join("tree-b"))?;
     match kiln_image::repro::first_difference(ma.path(), mb.path())? {
         Some(diff) => println!("first difference: {diff}"),
         None => println!(
@@ -147,6 +165,11 @@ fn share_deb_cache(main: &FsStore, fresh: &FsStore) -> anyhow::Result<()> {
         .arg(&to)
         .status()
         .context("running cp (Debian package coreutils)")?;
-    anyhow::ensure!(status.success(), "cp -al {} {} failed", from.display(), to.display());
+    anyhow::ensure!(
+        status.success(),
+        "cp -al {} {} failed",
+        from.display(),
+        to.display()
+    );
     Ok(())
 }

@@ -20,8 +20,12 @@ fn boot_of(image: &Path) -> anyhow::Result<Boot> {
     Ok(match boot.as_str() {
         "kernel" => {
             let dir = crate::cmd_image::boot_dir(image);
-            let cmdline = std::fs::read_to_string(dir.join("cmdline"))
-                .with_context(|| format!("{}: the kernel command line of this --boot kernel image", dir.display()))?;
+            let cmdline = std::fs::read_to_string(dir.join("cmdline")).with_context(|| {
+                format!(
+                    "{}: the kernel command line of this --boot kernel image",
+                    dir.display()
+                )
+            })?;
             let initrd = dir.join("initrd.img");
             Boot::Kernel {
                 kernel: dir.join("vmlinuz"),
@@ -30,7 +34,10 @@ fn boot_of(image: &Path) -> anyhow::Result<Boot> {
             }
         }
         "uefi" => Boot::Uefi,
-        other => bail!("{}: an image with boot `{other}` cannot be booted", image.display()),
+        other => bail!(
+            "{}: an image with boot `{other}` cannot be booted",
+            image.display()
+        ),
     })
 }
 
@@ -55,19 +62,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("-p {p}: expected HOST:GUEST ports, e.g. 8080:80"))?;
         cfg.forwards.push(Forward { host, guest });
     }
-    eprintln!("kiln: booting {} (serial console below; Ctrl-A X quits)", args.image.display());
+    eprintln!(
+        "kiln: booting {} (serial console below; Ctrl-A X quits)",
+        args.image.display()
+    );
     let vm = kiln_vm::Vm::start(cfg)?;
     let status = vm.wait();
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading spec {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
     let Some(test) = spec.test else {
-        bail!("{} has no (test …) form: add checks, e.g. (test (port (port 22)))", args.file.display());
+        bail!(
+            "{} has no (test …) form: add checks, e.g. (test (port (port 22)))",
+            args.file.display()
+        );
     };
-    run_checks(&args.image, &test.value, args.junit.as_deref(), args.serial_log.as_deref(), args.json)
+    run_checks(
+        &args.image,
+        &test.value,
+        args.junit.as_deref(),
+        args.serial_log.as_deref(),
+        args.json,
+    )
 }
 
 /// Boots `image`, runs `test`'s checks, prints a report; exit 1 if any check failed.
@@ -83,7 +107,10 @@ pub fn run_checks(
     cfg.serial_log = serial_log.map(Path::to_path_buf);
     let report = kiln_vm::run_test(cfg, test)?;
     if let Some(path) = junit {
-        let suite = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let suite = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         kiln_vm::junit::write_junit(&report, &suite, path)?;
     }
     if json {
@@ -91,7 +118,11 @@ pub fn run_checks(
     } else {
         print_report(&report);
     }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_report(report: &kiln_vm::TestReport) {
@@ -99,16 +130,28 @@ fn print_report(report: &kiln_vm::TestReport) {
         if c.passed {
             println!("PASS {} ({:.1} s)", c.name, c.elapsed.as_secs_f64());
         } else {
-            println!("FAIL {} ({:.1} s): {}", c.name, c.elapsed.as_secs_f64(), c.message);
+            println!(
+                "FAIL {} ({:.1} s): {}",
+                c.name,
+                c.elapsed.as_secs_f64(),
+                c.message
+            );
         }
     }
     match report.boot_time {
-        Some(t) => println!("boot to first passing check: {:.1} s ({})", t.as_secs_f64(), report.accel.as_str()),
+        Some(t) => println!(
+            "boot to first passing check: {:.1} s ({})",
+            t.as_secs_f64(),
+            report.accel.as_str()
+        ),
         None => println!("no check passed ({})", report.accel.as_str()),
     }
     let failed = report.failures();
     println!("{} passed, {} failed", report.checks.len() - failed, failed);
     if failed > 0 && !report.serial_log_tail.is_empty() {
-        println!("--- last lines of the serial console ---\n{}", report.serial_log_tail);
+        println!(
+            "--- last lines of the serial console ---\n{}",
+            report.serial_log_tail
+        );
     }
 }

@@ -8,13 +8,16 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
 }
 
 fn manifest(image: &Path) -> serde_json::Value {
     let mut p = image.as_os_str().to_owned();
     p.push(".manifest.json");
-    serde_json::from_slice(&std::fs::read(PathBuf::from(p)).expect("manifest next to the image")).expect("manifest is JSON")
+    serde_json::from_slice(&std::fs::read(PathBuf::from(p)).expect("manifest next to the image"))
+        .expect("manifest is JSON")
 }
 
 #[test]
@@ -27,13 +30,26 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
     let run = kiln(
         &store,
         &ex,
-        &["build", "-f", "web.spec", ".", "-o", image.to_str().unwrap(), "--test", "--junit", junit.to_str().unwrap()],
+        &[
+            "build",
+            "-f",
+            "web.spec",
+            ".",
+            "-o",
+            image.to_str().unwrap(),
+            "--test",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
     )
     .ok();
     assert!(run.stdout.contains("PASS cloud-page"), "{}", run.stdout);
     assert!(run.stdout.contains("2 passed, 0 failed"), "{}", run.stdout);
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains("tests=\"2\"") && xml.contains("failures=\"0\""), "{xml}");
+    assert!(
+        xml.contains("tests=\"2\"") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
 
     // The image descriptor: one partition, its OS, hashes that match the file.
     let m = manifest(&image);
@@ -41,18 +57,45 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
     assert_eq!(m["boot"], "uefi");
     assert_eq!(m["partitions"][0]["os"]["id"], "debian");
     assert_eq!(m["partitions"][0]["os"]["version"], "12");
-    let sha = std::process::Command::new("sha256sum").arg(&image).output().unwrap();
+    let sha = std::process::Command::new("sha256sum")
+        .arg(&image)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&sha.stdout).starts_with(m["sha256"].as_str().unwrap()));
-    let check = std::process::Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&image).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // A broken expectation fails with a clear report and exit status 1.
     let broken = dir.join("broken.spec");
-    let text = std::fs::read_to_string(ex.join("web.spec")).unwrap().replace("Cloudy Weather Expected", "Sunny Weather Expected");
+    let text = std::fs::read_to_string(ex.join("web.spec"))
+        .unwrap()
+        .replace("Cloudy Weather Expected", "Sunny Weather Expected");
     std::fs::write(&broken, text).unwrap();
-    let failed = kiln(&store, &dir, &["test", image.to_str().unwrap(), "-f", broken.to_str().unwrap()]);
+    let failed = kiln(
+        &store,
+        &dir,
+        &[
+            "test",
+            image.to_str().unwrap(),
+            "-f",
+            broken.to_str().unwrap(),
+        ],
+    );
     assert_eq!(failed.code, 1, "{}", failed.stdout);
-    assert!(failed.stdout.contains("FAIL cloud-page") && failed.stdout.contains("Sunny Weather Expected"), "{}", failed.stdout);
+    assert!(
+        failed.stdout.contains("FAIL cloud-page")
+            && failed.stdout.contains("Sunny Weather Expected"),
+        "{}",
+        failed.stdout
+    );
 }
 
 #[test]
@@ -65,18 +108,45 @@ fn memcached_example_boots_as_raw_plus_kernel_and_answers() {
     kiln(
         &store,
         &ex,
-        &["build", "-f", "memcached.spec", ".", "-o", image.to_str().unwrap(), "--boot", "kernel", "--kernel-out", boot.to_str().unwrap()],
+        &[
+            "build",
+            "-f",
+            "memcached.spec",
+            ".",
+            "-o",
+            image.to_str().unwrap(),
+            "--boot",
+            "kernel",
+            "--kernel-out",
+            boot.to_str().unwrap(),
+        ],
     )
     .ok();
     assert!(boot.join("vmlinuz").exists() && boot.join("initrd.img").exists());
     let vmlinux = std::fs::read(boot.join("vmlinux")).expect("vmlinux extracted for gem5");
     assert_eq!(&vmlinux[..4], b"\x7fELF");
     assert_eq!(manifest(&image)["boot"], "kernel");
-    let sfdisk = std::process::Command::new("sfdisk").arg("--verify").arg(&image).output().unwrap();
-    assert!(sfdisk.status.success(), "{}", String::from_utf8_lossy(&sfdisk.stdout));
-    let test = kiln(&store, &ex, &["test", image.to_str().unwrap(), "-f", "memcached.spec"]);
+    let sfdisk = std::process::Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        sfdisk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sfdisk.stdout)
+    );
+    let test = kiln(
+        &store,
+        &ex,
+        &["test", image.to_str().unwrap(), "-f", "memcached.spec"],
+    );
     assert_eq!(test.code, 0, "{}\n{}", test.stdout, test.stderr);
-    assert!(test.stdout.contains("PASS store-and-read-back"), "{}", test.stdout);
+    assert!(
+        test.stdout.contains("PASS store-and-read-back"),
+        "{}",
+        test.stdout
+    );
 }
 
 #[test]
@@ -84,18 +154,37 @@ fn one_build_exports_to_every_disk_format() {
     let store = shared_store();
     let dir = test_dir("formats");
     let ex = example("webserver");
-    let id = kiln(&store, &ex, &["build", "-f", "web.spec", "."]).ok().got();
+    let id = kiln(&store, &ex, &["build", "-f", "web.spec", "."])
+        .ok()
+        .got();
     for ext in ["raw", "vmdk", "vhdx", "vdi"] {
         let image = dir.join(format!("web.{ext}"));
-        kiln(&store, &dir, &["export", &id, "-o", image.to_str().unwrap()]).ok();
+        kiln(
+            &store,
+            &dir,
+            &["export", &id, "-o", image.to_str().unwrap()],
+        )
+        .ok();
         let format = if ext == "raw" { "raw" } else { ext };
-        let check = std::process::Command::new("qemu-img").args(["check", "-f", format]).arg(&image).output().unwrap();
+        let check = std::process::Command::new("qemu-img")
+            .args(["check", "-f", format])
+            .arg(&image)
+            .output()
+            .unwrap();
         // qemu-img check does not support raw; for it the partition table is verified.
         if ext == "raw" {
-            let v = std::process::Command::new("sfdisk").arg("--verify").arg(&image).output().unwrap();
+            let v = std::process::Command::new("sfdisk")
+                .arg("--verify")
+                .arg(&image)
+                .output()
+                .unwrap();
             assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
         } else {
-            assert!(check.status.success(), "{ext}: {}", String::from_utf8_lossy(&check.stdout));
+            assert!(
+                check.status.success(),
+                "{ext}: {}",
+                String::from_utf8_lossy(&check.stdout)
+            );
         }
         assert_eq!(manifest(&image)["format"], ext);
     }
@@ -103,7 +192,10 @@ fn one_build_exports_to_every_disk_format() {
     let raw = dir.join("web.raw");
     let m = manifest(&raw);
     let part = &m["partitions"][0];
-    let (offset, size) = (part["offset"].as_u64().unwrap(), part["size"].as_u64().unwrap());
+    let (offset, size) = (
+        part["offset"].as_u64().unwrap(),
+        part["size"].as_u64().unwrap(),
+    );
     let fs = dir.join("root.ext4");
     let dd = std::process::Command::new("dd")
         .arg(format!("if={}", raw.display()))
@@ -114,6 +206,14 @@ fn one_build_exports_to_every_disk_format() {
         .status()
         .unwrap();
     assert!(dd.success());
-    let fsck = std::process::Command::new("e2fsck").args(["-fn"]).arg(&fs).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&fs)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }
