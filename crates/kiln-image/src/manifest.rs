@@ -280,22 +280,12 @@ pub struct FileDigests {
 
 /// Reads `path` once, feeding both hashers.
 pub fn hash_file(path: &Path) -> Result<FileDigests, ImageError> {
-    let mut file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
     let mut sha256 = Sha256::new();
     let mut sha512 = Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ImageError::io(path, e)),
-        };
-        sha256.update(&buf[..n]);
-        sha512.update(&buf[..n]);
-        bytes += n as u64;
-    }
+    let bytes = for_each_chunk(path, |chunk| {
+        sha256.update(chunk);
+        sha512.update(chunk);
+    })?;
     Ok(FileDigests {
         bytes,
         sha256: hex::encode(sha256.finalize()),
@@ -353,5 +343,22 @@ mod tests {
         );
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
         assert_eq!(d.sha512.len(), 128);
+    }
+}
+
+/// Streams `path` in 1 MiB chunks to `f`; returns the number of bytes read.
+pub(crate) fn for_each_chunk(path: &Path, mut f: impl FnMut(&[u8])) -> Result<u64, ImageError> {
+    let mut file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ImageError::io(path, e)),
+        };
+        f(&buf[..n]);
+        bytes += n as u64;
     }
 }

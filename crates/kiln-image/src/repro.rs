@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -171,20 +171,8 @@ fn timestamp((secs, nanos): (i64, i64)) -> String {
 
 /// sha256 (lowercase hex) and size in bytes of a file's content.
 pub fn file_digest(path: &Path) -> Result<(String, u64), ImageError> {
-    let mut file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ImageError::io(path, e)),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    let size = crate::manifest::for_each_chunk(path, |chunk| hasher.update(chunk))?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 

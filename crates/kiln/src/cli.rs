@@ -52,7 +52,7 @@ pub enum Command {
     Prune(PruneArgs),
     /// Delete every layer, cache and temporary file.
     Clean(CleanArgs),
-    /// Check that the store and the sandbox work.
+    /// Check the store: writable, index consistent with its layers, overlayfs available.
     Healthcheck(JsonArg),
     /// Boot a disk image under QEMU with the serial console on this terminal (Ctrl-A X quits).
     Run(RunArgs),

@@ -236,7 +236,7 @@ fn produce_in(
         kiln_version: env!("CARGO_PKG_VERSION").into(),
         build_time: source.source_date_epoch,
     };
-    manifest::write_manifest(output, &input)?;
+    let written = manifest::write_manifest(output, &input)?;
     let sbom = kiln_image::spdx::sbom(
         &request.partitions[default].rootfs,
         &input.image_name,
@@ -245,9 +245,7 @@ fn produce_in(
     )?;
     manifest::write_sbom(output, &sbom)?;
     drop(mounts);
-    Ok(Some(manifest::read_manifest(&manifest::manifest_path(
-        output,
-    ))?))
+    Ok(Some(serde_json::from_value(written)?))
 }
 
 /// The partitions to assemble: `(name, label, layer, size)`.

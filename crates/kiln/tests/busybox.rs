@@ -40,13 +40,7 @@ fn rebuild_hits_cache_and_an_edit_reruns_only_the_last_step() {
     assert_eq!(edited.count("from cache"), 3, "{}", edited.stdout);
     assert_ne!(edited.got(), first.got());
     // The step's workdir and env reached the command.
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &edited.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &edited.got());
     assert_eq!(tar_read(&tar, "work/two").as_deref(), Some(&b"hi\n"[..]));
     assert_eq!(tar_read(&tar, "work/four").as_deref(), Some(&b"four\n"[..]));
     assert!(tar_read(&tar, "work/three").is_none());
@@ -116,13 +110,7 @@ fn secrets_are_readable_in_their_step_and_nowhere_else() {
     );
     assert!(run.stdout.contains("***"), "{}", run.stdout);
     assert!(run.stdout.contains("gone"));
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     let sha = tar_read(&tar, "token.sha").expect("token.sha in the image");
     let expected = Command::new("sha256sum")
         .arg(dir.join("token"))
@@ -165,13 +153,7 @@ fn runs_are_isolated_from_the_network_unless_host() {
         base()
     );
     let run = build(&store, &dir, &spec, &[]).ok();
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     assert_eq!(
         String::from_utf8(tar_read(&tar, "isolated").unwrap())
             .unwrap()
@@ -200,13 +182,7 @@ fn cache_mounts_persist_across_builds_and_stay_out_of_layers() {
     };
     build(&store, &dir, &spec(&nonce()), &[]).ok();
     let second = build(&store, &dir, &spec(&nonce()), &[]).ok();
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &second.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &second.got());
     assert_eq!(
         String::from_utf8(tar_read(&tar, "seen").unwrap())
             .unwrap()
@@ -238,21 +214,9 @@ fn copy_honours_workdir_user_exclude_and_modes() {
         base()
     );
     let run = build(&store, &dir, &spec, &[]).ok();
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     let entries = tar_entries(&tar);
-    let find = |p: &str| {
-        entries
-            .iter()
-            .find(|e| e.0 == p)
-            .cloned()
-            .unwrap_or_else(|| panic!("{p} not in export"))
-    };
+    let find = |p: &str| find_entry(&entries, p);
     // A directory source copies its contents (as Dockerfile COPY); a file goes into dst/.
     assert_eq!(find("srv/app/run.sh").1, 1000);
     assert_eq!(find("srv/app/run.sh").3, 0o750);
@@ -277,21 +241,9 @@ fn copy_from_a_build_stage_with_exclude() {
         base = base()
     );
     let run = build(&store, &dir, &spec, &[]).ok();
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     let entries = tar_entries(&tar);
-    let find = |p: &str| {
-        entries
-            .iter()
-            .find(|e| e.0 == p)
-            .cloned()
-            .unwrap_or_else(|| panic!("{p} not in export"))
-    };
+    let find = |p: &str| find_entry(&entries, p);
     assert_eq!((find("opt/app").1, find("opt/app").3), (1000, 0o700));
     assert_eq!(
         tar_read(&tar, "opt/app").unwrap(),
@@ -353,13 +305,7 @@ fn kill_9_at_random_moments_never_leaves_a_half_layer() {
     let done = build(&store, &dir, &spec, &[]).ok();
     let healthy = kiln(&store, &dir, &["healthcheck"]);
     assert_eq!(healthy.code, 0, "{}", healthy.stdout);
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &done.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &done.got());
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     for i in 0..6 {
         assert!(names.contains(&format!("s{i}-complete")));
@@ -461,13 +407,7 @@ fn deep_chains_are_flattened_and_still_build() {
         &[],
     )
     .ok();
-    let tar = dir.join("out.tar");
-    kiln(
-        &store,
-        &dir,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     assert!((0..110).all(|i| names.contains(&format!("f{i}"))));
     assert!(

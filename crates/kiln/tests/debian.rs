@@ -16,28 +16,9 @@ fn multi_stage_example_builds_with_every_file_owner_and_mode() {
     let ex = examples().join("multi-stage");
     let run = kiln(&store, &ex, &["build", "-f", "app.spec", "."]).ok();
     let dir = test_dir("multistage");
-    let tar = dir.join("app.tar");
-    kiln(
-        &store,
-        &ex,
-        &[
-            "export",
-            &run.got(),
-            "--format",
-            "tar",
-            "-o",
-            tar.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     let entries = tar_entries(&tar);
-    let find = |p: &str| {
-        entries
-            .iter()
-            .find(|e| e.0 == p)
-            .cloned()
-            .unwrap_or_else(|| panic!("{p} not in the export"))
-    };
+    let find = |p: &str| find_entry(&entries, p);
 
     // apt install happened (with the network) and left no .deb in the layer (cache mount).
     assert!(entries.iter().any(|e| e.0 == "usr/bin/jq"));
@@ -100,13 +81,7 @@ fn memcached_example_builds() {
     let run = kiln(&store, &ex, &["build", "-f", "memcached.spec", "."]).ok();
     assert!(run.stdout.contains("memcached 1.6"), "{}", run.stdout);
     let dir = test_dir("memcached");
-    let tar = dir.join("rootfs.tar");
-    kiln(
-        &store,
-        &ex,
-        &["export", &run.got(), "-o", tar.to_str().unwrap()],
-    )
-    .ok();
+    let tar = export_tar(&store, &dir, &run.got());
     assert!(tar_entries(&tar).iter().any(|e| e.0 == "usr/bin/memcached"));
 }
 

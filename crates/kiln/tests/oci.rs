@@ -178,8 +178,7 @@ fn obuilder_busybox_example_builds_from_a_registry() {
         .find_map(|l| l.strip_prefix("Got: \"").and_then(|r| r.strip_suffix('"')))
         .unwrap()
         .to_string();
-    let tar = dir.join("out.tar");
-    kiln(&store, &dir, &["export", &id, "-o", tar.to_str().unwrap()]).ok();
+    let tar = export_tar(&store, &dir, &id);
     let names: Vec<String> = tar_entries(&tar).into_iter().map(|e| e.0).collect();
     assert!(names.contains(&"bin/busybox".to_string()));
     assert!(

@@ -142,8 +142,32 @@ pub fn busybox_tar() -> PathBuf {
     .clone()
 }
 
+/// Exports layer `id` as `dir/<id prefix>.tar` and returns its path.
+pub fn export_tar(store: &Path, dir: &Path, id: &str) -> PathBuf {
+    let tar = dir.join(format!("{}.tar", &id[..12.min(id.len())]));
+    kiln(
+        store,
+        dir,
+        &["export", id, "-o", tar.to_str().expect("utf-8 path")],
+    )
+    .ok();
+    tar
+}
+
+/// A tar member as [`tar_entries`] lists it: `(path, uid, gid, mode, kind)`.
+pub type Entry = (String, u64, u64, u32, tar::EntryType);
+
+/// The member at `path`, or a panic naming it.
+pub fn find_entry(entries: &[Entry], path: &str) -> Entry {
+    entries
+        .iter()
+        .find(|e| e.0 == path)
+        .cloned()
+        .unwrap_or_else(|| panic!("{path} not in the export"))
+}
+
 /// Lists a tar's members as `(path, uid, gid, mode, kind)` using the `tar` crate.
-pub fn tar_entries(tar: &Path) -> Vec<(String, u64, u64, u32, tar::EntryType)> {
+pub fn tar_entries(tar: &Path) -> Vec<Entry> {
     let file = fs::File::open(tar).expect("open tar");
     let mut archive = tar::Archive::new(file);
     archive
