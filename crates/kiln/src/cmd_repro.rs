@@ -47,6 +47,13 @@ fn compare(
     epoch: i64,
 ) -> anyhow::Result<ExitCode> {
     let formats = compared_formats(args)?;
+    let stem = args
+        .image
+        .output
+        .as_deref()
+        .and_then(Path::file_stem)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
     let mut runs = Vec::new();
     for name in ["a", "b"] {
         eprintln!("--check-reproducible: clean build {name} of 2");
@@ -63,7 +70,8 @@ fn compare(
         let (layer, partitions) = build_all(&store, options, spec, &args.file, context, &mut out)?;
         let mut outputs = Vec::new();
         for (format, ext) in &formats {
-            let path = root.join(format!("image.{ext}"));
+            // Named as the asked output, so the manifest (and a VMDK's own header) name it.
+            let path = root.join(format!("{stem}.{ext}"));
             let image_args = ImageArgs {
                 output: Some(path.clone()),
                 format: Some(*format),
@@ -106,13 +114,16 @@ fn compare(
         return Ok(ExitCode::from(1));
     }
     if let (Some(out), Some(first)) = (&args.image.output, a.outputs.last()) {
-        fs::copy(first, out).with_context(|| format!("writing {}", out.display()))?;
+        move_file(first, out)?;
         for suffix in [".manifest.json", ".spdx.json"] {
             let mut from = first.as_os_str().to_owned();
             from.push(suffix);
             let mut to = out.as_os_str().to_owned();
             to.push(suffix);
-            let _ = fs::copy(PathBuf::from(from), PathBuf::from(to));
+            let from = PathBuf::from(from);
+            if from.exists() {
+                move_file(&from, Path::new(&to))?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -126,7 +137,10 @@ fn compared_formats(args: &BuildArgs) -> anyhow::Result<Vec<(OutputFormat, &'sta
         None => OutputFormat::Tar,
     };
     Ok(match asked {
-        OutputFormat::Tar | OutputFormat::Dir => vec![(OutputFormat::Tar, "tar")],
+        OutputFormat::Tar => vec![(OutputFormat::Tar, "tar")],
+        OutputFormat::Dir => anyhow::bail!(
+            "--check-reproducible compares files: write a .tar or a disk image instead of --format dir"
+        ),
         OutputFormat::Raw => vec![(OutputFormat::Raw, "raw")],
         OutputFormat::Qcow2 => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Qcow2, "qcow2")],
         OutputFormat::Vmdk => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Vmdk, "vmdk")],
@@ -171,5 +185,15 @@ fn share_deb_cache(main: &FsStore, fresh: &FsStore) -> anyhow::Result<()> {
         from.display(),
         to.display()
     );
+    Ok(())
+}
+
+/// Renames `from` to `to`, copying when they are on different filesystems (a rename keeps
+/// a raw image sparse; the copy is the fallback).
+fn move_file(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to).with_context(|| format!("writing {}", to.display()))?;
     Ok(())
 }

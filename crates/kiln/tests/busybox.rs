@@ -623,3 +623,71 @@ fn export_as_directory_keeps_owners() {
     assert_eq!(fs::metadata(out.join("x")).unwrap().uid(), 1000);
     assert!(out.join("bin/busybox").exists());
 }
+
+#[test]
+fn check_reproducible_passes_twice_built_disks_and_names_the_file_that_differs() {
+    let dir = test_dir("repro");
+    let store = dir.join("store");
+    let stable = format!(
+        "({}\n (run (shell \"echo {} > /x && mkdir -p /srv/data && echo y > /srv/data/y\")))\n",
+        base(),
+        nonce()
+    );
+    let image = dir.join("small.qcow2");
+    let good = build(
+        &store,
+        &dir,
+        &stable,
+        &[
+            "-o",
+            image.to_str().unwrap(),
+            "--boot",
+            "none",
+            "--check-reproducible",
+        ],
+    )
+    .ok();
+    // Raw and qcow2 were both built twice and compared; the qcow2 kept is the one compared.
+    let line = |ext: &str| {
+        good.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("reproducible {ext}: sha256 ")))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {ext} verdict in\n{}", good.stdout))
+    };
+    line("raw");
+    let sha = Command::new("sha256sum").arg(&image).output().unwrap();
+    assert!(String::from_utf8_lossy(&sha.stdout).starts_with(&line("qcow2")));
+    let manifest = fs::read_to_string(dir.join("small.qcow2.manifest.json")).unwrap();
+    assert!(manifest.contains("\"name\": \"small.qcow2\""), "{manifest}");
+
+    // A step that writes a random value cannot be reproduced: the report names its file.
+    let unstable = format!(
+        "({}\n (run (shell \"echo {} > /x\"))\n (run (shell \"cat /proc/sys/kernel/random/uuid > /stamp\")))\n",
+        base(),
+        nonce()
+    );
+    let tar = dir.join("out.tar");
+    let bad = build(
+        &store,
+        &dir,
+        &unstable,
+        &["-o", tar.to_str().unwrap(), "--check-reproducible"],
+    );
+    assert_eq!(bad.code, 1, "{}\n{}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stdout.contains("NOT reproducible tar"),
+        "{}",
+        bad.stdout
+    );
+    assert!(
+        bad.stdout
+            .lines()
+            .any(|l| l.starts_with("first difference:") && l.contains("/stamp")),
+        "{}",
+        bad.stdout
+    );
+    assert!(!tar.exists(), "a failed check must not leave an output");
+    // Neither check wrote into the user's store: it builds in fresh stores of its own.
+    assert_eq!(layer_count(&store, &dir), 0);
+}
