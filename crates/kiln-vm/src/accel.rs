@@ -2,11 +2,16 @@
 //!
 //! A `/dev/kvm` can exist and still be useless: on nested or broken hosts the
 //! device opens and a VM is created, but a vCPU stops making progress part way
-//! into the firmware and the process hangs. So existence proves nothing; the probe
-//! boots QEMU's own SeaBIOS under KVM in a child process and waits (at most
-//! [`PROBE_TIMEOUT`]) for the firmware to finish its whole boot sequence, which it
-//! reports on the debug port. The child is killed either way, and reaped on a
-//! detached thread so a child stuck in the kernel can never block the caller.
+//! into the firmware, or KVM fails to emulate the first x87/SSE instruction and
+//! QEMU pauses the guest for good. SeaBIOS alone is not enough to tell: it runs in
+//! real and 32-bit mode without touching the FPU, and can finish where a kernel
+//! then hangs. So existence proves nothing; the probe boots OVMF under KVM (long
+//! mode, FPU and SSE all in use before its boot manager prints a line on the
+//! serial port) in a child process and waits at most [`PROBE_TIMEOUT`] for that
+//! line. Without OVMF it falls back to SeaBIOS's end-of-boot message on the debug
+//! port. Any "KVM internal error" from QEMU fails the probe at once. The child is
+//! killed either way, and reaped on a detached thread so a child stuck in the
+//! kernel can never block the caller.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -27,7 +32,15 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What SeaBIOS prints on its debug port once it has run its whole boot sequence
 /// (real mode, 32-bit mode, interrupts and timers all worked).
-const FIRMWARE_DONE: &str = "No bootable device";
+const SEABIOS_DONE: &str = "No bootable device";
+
+/// What OVMF's boot manager prints on the serial port once PEI and DXE (64-bit,
+/// with x87 and SSE code) have run.
+const OVMF_DONE: &str = "BdsDxe";
+
+/// What QEMU prints on stderr when KVM cannot run an instruction; the guest is
+/// paused for good after it.
+const KVM_FAILED: &str = "KVM internal error";
 
 /// The QEMU accelerator a VM runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -133,7 +146,8 @@ fn cached_probe(qemu: &Path) -> Detection {
         .clone()
 }
 
-/// Probes KVM without caching: KVM if SeaBIOS completes under it within `timeout`.
+/// Probes KVM without caching: KVM if the firmware (OVMF when installed, else
+/// SeaBIOS) completes under it within `timeout`.
 pub fn probe(qemu: &Path, timeout: Duration) -> Detection {
     let tcg = |reason: String| Detection {
         accel: Accel::Tcg,
@@ -142,7 +156,8 @@ pub fn probe(qemu: &Path, timeout: Duration) -> Detection {
     if !Path::new("/dev/kvm").exists() {
         return tcg("/dev/kvm does not exist; using TCG".into());
     }
-    match run_probe(qemu, "host", timeout) {
+    let firmware = crate::qemu::Firmware::locate().ok().map(|fw| fw.code);
+    match run_probe(qemu, "host", firmware.as_deref(), timeout) {
         Ok(elapsed) => Detection {
             accel: Accel::Kvm,
             reason: format!(
@@ -154,16 +169,35 @@ pub fn probe(qemu: &Path, timeout: Duration) -> Detection {
     }
 }
 
-/// Runs SeaBIOS under KVM with CPU model `cpu` (VMs use `host`); `Ok(elapsed)`
-/// once it reports a finished boot.
-fn run_probe(qemu: &Path, cpu: &str, timeout: Duration) -> Result<Duration, String> {
+/// Runs the firmware under KVM with CPU model `cpu` (VMs use `host`): OVMF from
+/// `ovmf_code` when given, else QEMU's SeaBIOS. `Ok(elapsed)` once it reports a
+/// finished boot.
+fn run_probe(
+    qemu: &Path,
+    cpu: &str,
+    ovmf_code: Option<&Path>,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut child = Command::new(qemu)
-        .args(["-accel", "kvm", "-cpu", cpu, "-machine", "pc"])
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-accel", "kvm", "-cpu", cpu])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-m", "32", "-monitor", "none", "-serial", "none"])
-        .args(["-chardev", "stdio,id=dbg,signal=off"])
-        .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])
+        .args(["-m", "128", "-monitor", "none", "-net", "none"]);
+    let done = match ovmf_code {
+        Some(code) => {
+            let drive = format!("if=pflash,format=raw,readonly=on,file={}", code.display());
+            cmd.args(["-machine", "q35", "-drive", &drive])
+                .args(["-serial", "stdio"]);
+            OVMF_DONE
+        }
+        None => {
+            cmd.args(["-machine", "pc", "-serial", "none"])
+                .args(["-chardev", "stdio,id=dbg,signal=off"])
+                .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"]);
+            SEABIOS_DONE
+        }
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -174,7 +208,7 @@ fn run_probe(qemu: &Path, cpu: &str, timeout: Duration) -> Result<Duration, Stri
     forward_output(child.stdout.take(), tx.clone(), false);
     forward_output(child.stderr.take(), tx, true);
 
-    let outcome = wait_for_firmware(&rx, started, timeout);
+    let outcome = wait_for_firmware(&rx, done, started, timeout);
     // Kill now, reap later: a vCPU stuck inside KVM_RUN may take its time to die,
     // and nothing here may wait on it.
     let _ = child.kill();
@@ -201,8 +235,11 @@ fn forward_output(
     });
 }
 
+/// Waits for `done` on the firmware's output; fails on KVM's internal error, on
+/// QEMU exiting, or at the deadline.
 fn wait_for_firmware(
     rx: &mpsc::Receiver<(bool, Vec<u8>)>,
+    done: &str,
     started: Instant,
     timeout: Duration,
 ) -> Result<Duration, String> {
@@ -211,10 +248,16 @@ fn wait_for_firmware(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((true, chunk)) => err.extend_from_slice(&chunk),
+            Ok((true, chunk)) => {
+                err.extend_from_slice(&chunk);
+                let said = String::from_utf8_lossy(&err);
+                if let Some(line) = said.lines().find(|l| l.contains(KVM_FAILED)) {
+                    return Err(format!("QEMU reported \"{}\"", line.trim()));
+                }
+            }
             Ok((false, chunk)) => {
                 out.extend_from_slice(&chunk);
-                if String::from_utf8_lossy(&out).contains(FIRMWARE_DONE) {
+                if String::from_utf8_lossy(&out).contains(done) {
                     return Ok(started.elapsed());
                 }
             }
@@ -273,9 +316,33 @@ mod tests {
         let err = run_probe(
             Path::new("/nonexistent/qemu"),
             "host",
+            None,
             Duration::from_secs(1),
         );
         assert!(err.unwrap_err().contains("could not run /nonexistent/qemu"));
+    }
+
+    #[test]
+    fn kvm_internal_error_fails_the_probe_at_once() {
+        let (tx, rx) = mpsc::channel();
+        tx.send((
+            true,
+            b"KVM internal error. Suberror: 1\nextra data".to_vec(),
+        ))
+        .unwrap();
+        let started = Instant::now();
+        let err = wait_for_firmware(&rx, OVMF_DONE, started, Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(err.unwrap_err().contains("KVM internal error. Suberror: 1"));
+    }
+
+    #[test]
+    fn the_done_marker_may_arrive_in_pieces() {
+        let (tx, rx) = mpsc::channel();
+        tx.send((false, b"\x1b[2JBds".to_vec())).unwrap();
+        tx.send((false, b"Dxe: loading Boot0001".to_vec())).unwrap();
+        let got = wait_for_firmware(&rx, OVMF_DONE, Instant::now(), Duration::from_secs(5));
+        assert!(got.is_ok(), "{got:?}");
     }
 
     /// With the default CPU model, a broken KVM lets the firmware start and then
@@ -287,8 +354,10 @@ mod tests {
             return;
         }
         let qemu = Path::new(crate::qemu::DEFAULT_QEMU);
-        let started = Instant::now();
-        let outcome = run_probe(qemu, "qemu64", Duration::from_secs(1));
-        assert!(started.elapsed() < Duration::from_secs(3), "{outcome:?}");
+        for ovmf in [None, crate::qemu::Firmware::locate().ok().map(|fw| fw.code)] {
+            let started = Instant::now();
+            let outcome = run_probe(qemu, "qemu64", ovmf.as_deref(), Duration::from_secs(1));
+            assert!(started.elapsed() < Duration::from_secs(3), "{outcome:?}");
+        }
     }
 }
