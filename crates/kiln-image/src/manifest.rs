@@ -314,6 +314,23 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageEr
     written
 }
 
+/// Streams `path` in 1 MiB chunks to `f`; returns the number of bytes read.
+pub(crate) fn for_each_chunk(path: &Path, mut f: impl FnMut(&[u8])) -> Result<u64, ImageError> {
+    let mut file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ImageError::io(path, e)),
+        };
+        f(&buf[..n]);
+        bytes += n as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,22 +360,5 @@ mod tests {
         );
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
         assert_eq!(d.sha512.len(), 128);
-    }
-}
-
-/// Streams `path` in 1 MiB chunks to `f`; returns the number of bytes read.
-pub(crate) fn for_each_chunk(path: &Path, mut f: impl FnMut(&[u8])) -> Result<u64, ImageError> {
-    let mut file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(bytes),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ImageError::io(path, e)),
-        };
-        f(&buf[..n]);
-        bytes += n as u64;
     }
 }

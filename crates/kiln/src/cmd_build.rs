@@ -230,7 +230,7 @@ pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow:
     let bar =
         indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
     let mut progress = |entries: u64, bytes: u64| {
-        if entries % 256 == 0 {
+        if entries.is_multiple_of(256) {
             bar.set_message(format!(
                 "exporting {}: {entries} entries, {}",
                 id.short(),

@@ -248,8 +248,11 @@ fn produce_in(
     Ok(Some(serde_json::from_value(written)?))
 }
 
-/// The partitions to assemble: `(name, label, layer, size)`.
-fn partitions(source: &ImageSource) -> anyhow::Result<Vec<(String, String, LayerId, Option<u64>)>> {
+/// One partition to assemble: `(name, label, layer, size)`.
+type PartitionPlan = (String, String, LayerId, Option<u64>);
+
+/// The partitions to assemble.
+fn partitions(source: &ImageSource) -> anyhow::Result<Vec<PartitionPlan>> {
     let Some(image) = source.image else {
         return Ok(vec![(
             "root".into(),

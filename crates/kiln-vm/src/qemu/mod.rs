@@ -8,6 +8,7 @@
 mod args;
 mod console;
 mod process;
+pub mod pvh;
 mod qmp;
 mod vm;
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# kiln image benchmarks, side by side with the peers (Debian 12, as root). The subject is
+# examples/memcached: Debian 12 + kernel + systemd + memcached, an ext4 root on GPT, qcow2.
+#   1. build from nothing (empty store, packages downloaded) vs the same made by hand with
+#      mmdebstrap + mke2fs -d + sfdisk + qemu-img                                goal ≤ 1.0×
+#   2. the same kiln build vs diskimage-builder from PyPI (its second run: venv and
+#      bootstrap tarball cached, as DIB users run it)                goal: kiln ≥ 2× faster
+#   3. kiln test under TCG: from the command's start to memcached answering
+#      (median of 3 boots of the --boot kernel raw image)                        goal ≤ 12 s
+# Usage: bench/image.sh [--no-dib]   (--no-dib skips row 2 and DIB's ~1 GB of set-up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+scripts/setup.sh >/dev/null
+kiln=$repo/target/release/kiln
+example=$repo/examples/memcached
+work=$(mktemp -d /var/tmp/kiln-bench-image.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l; }
+row() { printf '%-52s %10s %10s %9s\n' "$@"; }
+ratio() { printf %.2fx "$(echo "$1 / $2" | bc -l)"; }
+
+# The example's image made by hand: one mmdebstrap with the same packages, the example's
+# files, an ext4 root filled by mke2fs -d, one GPT partition, qcow2 by qemu-img.
+by_hand() {
+  local out=$1 root=$work/hand-root
+  mmdebstrap --quiet --mode=root --variant=minbase \
+    --aptopt='APT::Install-Recommends "false"' \
+    --include=linux-image-amd64,systemd-sysv,udev,memcached \
+    bookworm "$root" http://deb.debian.org/debian >/dev/null 2>&1
+  install -m644 "$example/80-dhcp.network" "$root/etc/systemd/network/"
+  install -m644 "$example/memcached.conf" "$root/etc/memcached.conf"
+  chroot "$root" systemctl enable systemd-networkd >/dev/null 2>&1
+  local uuid size_mb
+  uuid=$(cat /proc/sys/kernel/random/uuid)
+  echo "UUID=$uuid / ext4 errors=remount-ro 0 1" > "$root/etc/fstab"
+  mkdir -p "$out.boot"
+  cp "$root"/boot/vmlinuz-* "$out.boot/vmlinuz"
+  cp "$root"/boot/initrd.img-* "$out.boot/initrd.img"
+  size_mb=$(( $(du -sm "$root" | cut -f1) * 13 / 10 + 64 ))
+  mke2fs -q -t ext4 -U "$uuid" -d "$root" "$work/hand-root.ext4" "${size_mb}M"
+  truncate -s $((size_mb + 2))M "$work/hand.raw"
+  printf 'label: gpt\nstart=2048, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n' |
+    sfdisk -q "$work/hand.raw"
+  dd if="$work/hand-root.ext4" of="$work/hand.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+  qemu-img convert -O qcow2 "$work/hand.raw" "$out"
+  rm -rf "$root" "$work/hand-root.ext4" "$work/hand.raw"
+}
+
+kiln_build() { # STORE OUT [ARGS…]
+  local store=$1 out=$2; shift 2
+  "$kiln" --store "$store" build -f "$example/memcached.spec" "$example" -o "$out" "$@" >/dev/null 2>&1
+}
+
+row "benchmark (memcached image)" "kiln" "peer" "ratio"
+row "---------" "----" "----" "-----"
+
+t0=$(now); kiln_build "$work/store" "$work/kiln.qcow2" --boot kernel; t1=$(now)
+by_hand "$work/hand.qcow2"; t2=$(now)
+k=$(secs "$t0" "$t1"); h=$(secs "$t1" "$t2")
+row "build from nothing (s): kiln vs by hand" "$(printf %.1f "$k")" "$(printf %.1f "$h")" "$(ratio "$k" "$h")"
+row "  image size (MiB): kiln vs by hand" \
+  "$(($(stat -c %s "$work/kiln.qcow2") >> 20))" "$(($(stat -c %s "$work/hand.qcow2") >> 20))" ""
+
+if [[ "${1:-}" != "--no-dib" ]]; then
+  # shellcheck source=bench/lib/dib.sh
+  source bench/lib/dib.sh
+  dib_setup
+  dib_build_memcached "$work/dib-first.qcow2"   # fills DIB's caches, as a user's first run
+  rm -f "$work/dib-first.qcow2"
+  t0=$(now); dib_build_memcached "$work/dib.qcow2"; t1=$(now)
+  d=$(secs "$t0" "$t1")
+  row "build (s): kiln from nothing vs DIB 2nd run" "$(printf %.1f "$k")" "$(printf %.1f "$d")" "$(ratio "$k" "$d")"
+  row "  image size (MiB): kiln vs DIB" \
+    "$(($(stat -c %s "$work/kiln.qcow2") >> 20))" "$(($(stat -c %s "$work/dib.qcow2") >> 20))" ""
+fi
+
+# Boot: the same build as a raw --boot kernel image (cached, so this only exports).
+kiln_build "$work/store" "$work/kiln.raw" --boot kernel
+boots=()
+for _ in 1 2 3; do
+  t0=$(now)
+  "$kiln" --store "$work/store" test "$work/kiln.raw" -f "$example/memcached.spec" >"$work/test.out" 2>&1 ||
+    { cat "$work/test.out" >&2; exit 1; }
+  # The port check passes when memcached answers; its end is "start + boot time".
+  boot=$(sed -n 's/^boot to first passing check: \([0-9.]*\) s.*/\1/p' "$work/test.out")
+  boots+=("$boot")
+done
+median=$(printf '%s\n' "${boots[@]}" | sort -n | sed -n 2p)
+accel=$(sed -n 's/^boot to first passing check: [0-9.]* s (\(.*\))/\1/p' "$work/test.out")
+row "kiln test start to memcached answering (s, $accel)" "$median" "12.0 goal" "$(ratio "$median" 12)"
