@@ -28,8 +28,10 @@ use super::{forwarded, vm_gone, Retry};
 use crate::qemu::Vm;
 
 /// How long one connection may wait for the guest to answer its handshake
-/// before a fresh connection (with a fresh SYN) is tried.
-const ATTEMPT_WINDOW: Duration = Duration::from_millis(1500);
+/// before a fresh connection (with a fresh SYN) is tried. A booted guest answers
+/// in milliseconds even under TCG; a SYN sent before its network was up is lost,
+/// so waiting on it longer only delays the verdict.
+const ATTEMPT_WINDOW: Duration = Duration::from_millis(800);
 /// Even the last attempt before the deadline gets this long: enough for a
 /// running guest to answer, so the final verdict is not a zero-length wait.
 pub(super) const MIN_ATTEMPT_WINDOW: Duration = Duration::from_millis(300);
