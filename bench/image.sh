@@ -21,14 +21,20 @@ secs() { echo "$2 - $1" | bc -l; }
 row() { printf '%-52s %10s %10s %9s\n' "$@"; }
 ratio() { printf %.2fx "$(echo "$1 / $2" | bc -l)"; }
 
-# The example's image made by hand: one mmdebstrap with the same packages, the example's
-# files, an ext4 root filled by mke2fs -d, one GPT partition, qcow2 by qemu-img.
+# The example's image made by hand: one mmdebstrap with the same packages and, in place
+# before they install, the same initramfs and module settings; the example's other files;
+# an ext4 root filled by mke2fs -d, one GPT partition, qcow2 by qemu-img.
 by_hand() {
   local out=$1 root=$work/hand-root
   mmdebstrap --quiet --mode=root --variant=minbase \
     --aptopt='APT::Install-Recommends "false"' \
+    --setup-hook="install -D -m644 '$example/initramfs.conf' \"\$1/etc/initramfs-tools/conf.d/kiln.conf\"" \
+    --setup-hook="install -D -m644 '$example/initramfs-modules' \"\$1/usr/share/initramfs-tools/modules.d/kiln\"" \
+    --setup-hook="install -D -m644 '$example/vm-modules.conf' \"\$1/etc/modprobe.d/kiln-vm.conf\"" \
     --include=linux-image-amd64,systemd-sysv,udev,memcached \
     bookworm "$root" http://deb.debian.org/debian >/dev/null 2>&1
+  [[ $(du -m "$root"/boot/initrd.img-* | cut -f1) -lt 16 ]] ||
+    { echo "by hand: the initramfs settings were not applied" >&2; exit 1; }
   install -m644 "$example/80-dhcp.network" "$root/etc/systemd/network/"
   install -m644 "$example/memcached.conf" "$root/etc/memcached.conf"
   chroot "$root" systemctl enable systemd-networkd >/dev/null 2>&1
@@ -39,7 +45,7 @@ by_hand() {
   cp "$root"/boot/vmlinuz-* "$out.boot/vmlinuz"
   cp "$root"/boot/initrd.img-* "$out.boot/initrd.img"
   size_mb=$(( $(du -sm "$root" | cut -f1) * 13 / 10 + 64 ))
-  mke2fs -q -t ext4 -U "$uuid" -d "$root" "$work/hand-root.ext4" "${size_mb}M"
+  mke2fs -q -t ext4 -U "$uuid" -d "$root" "$work/hand-root.ext4" "${size_mb}M" >/dev/null
   truncate -s $((size_mb + 2))M "$work/hand.raw"
   printf 'label: gpt\nstart=2048, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n' |
     sfdisk -q "$work/hand.raw"
