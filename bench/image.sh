@@ -30,7 +30,7 @@ by_hand() {
   mmdebstrap --quiet --mode=root --variant=minbase \
     --aptopt='APT::Install-Recommends "false"' \
     --setup-hook="install -D -m644 '$example/initramfs.conf' \"\$1/etc/initramfs-tools/conf.d/kiln.conf\"" \
-    --setup-hook="install -D -m644 '$example/initramfs-modules' \"\$1/usr/share/initramfs-tools/modules.d/kiln\"" \
+    --setup-hook="install -D -m755 '$example/initramfs-hook' \"\$1/etc/initramfs-tools/hooks/kiln-disks\"" \
     --setup-hook="install -D -m644 '$example/vm-modules.conf' \"\$1/etc/modprobe.d/kiln-vm.conf\"" \
     --include=linux-image-amd64,systemd-sysv,udev,memcached \
     bookworm "$root" http://deb.debian.org/debian >/dev/null 2>&1
