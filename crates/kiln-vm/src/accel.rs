@@ -191,8 +191,10 @@ fn run_probe(
         .args(["-m", "128", "-monitor", "none", "-net", "none"]);
     let done = match ovmf_code {
         Some(code) => {
-            let drive = format!("if=pflash,format=raw,readonly=on,file={}", code.display());
-            cmd.args(["-machine", "q35", "-drive", &drive])
+            let mut drive = std::ffi::OsString::from("if=pflash,format=raw,readonly=on,file=");
+            drive.push(crate::qemu::escape_opt(code.as_os_str()));
+            cmd.args(["-machine", "q35", "-drive"])
+                .arg(drive)
                 .args(["-serial", "stdio"]);
             OVMF_DONE
         }

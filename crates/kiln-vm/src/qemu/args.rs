@@ -64,7 +64,7 @@ impl Args {
 }
 
 /// In QEMU option strings a comma separates options; a literal one is doubled.
-fn escape_opt(value: &OsStr) -> OsString {
+pub(crate) fn escape_opt(value: &OsStr) -> OsString {
     let mut out = Vec::with_capacity(value.len());
     for &b in value.as_bytes() {
         out.push(b);

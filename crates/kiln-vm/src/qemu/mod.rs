@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::accel::Accel;
 use crate::error::{Result, VmError};
 
+pub(crate) use args::escape_opt;
 pub use console::clean_text;
 pub use qmp::GuestSocket;
 pub use vm::Vm;
