@@ -6,6 +6,8 @@
 //! Assembly is unprivileged: no loop devices and no mounts. The root filesystem is made
 //! with `mke2fs -d`, the ESP with `mkfs.vfat` + mtools, the GPT with `sfdisk` on a file.
 
+pub mod boot_initrd;
+pub mod cpio;
 pub mod disk;
 mod error;
 pub mod formats;

@@ -152,6 +152,19 @@ pub struct RunArgs {
     /// Also copy the serial console to this file.
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
+    /// Initramfs of a --boot kernel image: kiln's (kiln-initrd.img, seconds faster) or
+    /// the image's own (initrd.img).
+    #[arg(long, value_enum, default_value_t = InitrdArg::Kiln)]
+    pub initrd: InitrdArg,
+}
+
+/// Which initramfs boots a `--boot kernel` image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitrdArg {
+    /// `IMAGE.boot/kiln-initrd.img` (kiln-init; the image's own when it is missing).
+    Kiln,
+    /// `IMAGE.boot/initrd.img`, the one the image's kernel package made.
+    Image,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +183,9 @@ pub struct TestArgs {
     /// Machine-readable report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Initramfs of a --boot kernel image: kiln's (kiln-initrd.img) or the image's own.
+    #[arg(long, value_enum, default_value_t = InitrdArg::Kiln)]
+    pub initrd: InitrdArg,
 }
 
 #[derive(Debug, Args)]

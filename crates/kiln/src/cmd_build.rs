@@ -96,7 +96,14 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
             .map(|t| &t.value)
             .cloned()
             .unwrap_or_default();
-        return crate::cmd_vm::run_checks(output, &test, args.junit.as_deref(), None, false);
+        return crate::cmd_vm::run_checks(
+            output,
+            &test,
+            args.junit.as_deref(),
+            None,
+            false,
+            crate::cli::InitrdArg::Kiln,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

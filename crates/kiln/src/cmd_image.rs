@@ -177,11 +177,19 @@ fn produce_in(
     converted?;
     if boot == BootMode::Kernel {
         let dir = boot_dir(output);
-        extract_kernel(
-            &request.partitions[default].rootfs,
-            &dir,
+        let rootfs = &request.partitions[default].rootfs;
+        let release = extract_kernel(rootfs, &dir, source.source_date_epoch)?;
+        let made = kiln_image::boot_initrd::write(
+            rootfs,
+            &release,
+            &dir.join(KILN_INITRD),
             source.source_date_epoch,
         )?;
+        eprintln!(
+            "boot initramfs {KILN_INITRD}: kiln-init + {} modules, {} KiB",
+            made.modules,
+            made.bytes >> 10
+        );
         fs::write(dir.join("cmdline"), format!("{}\n", layout.cmdline))?;
     }
     let info = kiln_image::tools::qemu_img::info(output)?;
@@ -316,7 +324,8 @@ fn mount_layer(store: &FsStore, layer: &LayerId, at: &Path) -> anyhow::Result<Mo
     Ok(mount::mount_lower_readonly(&store.chain(layer)?, at)?)
 }
 
-fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
+/// Extracts the kernel (and its initrd) into `dir`; returns the kernel's release.
+fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<String> {
     let Some(files) = kiln_image::kernel::find_kernel(rootfs)? else {
         bail!(
             "the image has no kernel in /boot: install one in the spec, e.g. \
@@ -334,8 +343,11 @@ fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
             ""
         }
     );
-    Ok(())
+    Ok(files.release)
 }
+
+/// kiln's boot initramfs in `IMAGE.boot/` (kiln-init; see `kiln_image::boot_initrd`).
+pub const KILN_INITRD: &str = "kiln-initrd.img";
 
 /// `IMAGE.boot/`: kernel, initrd and cmdline of a `--boot kernel` image.
 pub fn boot_dir(image: &Path) -> PathBuf {

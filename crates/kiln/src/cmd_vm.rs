@@ -1,7 +1,7 @@
 //! `kiln run` and `kiln test`: boot an image under QEMU, interactively or against the
 //! spec's `(test …)` checks.
 
-use crate::cli::{RunArgs, TestArgs};
+use crate::cli::{InitrdArg, RunArgs, TestArgs};
 use anyhow::{bail, Context};
 use kiln_vm::{Boot, ConsoleMode, Forward, VmConfig};
 use std::path::Path;
@@ -10,8 +10,9 @@ use std::process::ExitCode;
 /// How an image boots, from its manifest (`IMAGE.manifest.json`) and, for
 /// `--boot kernel` images, the kernel, initrd and cmdline in `IMAGE.boot/` (the
 /// uncompressed `vmlinux` when QEMU can enter it directly: it starts seconds sooner
-/// under TCG than `vmlinuz`, which decompresses itself first).
-fn boot_of(image: &Path) -> anyhow::Result<Boot> {
+/// under TCG than `vmlinuz`, which decompresses itself first), booted with kiln's
+/// initramfs unless `initrd` asks for the image's own.
+fn boot_of(image: &Path, initrd: InitrdArg) -> anyhow::Result<Boot> {
     let manifest_path = kiln_image::manifest::manifest_path(image);
     let boot = if manifest_path.exists() {
         kiln_image::manifest::read_manifest(&manifest_path)?.boot
@@ -28,10 +29,15 @@ fn boot_of(image: &Path) -> anyhow::Result<Boot> {
                     dir.display()
                 )
             })?;
-            let initrd = dir.join("initrd.img");
+            let kiln = dir.join(crate::cmd_image::KILN_INITRD);
+            let own = dir.join("initrd.img");
+            let initrd = match initrd {
+                InitrdArg::Kiln if kiln.exists() => Some(kiln),
+                _ => own.exists().then_some(own),
+            };
             Boot::Kernel {
                 kernel: kiln_vm::qemu::pvh::fastest_kernel(&dir),
-                initrd: initrd.exists().then_some(initrd),
+                initrd,
                 cmdline: cmdline.trim().to_string(),
             }
         }
@@ -43,15 +49,15 @@ fn boot_of(image: &Path) -> anyhow::Result<Boot> {
     })
 }
 
-fn config(image: &Path) -> anyhow::Result<VmConfig> {
+fn config(image: &Path, initrd: InitrdArg) -> anyhow::Result<VmConfig> {
     if !image.exists() {
         bail!("{} does not exist", image.display());
     }
-    Ok(VmConfig::with_image(boot_of(image)?, image))
+    Ok(VmConfig::with_image(boot_of(image, initrd)?, image))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = config(&args.image)?;
+    let mut cfg = config(&args.image, args.initrd)?;
     cfg.memory_mb = args.memory;
     cfg.cpus = args.cpus;
     cfg.snapshot = args.snapshot;
@@ -93,6 +99,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         args.junit.as_deref(),
         args.serial_log.as_deref(),
         args.json,
+        args.initrd,
     )
 }
 
@@ -103,8 +110,9 @@ pub fn run_checks(
     junit: Option<&Path>,
     serial_log: Option<&Path>,
     json: bool,
+    initrd: InitrdArg,
 ) -> anyhow::Result<ExitCode> {
-    let mut cfg = config(image)?;
+    let mut cfg = config(image, initrd)?;
     cfg.snapshot = true;
     cfg.serial_log = serial_log.map(Path::to_path_buf);
     let report = kiln_vm::run_test(cfg, test)?;

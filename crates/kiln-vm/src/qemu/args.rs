@@ -101,10 +101,33 @@ fn boot(a: &mut Args, cfg: &VmConfig, rt: &Runtime) {
                 a.push(initrd.as_os_str());
             }
             a.push("-append");
-            a.push(cmdline.as_str());
+            a.push(kernel_cmdline(cmdline, rt.accel));
         }
         Boot::Disk => {}
     }
+}
+
+/// Kernel parameters added when the CPU is emulated. The crypto self-tests check each
+/// algorithm's implementation against the CPU it runs on; under TCG that CPU is QEMU's
+/// translator, and the tests cost about a second of every boot. (With `fips=1` the
+/// kernel runs them regardless.)
+const TCG_KERNEL_ARGS: [(&str, &str); 1] = [("cryptomgr.notests", "cryptomgr.notests=1")];
+
+/// The image's command line plus, under TCG, [`TCG_KERNEL_ARGS`] it does not set itself.
+fn kernel_cmdline(cmdline: &str, accel: Accel) -> String {
+    let mut out = cmdline.to_string();
+    if accel == Accel::Tcg {
+        for (key, arg) in TCG_KERNEL_ARGS {
+            let set = cmdline
+                .split_whitespace()
+                .any(|w| w.split('=').next() == Some(key));
+            if !set {
+                out.push(' ');
+                out.push_str(arg);
+            }
+        }
+    }
+    out
 }
 
 fn disk(a: &mut Args, cfg: &VmConfig) {
@@ -164,6 +187,23 @@ mod tests {
             .join(" ")
     }
 
+    #[test]
+    fn tcg_kernel_args_only_under_tcg_and_never_twice() {
+        assert_eq!(
+            kernel_cmdline("root=/dev/vda1", Accel::Kvm),
+            "root=/dev/vda1"
+        );
+        assert_eq!(
+            kernel_cmdline("root=/dev/vda1", Accel::Tcg),
+            "root=/dev/vda1 cryptomgr.notests=1"
+        );
+        assert_eq!(
+            kernel_cmdline("cryptomgr.notests=0 ro", Accel::Tcg),
+            "cryptomgr.notests=0 ro",
+            "the image's own setting wins"
+        );
+    }
+
     fn rt() -> Runtime<'static> {
         Runtime {
             accel: Accel::Tcg,
@@ -196,8 +236,10 @@ mod tests {
         assert!(t.contains("-accel tcg,thread=multi -cpu qemu64,"), "{t}");
         assert!(t.contains("-m 1024 -smp 2"), "{t}");
         assert!(t.contains("-kernel /k/vmlinuz -initrd /k/initrd"), "{t}");
-        // the cmdline stays one argument
-        assert!(args.iter().any(|a| a == "console=ttyS0 quiet"));
+        // the cmdline stays one argument; under TCG without the crypto self-tests
+        assert!(args
+            .iter()
+            .any(|a| a == "console=ttyS0 quiet cryptomgr.notests=1"));
         assert!(
             t.contains("file=/img/disk,,1.qcow2,format=qcow2,if=virtio"),
             "{t}"
