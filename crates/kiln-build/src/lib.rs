@@ -15,7 +15,7 @@ pub mod output;
 
 pub use error::BuildError;
 
-use kiln_fetch::{parse_base, Fetcher};
+use kiln_fetch::{parse_base, Fetcher, ResolvedBase};
 use kiln_sandbox::{mount, BindMount, RootFs, RunSpec, Sandbox, Secret};
 use kiln_spec::{hash, Copy, CopyFrom, LayerId, Located, Op, Run, Spec, StepContext, User};
 use kiln_store::{BaseConfig, Store};
@@ -75,6 +75,9 @@ pub struct Builder<'a> {
 }
 
 /// What a step does once its temporary layer is ready.
+/// apt's index directory (see [`Builder::seed_apt_lists`]).
+const APT_LISTS: &str = "/var/lib/apt/lists";
+
 type StepBody<'b> = Box<dyn FnOnce(&RootFs, &mut StepOutput) -> Result<(), BuildError> + 'b>;
 
 impl Builder<'_> {
@@ -139,7 +142,7 @@ impl Builder<'_> {
             let id = self.build_spec(&child.value.spec, context, &mut BTreeMap::new(), out)?;
             stages.insert(child.value.name.clone(), id);
         }
-        let (mut parent, config) = self.base(spec, context, out)?;
+        let (mut parent, config, resolved) = self.base(spec, context, out)?;
         let base_root = self
             .store
             .chain(&parent)?
@@ -155,7 +158,7 @@ impl Builder<'_> {
                 Op::Shell(args) => ctx.shell = args.clone(),
                 Op::Env(name, value) => context::set_env(&mut ctx.env, name, value),
                 Op::User(user) => ctx.user = user.clone(),
-                Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, out)?,
+                Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, &resolved, out)?,
                 Op::Copy(copy) => {
                     parent = self.copy_step(op, copy, &ctx, &parent, context, stages, out)?
                 }
@@ -170,17 +173,17 @@ impl Builder<'_> {
         spec: &Spec,
         context: &Path,
         out: &mut dyn Write,
-    ) -> Result<(LayerId, BaseConfig), BuildError> {
+    ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
         let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
         let source = parse_base(&spec.from.value, bootstrap, context)?;
         let base = self.fetcher.resolve(&source)?;
         writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
         if let Some(config) = self.reuse(&base.id, out)? {
-            return Ok((base.id, config.unwrap_or_default()));
+            return Ok((base.id.clone(), config.unwrap_or_default(), base));
         }
         let _lock = self.store.lock_step(&base.id)?;
         if let Some(config) = self.reuse(&base.id, out)? {
-            return Ok((base.id, config.unwrap_or_default()));
+            return Ok((base.id.clone(), config.unwrap_or_default(), base));
         }
         let tmp = self.store.begin(&base.id, None, true)?;
         let fetched = (|| {
@@ -195,7 +198,7 @@ impl Builder<'_> {
                 self.store
                     .commit(tmp, &base.description, Some(config.clone()))?;
                 writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
-                Ok((base.id, config))
+                Ok((base.id.clone(), config, base))
             }
             Err(e) => {
                 self.store.abort(tmp)?;
@@ -210,6 +213,7 @@ impl Builder<'_> {
         run: &Run,
         ctx: &StepContext,
         parent: &LayerId,
+        base: &ResolvedBase,
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
         let secret_values: Vec<(String, Vec<u8>)> = run
@@ -231,6 +235,7 @@ impl Builder<'_> {
             let mut mounts = Vec::new();
             for cache in &run.cache {
                 let lease = self.store.cache_acquire(&cache.id)?;
+                self.seed_apt_lists(base, &cache.id, &cache.target, &lease.dir, output);
                 mounts.push(BindMount {
                     source: lease.dir.clone(),
                     target: cache.target.clone(),
@@ -280,6 +285,31 @@ impl Builder<'_> {
             }
         });
         self.step(&id, parent, &header, masks, body, out)
+    }
+
+    /// A new (empty) cache mounted at apt's index directory starts from the index files
+    /// the base's bootstrap fetched: the step's `apt-get update` then only revalidates
+    /// them. Best effort: without them apt downloads the indexes as usual.
+    fn seed_apt_lists(
+        &self,
+        base: &ResolvedBase,
+        id: &str,
+        target: &str,
+        dir: &Path,
+        output: &mut StepOutput,
+    ) {
+        let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if target.trim_end_matches('/') != APT_LISTS || !empty {
+            return;
+        }
+        let _ = match self.fetcher.seed_apt_lists(base, dir) {
+            Ok(0) => Ok(()),
+            Ok(n) => writeln!(
+                output,
+                "cache {id}: starts from the base's {n} apt index files"
+            ),
+            Err(e) => writeln!(output, "cache {id}: not seeded from the base ({e})"),
+        };
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -83,6 +83,10 @@ impl Fetcher for FakeBase {
             user: None,
         })
     }
+    fn seed_apt_lists(&self, _base: &ResolvedBase, into: &Path) -> Result<usize, FetchError> {
+        std::fs::write(into.join("base_dists_InRelease"), "from the bootstrap").unwrap();
+        Ok(1)
+    }
 }
 
 fn build(
@@ -242,6 +246,33 @@ fn secrets_enter_the_hash_and_are_masked() {
     )
     .unwrap();
     assert!(!log.contains("hunter2"));
+}
+
+#[test]
+fn a_new_apt_lists_cache_starts_from_the_base_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let sandbox = ScriptedSandbox::default();
+    let spec = "((from debian:bookworm)
+ (run (cache (lists (target /var/lib/apt/lists/)) (debs (target /var/cache/apt/archives)))
+      (shell \"update one\"))
+ (run (cache (lists (target /var/lib/apt/lists))) (shell \"update two\")))
+";
+    let (result, out) = build(&store, &sandbox, spec, BuildOptions::default());
+    result.unwrap();
+    assert_eq!(
+        out.matches("cache lists: starts from the base's 1 apt index files")
+            .count(),
+        1,
+        "seeded once, while empty:\n{out}"
+    );
+    assert!(!out.contains("cache debs"), "{out}");
+    let lease = store.cache_acquire("lists").unwrap();
+    assert!(lease.dir.join("base_dists_InRelease").exists());
+    store.cache_release(lease, false).unwrap();
+    let lease = store.cache_acquire("debs").unwrap();
+    assert!(!lease.dir.join("base_dists_InRelease").exists());
+    store.cache_release(lease, false).unwrap();
 }
 
 #[test]

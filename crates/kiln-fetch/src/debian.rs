@@ -167,6 +167,18 @@ impl<'a> DebianBase<'a> {
     }
 
     /// Like [`DebianBase::fetch`] with the bootstrap program chosen by the caller.
+    /// Copies the apt index files this base's bootstrap fetched (kept in the deb cache,
+    /// with their times) into `into`; how many were copied.
+    pub fn seed_lists(&self, deb_cache: &Path, into: &Path) -> Result<usize, FetchError> {
+        let arch = self.architecture()?;
+        let key = DebCache::lists_key(self.suite, &self.mirror_url(), &arch);
+        let cache = DebCache::open(deb_cache)
+            .map_err(|e| FetchError::io(&self.name(), "opening the deb cache", deb_cache, e))?;
+        cache
+            .load_lists(&key, into)
+            .map_err(|e| FetchError::io(&self.name(), "copying cached apt lists to", into, e))
+    }
+
     pub fn fetch_with(
         &self,
         tool: Bootstrapper,

@@ -57,6 +57,15 @@ pub trait Fetcher: Send + Sync {
         rootfs: &Path,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError>;
+
+    /// Fills `into`, an empty apt lists directory, with the index files the base's
+    /// bootstrap downloaded, so a first `apt-get update` on it only revalidates them
+    /// (apt checks the signed InRelease and refetches whatever changed). Returns how
+    /// many files were copied: 0 for bases that are not Debian bootstraps.
+    fn seed_apt_lists(&self, base: &ResolvedBase, into: &Path) -> Result<usize, FetchError> {
+        let _ = (base, into);
+        Ok(0)
+    }
 }
 
 /// The real fetcher.
@@ -122,6 +131,13 @@ impl Fetcher for RealFetcher {
                     problem: format!("could not be emptied after a failure ({clear}); remove it by hand. The failure: {e}"),
                 }),
             },
+        }
+    }
+
+    fn seed_apt_lists(&self, base: &ResolvedBase, into: &Path) -> Result<usize, FetchError> {
+        match debian::DebianBase::from_source(&base.source) {
+            Some(debian) => debian.seed_lists(&self.deb_cache, into),
+            None => Ok(0),
         }
     }
 }

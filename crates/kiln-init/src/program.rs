@@ -19,6 +19,10 @@
 //! - `alias GLOB NAME`: load NAME when a device's modalias matches GLOB;
 //! - `preload NAME`: load NAME before looking for the root (the root's filesystem).
 //!
+//! Kernel command line: `root=`, `rootfstype=` (default ext4), `rootflags=`, `ro`/`rw`,
+//! `init=` (default /sbin/init), and `kiln.rootwait=SECONDS` (default 60), how long to
+//! wait for the root device.
+//!
 //! On failure it says why on the console, lists the block devices it saw, and powers
 //! the machine off, so a VM under test stops at once instead of hanging in a panic.
 
@@ -33,7 +37,8 @@ use std::time::{Duration, Instant};
 
 const CONFIG: &str = "/etc/kiln-init.conf";
 const NEW_ROOT: &str = "/root";
-/// How long to wait for the root device (drivers probe slowly under emulation).
+/// How long to wait for the root device by default (drivers probe slowly under
+/// emulation); `kiln.rootwait=SECONDS` on the command line changes it.
 const ROOT_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(10);
 
@@ -77,7 +82,8 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
     for name in &config.preload {
         loader.load(name);
     }
-    let device = wait_for_root(&spec, &mut loader, root)?;
+    let wait = params.rootwait.unwrap_or(ROOT_WAIT);
+    let device = wait_for_root(&spec, &mut loader, root, wait)?;
     let fstype = params.rootfstype.as_deref().unwrap_or("ext4");
     let flags = if params.rw { 0 } else { sys::MS_RDONLY };
     let data = params.rootflags.as_deref().unwrap_or("");
@@ -87,8 +93,13 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
 }
 
 /// Loads drivers until the root device shows up.
-fn wait_for_root(spec: &RootSpec, loader: &mut Loader, root: &str) -> Result<PathBuf, String> {
-    let deadline = Instant::now() + ROOT_WAIT;
+fn wait_for_root(
+    spec: &RootSpec,
+    loader: &mut Loader,
+    root: &str,
+    wait: Duration,
+) -> Result<PathBuf, String> {
+    let deadline = Instant::now() + wait;
     let mut seen = BTreeSet::new();
     loop {
         for alias in modaliases() {
@@ -102,7 +113,7 @@ fn wait_for_root(spec: &RootSpec, loader: &mut Loader, root: &str) -> Result<Pat
         if Instant::now() > deadline {
             return Err(format!(
                 "root {root} did not appear within {} s (loaded: {})",
-                ROOT_WAIT.as_secs(),
+                wait.as_secs(),
                 loader.loaded.iter().cloned().collect::<Vec<_>>().join(" ")
             ));
         }
@@ -159,6 +170,8 @@ struct Params {
     /// `rw`/`ro`, the last one wins; read-only by default, as the kernel does.
     rw: bool,
     init: Option<String>,
+    /// `kiln.rootwait=SECONDS`.
+    rootwait: Option<Duration>,
 }
 
 impl Params {
@@ -170,6 +183,9 @@ impl Params {
                 Some(("rootfstype", v)) => p.rootfstype = Some(v.to_string()),
                 Some(("rootflags", v)) => p.rootflags = Some(v.to_string()),
                 Some(("init", v)) => p.init = Some(v.to_string()),
+                Some(("kiln.rootwait", v)) => {
+                    p.rootwait = v.parse().ok().map(Duration::from_secs);
+                }
                 None if word == "rw" => p.rw = true,
                 None if word == "ro" => p.rw = false,
                 _ => {}
@@ -735,7 +751,10 @@ mod tests {
         assert_eq!(p.rootfstype.as_deref(), Some("ext4"));
         assert_eq!(p.init.as_deref(), Some("/bin/sh"));
         assert!(p.rw);
-        assert!(!Params::parse("root=/dev/vda1 rw ro").rw);
+        assert_eq!(p.rootwait, None);
+        let p = Params::parse("root=/dev/vda1 rw ro kiln.rootwait=3");
+        assert!(!p.rw);
+        assert_eq!(p.rootwait, Some(Duration::from_secs(3)));
         assert!(
             !Params::parse("root=/dev/vda1").rw,
             "read-only unless rw is given"

@@ -152,49 +152,37 @@ fn produce_in(
         request.partitions.len(),
         output.display()
     );
-    let layout = disk::assemble(&request, &raw)?;
-    let converted = match format {
-        OutputFormat::Raw => {
-            fs::rename(&raw, output).with_context(|| format!("writing {}", output.display()))?;
-            Ok(())
+    let image_name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The disk is made by single-threaded tools (mke2fs, debugfs, qemu-img); what only
+    // reads the trees is done meanwhile on a second thread.
+    let (disk, side) = std::thread::scope(|s| {
+        let side = s.spawn(|| side_outputs(&request, boot, output, &image_name, &seed));
+        let disk = assemble_and_convert(&request, &raw, output, format, args, &seed);
+        let side = side
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (disk, side)
+    });
+    let (layout, side) = match (disk, side) {
+        (Ok(layout), Ok(side)) => (layout, side),
+        (Err(e), Ok(side)) => {
+            if let Some(staged) = side.boot_dir {
+                let _ = fs::remove_dir_all(staged);
+            }
+            return Err(e);
         }
-        other => {
-            let fmt = match other {
-                OutputFormat::Qcow2 => Format::Qcow2 {
-                    compressed: args.compress,
-                },
-                OutputFormat::Vmdk => Format::Vmdk,
-                OutputFormat::Vhdx => Format::Vhdx,
-                _ => Format::Vdi,
-            };
-            // convert() writes next to `output` and renames into place itself (a VMDK
-            // records its own file name, so it must be written under its final name).
-            let r = formats::convert(&raw, fmt, output, &seed).map_err(anyhow::Error::from);
-            let _ = fs::remove_file(&raw);
-            r
-        }
+        (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
     };
-    converted?;
-    if boot == BootMode::Kernel {
-        let dir = boot_dir(output);
-        let rootfs = &request.partitions[default].rootfs;
-        let release = extract_kernel(rootfs, &dir, source.source_date_epoch)?;
-        let made = kiln_image::boot_initrd::write(
-            rootfs,
-            &release,
-            &dir.join(KILN_INITRD),
-            source.source_date_epoch,
-        )?;
-        eprintln!(
-            "boot initramfs {KILN_INITRD}: kiln-init + {} modules, {} KiB",
-            made.modules,
-            made.bytes >> 10
-        );
-        fs::write(dir.join("cmdline"), format!("{}\n", layout.cmdline))?;
+    if let Some(staged) = &side.boot_dir {
+        fs::write(staged.join("cmdline"), format!("{}\n", layout.cmdline))?;
+        replace_dir(staged, &boot_dir(output))?;
     }
     let info = kiln_image::tools::qemu_img::info(output)?;
     let mut mparts = Vec::new();
-    for (report, input) in layout.partitions.iter().zip(&request.partitions) {
+    for (report, os) in layout.partitions.iter().zip(side.os) {
         mparts.push(ManifestPartition {
             name: report.name.clone(),
             label: report.label.clone(),
@@ -203,7 +191,7 @@ fn produce_in(
             fs_uuid: report.fs_uuid.clone(),
             offset: report.offset,
             size: report.size,
-            os: kiln_image::osinfo::os_descriptor(&input.rootfs)?,
+            os,
         });
     }
     let arches = match source
@@ -220,10 +208,7 @@ fn produce_in(
             .collect(),
     };
     let input = ManifestInput {
-        image_name: output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        image_name,
         format: format_name(format).into(),
         virtual_size: info.virtual_size,
         default_partition: mparts.get(default).map(|p| p.name.clone()),
@@ -245,15 +230,104 @@ fn produce_in(
         build_time: source.source_date_epoch,
     };
     let written = manifest::write_manifest(output, &input)?;
-    let sbom = kiln_image::spdx::sbom(
-        &request.partitions[default].rootfs,
-        &input.image_name,
-        &seed,
-        source.source_date_epoch,
-    )?;
-    manifest::write_sbom(output, &sbom)?;
+    manifest::write_sbom(output, &side.sbom)?;
     drop(mounts);
     Ok(Some(serde_json::from_value(written)?))
+}
+
+/// Writes the raw disk, then converts it to `output` in `format`.
+fn assemble_and_convert(
+    request: &DiskRequest,
+    raw: &Path,
+    output: &Path,
+    format: OutputFormat,
+    args: &ImageArgs,
+    seed: &str,
+) -> anyhow::Result<disk::DiskLayout> {
+    let layout = disk::assemble(request, raw)?;
+    match format {
+        OutputFormat::Raw => {
+            fs::rename(raw, output).with_context(|| format!("writing {}", output.display()))?;
+        }
+        other => {
+            let fmt = match other {
+                OutputFormat::Qcow2 => Format::Qcow2 {
+                    compressed: args.compress,
+                },
+                OutputFormat::Vmdk => Format::Vmdk,
+                OutputFormat::Vhdx => Format::Vhdx,
+                _ => Format::Vdi,
+            };
+            // convert() writes next to `output` and renames into place itself (a VMDK
+            // records its own file name, so it must be written under its final name).
+            let converted = formats::convert(raw, fmt, output, seed);
+            let _ = fs::remove_file(raw);
+            converted?;
+        }
+    }
+    Ok(layout)
+}
+
+/// What is made from the partitions' trees alone, beside the disk.
+struct SideOutputs {
+    /// A staged `IMAGE.boot/` (kernel, initrds) of a `--boot kernel` image.
+    boot_dir: Option<PathBuf>,
+    /// One OS descriptor per partition.
+    os: Vec<kiln_image::OsDescriptor>,
+    sbom: serde_json::Value,
+}
+
+fn side_outputs(
+    request: &DiskRequest,
+    boot: BootMode,
+    output: &Path,
+    image_name: &str,
+    seed: &str,
+) -> anyhow::Result<SideOutputs> {
+    let default = &request.partitions[request.default].rootfs;
+    let boot_dir = match boot {
+        BootMode::Kernel => {
+            let staged = tmp_sibling(&boot_dir(output), "staged");
+            let _ = fs::remove_dir_all(&staged);
+            let made = stage_boot_dir(default, &staged, request.source_date_epoch);
+            if made.is_err() {
+                let _ = fs::remove_dir_all(&staged);
+            }
+            made?;
+            Some(staged)
+        }
+        _ => None,
+    };
+    let os = request
+        .partitions
+        .iter()
+        .map(|p| kiln_image::osinfo::os_descriptor(&p.rootfs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sbom = kiln_image::spdx::sbom(default, image_name, seed, request.source_date_epoch)?;
+    Ok(SideOutputs { boot_dir, os, sbom })
+}
+
+/// Kernel, the image's initrd and kiln's boot initramfs, written into `dir`.
+fn stage_boot_dir(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
+    let release = extract_kernel(rootfs, dir, epoch)?;
+    let made = kiln_image::boot_initrd::write(rootfs, &release, &dir.join(KILN_INITRD), epoch)?;
+    eprintln!(
+        "boot initramfs {KILN_INITRD}: kiln-init + {} modules, {} KiB",
+        made.modules,
+        made.bytes >> 10
+    );
+    Ok(())
+}
+
+/// Puts the complete directory `staged` where `dir` was (an older one is removed first).
+fn replace_dir(staged: &Path, dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", dir.display()));
+        }
+        _ => {}
+    }
+    fs::rename(staged, dir).with_context(|| format!("writing {}", dir.display()))
 }
 
 /// One partition to assemble: `(name, label, layer, size)`.

@@ -1,21 +1,23 @@
 //! One root partition's ext4 filesystem, written in place into the raw disk.
 //!
-//! `mke2fs -d` copies the source tree (read only) straight into the partition; one
-//! debugfs run then makes the result depend only on the tree's contents, names,
-//! owners, modes and modification times:
+//! `mke2fs -d` copies the source tree (read only) straight into the partition; then the
+//! result is made to depend only on the tree's contents, names, owners, modes and
+//! modification times:
 //! - every inode's change time becomes the epoch (mke2fs copies the source's ctimes,
-//!   which are the times the tree was built and cannot be set by any system call);
-//! - access times become the (clamped) modification times, and modification times
-//!   later than the epoch become the epoch;
-//! - the [`edits`](super::edits) are made, with debugfs' clock set to the epoch.
+//!   which are the times the tree was built and cannot be set by any system call),
+//!   access times become the (clamped) modification times, and modification times
+//!   later than the epoch become the epoch: all written straight into the inode tables
+//!   by [`ctime`](super::ctime);
+//! - the [`edits`](super::edits) are made in one debugfs run, with its clock set to the
+//!   epoch.
 
+use super::ctime;
 use super::edits::{self, Edits};
 use super::ids::PartitionIds;
 use super::layout::{inode_count, Extent};
 use super::tree::Scan;
 use crate::tools::{debugfs, dumpe2fs, mke2fs};
 use crate::ImageError;
-use std::io::Write as _;
 use std::path::Path;
 
 /// The root directory's inode; lower numbers are reserved and never hold files.
@@ -55,29 +57,22 @@ pub(crate) fn write(job: &Ext4Job) -> Result<(), ImageError> {
         work_dir: job.work_dir,
     })?;
     let offset = job.extent.offset;
-    let used = dumpe2fs::used_inodes(job.raw, offset)?;
-    let mut script = format!("set_current_time @{}\n", job.epoch).into_bytes();
-    for ino in used
+    let used: Vec<_> = dumpe2fs::used_inodes(job.raw, offset)?
         .into_iter()
-        .flat_map(|r| r.filter(|&i| i == ROOT_INODE || i >= FIRST_INODE))
-    {
-        let _ = writeln!(script, "sif <{ino}> ctime @{}", job.epoch);
-    }
-    for fix in &job.scan.fixes {
-        let path = debugfs::quote(&fix.path)?;
-        time_line(&mut script, &path, "atime", fix.atime);
-        if let Some(mtime) = fix.mtime {
-            time_line(&mut script, &path, "mtime", mtime);
-        }
-    }
+        .flat_map(|r| {
+            // Inodes 1 and 3-10 are reserved: only the root directory among them is a file.
+            let (start, end) = (*r.start(), *r.end());
+            [
+                (start <= ROOT_INODE && ROOT_INODE <= end).then_some(ROOT_INODE..=ROOT_INODE),
+                (end >= FIRST_INODE).then_some(start.max(FIRST_INODE)..=end),
+            ]
+        })
+        .flatten()
+        .collect();
+    ctime::fix_times(job.raw, offset, &used, job.epoch)?;
+    let mut script = format!("set_current_time @{}\n", job.epoch).into_bytes();
     script.extend(edits::script(&ops, |path| {
         debugfs::blocks(job.raw, offset, path)
     })?);
     debugfs::run_script(job.raw, offset, &script, job.work_dir)
-}
-
-fn time_line(script: &mut Vec<u8>, quoted: &[u8], field: &str, time: i64) {
-    script.extend_from_slice(b"sif ");
-    script.extend_from_slice(quoted);
-    let _ = writeln!(script, " {field} @{time}");
 }

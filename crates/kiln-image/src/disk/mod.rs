@@ -13,9 +13,9 @@
 //!    the asked partition and disk sizes);
 //! 3. `sfdisk` writes the GPT into a sparse file in the scratch directory;
 //! 4. for each partition in turn, `mke2fs -d` copies its tree (read only, never copied
-//!    to disk first) straight into the disk at the partition's offset, and one `debugfs`
-//!    run fixes times and makes the edits: the image's `/etc/fstab`, the ESP's mount point,
-//!    an empty `/etc/machine-id`, no build leftovers;
+//!    to disk first) straight into the disk at the partition's offset; its inode times
+//!    are fixed in the inode tables, and one `debugfs` run makes the edits: the image's
+//!    `/etc/fstab`, the ESP's mount point, an empty `/etc/machine-id`, no build leftovers;
 //! 5. meanwhile, the ESP is made as its own FAT image (mkfs.vfat + mtools); it is then
 //!    copied in, sparse;
 //! 6. the finished file is renamed to the output path.
@@ -34,6 +34,7 @@
 //! the kernel resolves that itself, so it works with or without an initrd, whatever the
 //! disk is called in the guest (`vda`, `sda`); `root=UUID=…` would need an initrd.
 
+mod ctime;
 mod edits;
 mod esp;
 mod ext4;
@@ -415,7 +416,7 @@ fn esp_content(
 /// Scans one partition's tree; its content counts what the edits add (fstab, the ESP's
 /// mount point and its parent).
 fn scan(input: &PartitionInput, req: &DiskRequest) -> Result<Scan, ImageError> {
-    let mut scan = tree::scan(&input.rootfs, req.source_date_epoch)?;
+    let mut scan = tree::scan(&input.rootfs)?;
     let added = if req.boot == BootMode::Uefi { 3 } else { 1 };
     scan.content = Content {
         bytes: scan.content.bytes + added * 4096,

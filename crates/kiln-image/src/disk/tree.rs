@@ -1,10 +1,8 @@
-//! Reading a partition's source tree (never changing it): how much it holds, and which
-//! inode times the filesystem made from it needs fixed.
+//! Reading a partition's source tree (never changing it): how much it holds.
 
 use crate::ImageError;
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -17,29 +15,14 @@ pub(crate) struct Content {
     pub inodes: u64,
 }
 
-/// The times one inode must end up with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TimeFix {
-    /// Absolute path in the filesystem (`/etc/passwd`).
-    pub path: Vec<u8>,
-    /// The access time: the (clamped) modification time. Reading a file or directory
-    /// may change its access time between two builds; its modification time is stable.
-    pub atime: i64,
-    /// `Some(epoch)` when the modification time is later than the epoch.
-    pub mtime: Option<i64>,
-}
-
 /// What [`scan`] learns.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Scan {
     pub content: Content,
-    /// One per inode below the top (the top becomes the root inode, whose times mke2fs
-    /// sets itself).
-    pub fixes: Vec<TimeFix>,
 }
 
 /// Walks the tree at `root` without following links.
-pub(crate) fn scan(root: &Path, epoch: i64) -> Result<Scan, ImageError> {
+pub(crate) fn scan(root: &Path) -> Result<Scan, ImageError> {
     let mut scan = Scan::default();
     let mut seen = HashSet::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
@@ -54,17 +37,6 @@ pub(crate) fn scan(root: &Path, epoch: i64) -> Result<Scan, ImageError> {
         }
         scan.content.inodes += 1;
         scan.content.bytes += data_bytes(&meta);
-        if entry.depth() == 0 {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let mut path = b"/".to_vec();
-        path.extend_from_slice(rel.as_os_str().as_bytes());
-        scan.fixes.push(TimeFix {
-            path,
-            atime: meta.mtime().min(epoch),
-            mtime: (meta.mtime() > epoch).then_some(epoch),
-        });
     }
     Ok(scan)
 }
@@ -89,42 +61,16 @@ fn data_bytes(meta: &fs::Metadata) -> u64 {
 mod tests {
     use super::*;
 
-    fn set_mtime(path: &Path, secs: i64) {
-        let t = nix::sys::time::TimeSpec::new(secs, 0);
-        nix::sys::stat::utimensat(
-            None,
-            path,
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .unwrap();
-    }
-
     #[test]
-    fn measures_once_per_inode_and_clamps_only_newer_times() {
+    fn measures_once_per_inode() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         fs::write(root.join("a"), vec![1u8; 5000]).unwrap();
         fs::hard_link(root.join("a"), root.join("b")).unwrap();
         std::os::unix::fs::symlink("a", root.join("c")).unwrap();
-        set_mtime(&root.join("c"), 500);
-        let scan = scan(root, 1_000_000).unwrap();
+        let scan = scan(root).unwrap();
         // root dir + a (8 KiB) + c; b is a's inode.
         assert_eq!(scan.content.inodes, 3);
         assert_eq!(scan.content.bytes, 8192 + 4096);
-        let paths: Vec<_> = scan.fixes.iter().map(|f| f.path.clone()).collect();
-        assert_eq!(paths.len(), 2, "{paths:?}");
-        let fix = |p: &[u8]| scan.fixes.iter().find(|f| f.path == p).unwrap().clone();
-        assert_eq!(
-            fix(b"/c"),
-            TimeFix {
-                path: b"/c".to_vec(),
-                atime: 500,
-                mtime: None
-            }
-        );
-        let newer = scan.fixes.iter().find(|f| f.path != b"/c").unwrap();
-        assert_eq!((newer.atime, newer.mtime), (1_000_000, Some(1_000_000)));
     }
 }
