@@ -97,7 +97,7 @@ fn produce_in(
 ) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
     let main_root = mount_layer(store, &source.layer, &scratch.join("main"))?;
     if let Some(dir) = &args.kernel_out {
-        extract_kernel(main_root.path(), dir, source.source_date_epoch)?;
+        extract_kernel(main_root.path(), dir, dir, source.source_date_epoch)?;
     }
     match format {
         OutputFormat::Tar => {
@@ -289,7 +289,12 @@ fn side_outputs(
         BootMode::Kernel => {
             let staged = tmp_sibling(&boot_dir(output), "staged");
             let _ = fs::remove_dir_all(&staged);
-            let made = stage_boot_dir(default, &staged, request.source_date_epoch);
+            let made = stage_boot_dir(
+                default,
+                &staged,
+                &boot_dir(output),
+                request.source_date_epoch,
+            );
             if made.is_err() {
                 let _ = fs::remove_dir_all(&staged);
             }
@@ -307,9 +312,10 @@ fn side_outputs(
     Ok(SideOutputs { boot_dir, os, sbom })
 }
 
-/// Kernel, the image's initrd and kiln's boot initramfs, written into `dir`.
-fn stage_boot_dir(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<()> {
-    let release = extract_kernel(rootfs, dir, epoch)?;
+/// Kernel, the image's initrd and kiln's boot initramfs, written into `dir` (to become
+/// `shown`).
+fn stage_boot_dir(rootfs: &Path, dir: &Path, shown: &Path, epoch: i64) -> anyhow::Result<()> {
+    let release = extract_kernel(rootfs, dir, shown, epoch)?;
     let made = kiln_image::boot_initrd::write(rootfs, &release, &dir.join(KILN_INITRD), epoch)?;
     eprintln!(
         "boot initramfs {KILN_INITRD}: kiln-init + {} modules, {} KiB",
@@ -398,8 +404,9 @@ fn mount_layer(store: &FsStore, layer: &LayerId, at: &Path) -> anyhow::Result<Mo
     Ok(mount::mount_lower_readonly(&store.chain(layer)?, at)?)
 }
 
-/// Extracts the kernel (and its initrd) into `dir`; returns the kernel's release.
-fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<String> {
+/// Extracts the kernel (and its initrd) into `dir`; returns the kernel's release. The
+/// message names `shown` (where the files end up when `dir` is a staging directory).
+fn extract_kernel(rootfs: &Path, dir: &Path, shown: &Path, epoch: i64) -> anyhow::Result<String> {
     let Some(files) = kiln_image::kernel::find_kernel(rootfs)? else {
         bail!(
             "the image has no kernel in /boot: install one in the spec, e.g. \
@@ -410,7 +417,7 @@ fn extract_kernel(rootfs: &Path, dir: &Path, epoch: i64) -> anyhow::Result<Strin
     eprintln!(
         "kernel {} written to {}{}",
         files.release,
-        dir.display(),
+        shown.display(),
         if out.vmlinux.is_some() {
             " (with vmlinux)"
         } else {
