@@ -22,5 +22,7 @@ systemctl mask --quiet \
   systemd-update-utmp.service systemd-update-utmp-runlevel.service \
   apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer
 systemctl disable --quiet getty@tty1.service
+# Debian's fallback that starts gettys on tty2-tty6 when logind is absent: no screen here.
+systemctl mask --quiet getty-static.service
 mkdir -p /etc/systemd/journald.conf.d
 printf '[Journal]\nStorage=volatile\n' > /etc/systemd/journald.conf.d/volatile.conf

@@ -78,18 +78,29 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
         .as_deref()
         .ok_or("no root= on the kernel command line")?;
     let spec = RootSpec::parse(root)?;
-    let mut loader = Loader::new(&config);
-    for name in &config.preload {
-        loader.load(name);
-    }
     let wait = params.rootwait.unwrap_or(ROOT_WAIT);
-    let device = wait_for_root(&spec, &mut loader, root, wait)?;
+    // The filesystem modules load on a second thread while the disk drivers load and
+    // the disk is probed: module loading is mostly CPU work, and VMs have two CPUs.
+    let (device, modules) = std::thread::scope(|s| {
+        let filesystems = s.spawn(|| {
+            let mut fs_loader = Loader::new(&config);
+            for name in &config.preload {
+                fs_loader.load(name);
+            }
+            fs_loader.loaded.len()
+        });
+        let mut loader = Loader::new(&config);
+        let device = wait_for_root(&spec, &mut loader, root, wait);
+        let modules = loader.loaded.len() + filesystems.join().unwrap_or(0);
+        (device, modules)
+    });
+    let device = device?;
     let fstype = params.rootfstype.as_deref().unwrap_or("ext4");
     let flags = if params.rw { 0 } else { sys::MS_RDONLY };
     let data = params.rootflags.as_deref().unwrap_or("");
     sys::mount(&device.to_string_lossy(), NEW_ROOT, fstype, flags, data)
         .map_err(|e| format!("the root {root}: {e}"))?;
-    hand_over(&params, &device, loader.loaded.len(), started)
+    hand_over(&params, &device, modules, started)
 }
 
 /// Loads drivers until the root device shows up.
