@@ -51,6 +51,13 @@ pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }
 
+/// Where the first comment of a spec's text starts, if it has one. [`print`] works
+/// from the parsed spec, which keeps no comments (`(comment "…")` ops it does keep):
+/// a formatter must not print over a file that has some.
+pub fn first_comment(text: &str) -> Option<Pos> {
+    sexp::first_comment(text)
+}
+
 /// Prints one op on a single line, the way build output names a step.
 pub fn print_op(op: &Op) -> String {
     print::print_op_line(op)

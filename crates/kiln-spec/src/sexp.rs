@@ -75,6 +75,27 @@ fn unmatched_close(pos: Pos) -> SpecError {
 }
 
 /// True for the characters sexplib treats as blanks between tokens.
+/// Where the first comment (`;`, `#|` or `#;`) of `text` starts, skipping quoted atoms.
+pub(crate) fn first_comment(text: &str) -> Option<Pos> {
+    let mut r = Reader::new(text);
+    while let Some(c) = r.peek() {
+        match c {
+            ';' => return Some(r.pos()),
+            '#' if matches!(r.peek2(), Some('|' | ';')) => return Some(r.pos()),
+            '"' => {
+                r.bump();
+                if !r.skip_string_body() {
+                    return None;
+                }
+            }
+            _ => {
+                r.bump();
+            }
+        }
+    }
+    None
+}
+
 pub(crate) fn is_whitespace(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c')
 }
@@ -438,6 +459,16 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no error".into())
+    }
+
+    #[test]
+    fn finds_the_first_comment_outside_strings() {
+        assert_eq!(first_comment("(a \"; not\" b)"), None);
+        assert_eq!(first_comment("(a b)"), None);
+        let at = |line, col| Some(Pos { line, col });
+        assert_eq!(first_comment("(a\n ; c\n b)"), at(2, 2));
+        assert_eq!(first_comment("(a #| c |# b)"), at(1, 4));
+        assert_eq!(first_comment("(\"x\\\"\" #;b)"), at(1, 8));
     }
 
     #[test]

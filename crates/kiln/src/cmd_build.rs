@@ -291,6 +291,15 @@ pub fn fmt(args: FmtArgs) -> anyhow::Result<ExitCode> {
     let text = fs::read_to_string(&args.file)
         .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
+    if let Some(pos) = kiln_spec::first_comment(&text) {
+        // The canonical layout is printed from the parsed spec, which keeps no comments:
+        // printing it would silently lose them.
+        bail!(
+            "{}:{pos}: the spec has comments, which the canonical layout cannot keep yet; \
+             nothing printed (turn notes that should stay into (comment \"…\") forms)",
+            args.file.display()
+        );
+    }
     let canonical = kiln_spec::print(&spec);
     if args.check {
         if canonical == text {

@@ -588,6 +588,22 @@ fn fmt_prints_canonical_layout() {
     fs::write(dir.join("canon.spec"), &out.stdout).unwrap();
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "canon.spec"]).code, 0);
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "messy.spec"]).code, 1);
+    // Comments are not in the parsed spec: fmt refuses rather than print without them.
+    fs::write(
+        dir.join("commented.spec"),
+        "((from busybox)\n ; why\n (run (shell \"a;b\")))\n",
+    )
+    .unwrap();
+    let refused = kiln(&dir, &dir, &["fmt", "commented.spec"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stdout.is_empty(), "{}", refused.stdout);
+    assert!(
+        refused
+            .stderr
+            .contains("commented.spec:2:2: the spec has comments"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]
