@@ -77,11 +77,13 @@ row "---------" "----" "----" "-----"
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 kilns=() hands=()
 for round in $(seq "${ROUNDS:-3}"); do
-  rm -rf "$work/store" "$work"/kiln.qcow2*
+  # Each run starts with nothing of the other's left to write back (a sync, not timed):
+  # otherwise the second pays for the first one's gigabytes.
+  rm -rf "$work/store" "$work"/kiln.qcow2*; sync
   t0=$(now); kiln_build "$work/store" "$work/kiln.qcow2" --boot kernel; t1=$(now)
-  rm -f "$work/hand.qcow2"; rm -rf "$work/hand.qcow2.boot"
-  by_hand "$work/hand.qcow2"; t2=$(now)
-  kilns+=("$(secs "$t0" "$t1")") hands+=("$(secs "$t1" "$t2")")
+  rm -f "$work/hand.qcow2"; rm -rf "$work/hand.qcow2.boot"; sync
+  t2=$(now); by_hand "$work/hand.qcow2"; t3=$(now)
+  kilns+=("$(secs "$t0" "$t1")") hands+=("$(secs "$t2" "$t3")")
   printf '  round %s: kiln %.1f s, by hand %.1f s\n' "$round" "${kilns[-1]}" "${hands[-1]}" >&2
 done
 k=$(median "${kilns[@]}") h=$(median "${hands[@]}")
@@ -92,7 +94,7 @@ row "  image size (MiB): kiln vs by hand" \
 # changed step on (its store holds the rest); by hand, everything is done again.
 cp -r "$example" "$work/edited"
 echo "# edited" >> "$work/edited/memcached.conf"
-t0=$(now); EXAMPLE_DIR=$work/edited kiln_build "$work/store" "$work/edited.qcow2" --boot kernel; t1=$(now)
+sync; t0=$(now); EXAMPLE_DIR=$work/edited kiln_build "$work/store" "$work/edited.qcow2" --boot kernel; t1=$(now)
 e=$(secs "$t0" "$t1")
 row "  after editing memcached.conf (s): kiln vs by hand" "$(printf %.1f "$e")" "$(printf %.1f "$h")" "$(ratio "$e" "$h")"
 rm -rf "$work/edited" "$work"/edited.qcow2*
@@ -102,7 +104,7 @@ if [[ "${1:-}" != "--no-dib" ]]; then
   source bench/lib/dib.sh
   dib_setup
   dib_build_memcached "$work/dib-first.qcow2"   # fills DIB's caches, as a user's first run
-  rm -f "$work/dib-first.qcow2"
+  rm -f "$work/dib-first.qcow2"; sync
   t0=$(now); dib_build_memcached "$work/dib.qcow2"; t1=$(now)
   d=$(secs "$t0" "$t1")
   row "build (s): kiln from nothing vs DIB 2nd run" "$(printf %.1f "$k")" "$(printf %.1f "$d")" "$(ratio "$k" "$d")"

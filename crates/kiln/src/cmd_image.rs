@@ -180,7 +180,11 @@ fn produce_in(
         fs::write(staged.join("cmdline"), format!("{}\n", layout.cmdline))?;
         replace_dir(staged, &boot_dir(output))?;
     }
-    let info = kiln_image::tools::qemu_img::info(output)?;
+    // raw and qcow2 keep the disk's size exactly; the other formats may round it up.
+    let virtual_size = match format {
+        OutputFormat::Raw | OutputFormat::Qcow2 => layout.size,
+        _ => kiln_image::tools::qemu_img::info(output)?.virtual_size,
+    };
     let mut mparts = Vec::new();
     for (report, os) in layout.partitions.iter().zip(side.os) {
         mparts.push(ManifestPartition {
@@ -210,7 +214,7 @@ fn produce_in(
     let input = ManifestInput {
         image_name,
         format: format_name(format).into(),
-        virtual_size: info.virtual_size,
+        virtual_size,
         default_partition: mparts.get(default).map(|p| p.name.clone()),
         partitions: mparts,
         node_types: source

@@ -237,7 +237,7 @@ fn one_build_exports_to_every_disk_format() {
     let id = kiln(&store, &ex, &["build", "-f", "web.spec", "."])
         .ok()
         .got();
-    for ext in ["raw", "vmdk", "vhdx", "vdi"] {
+    for ext in ["raw", "qcow2", "vmdk", "vhdx", "vdi"] {
         let image = dir.join(format!("web.{ext}"));
         kiln(
             &store,
@@ -267,6 +267,18 @@ fn one_build_exports_to_every_disk_format() {
             );
         }
         assert_eq!(manifest(&image)["format"], ext);
+        // The manifest's virtual size is the one QEMU sees.
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", format])
+            .arg(&image)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            manifest(&image)["virtual_size"],
+            info["virtual-size"],
+            "{ext}"
+        );
     }
     // The root filesystem of the raw image passes e2fsck.
     let raw = dir.join("web.raw");
