@@ -34,6 +34,22 @@ const DRIVERS: [&str; 9] = [
 /// Root filesystems kiln-init can mount, loaded before it looks for the root.
 const FILESYSTEMS: [&str; 1] = ["ext4"];
 
+/// The Debian architecture kiln-init is built for (the machine kiln runs on), or `None`
+/// for one this module does not know.
+pub fn init_architecture() -> Option<&'static str> {
+    debian_arch(std::env::consts::ARCH)
+}
+
+/// Debian's name for a Rust `target_arch`.
+fn debian_arch(rust_arch: &str) -> Option<&'static str> {
+    match rust_arch {
+        "x86_64" => Some("amd64"),
+        "aarch64" => Some("arm64"),
+        "riscv64" => Some("riscv64"),
+        _ => None,
+    }
+}
+
 /// What went into an initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootInitrd {
@@ -318,6 +334,17 @@ mod tests {
                 .into(),
             softdep: "# Soft dependencies\nsoftdep ext4 pre: crc32c\n".into(),
         }
+    }
+
+    #[test]
+    fn architecture_names() {
+        assert_eq!(debian_arch("x86_64"), Some("amd64"));
+        assert_eq!(debian_arch("aarch64"), Some("arm64"));
+        assert_eq!(debian_arch("mips"), None);
+        assert!(
+            init_architecture().is_some(),
+            "kiln is built for a known architecture"
+        );
     }
 
     #[test]

@@ -320,6 +320,17 @@ fn side_outputs(
 /// `shown`).
 fn stage_boot_dir(rootfs: &Path, dir: &Path, shown: &Path, epoch: i64) -> anyhow::Result<()> {
     let release = extract_kernel(rootfs, dir, shown, epoch)?;
+    // kiln-init is an executable for this machine: an image of another architecture
+    // boots with its own initrd only.
+    let image_arch = kiln_image::osinfo::os_descriptor(rootfs)?.arch;
+    let init_arch = kiln_image::boot_initrd::init_architecture();
+    if init_arch != Some(image_arch.as_str()) {
+        eprintln!(
+            "no {KILN_INITRD}: the image is {image_arch}, kiln-init is built for {}",
+            init_arch.unwrap_or(std::env::consts::ARCH)
+        );
+        return Ok(());
+    }
     let made = kiln_image::boot_initrd::write(rootfs, &release, &dir.join(KILN_INITRD), epoch)?;
     eprintln!(
         "boot initramfs {KILN_INITRD}: kiln-init + {} modules, {} KiB",
