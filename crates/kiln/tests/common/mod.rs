@@ -17,11 +17,43 @@ pub fn shared_store() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-store")
 }
 
-/// A unique directory for one test.
+/// A unique directory for one test. It is kept after the run, to look into; the ones
+/// earlier runs left under the same name are removed (each holds images and stores of
+/// hundreds of megabytes, and every run makes new ones).
 pub fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", nonce()));
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    remove_earlier_runs(&root, name);
+    let dir = root.join(format!("{name}-{}", nonce()));
     fs::create_dir_all(&dir).expect("creating test dir");
     dir
+}
+
+/// Removes `root/NAME-<16 hex digits>` directories made before this test process first
+/// asked for one (so never one of this run's).
+fn remove_earlier_runs(root: &Path, name: &str) {
+    static STARTED: OnceLock<std::time::SystemTime> = OnceLock::new();
+    let started = *STARTED.get_or_init(std::time::SystemTime::now);
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(suffix) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|n| n.strip_prefix('-'))
+        else {
+            continue;
+        };
+        let from_a_run = suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+        let earlier = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < started);
+        if from_a_run && earlier {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// 16 random hex digits (from the kernel), to make specs that no earlier run has cached.
