@@ -143,50 +143,33 @@ fn memcached_example_boots_as_raw_plus_kernel_and_answers() {
         "{}",
         String::from_utf8_lossy(&sfdisk.stdout)
     );
-    // kiln test boots it with kiln's initramfs (kiln-init) by default…
+    // `kiln test` of the image plus `extra` arguments: the run and its serial console.
     let image_boot = dir.join("memcached.raw.boot");
-    assert!(image_boot.join("kiln-initrd.img").exists());
     let serial = dir.join("serial.log");
-    let test = kiln(
-        &store,
-        &ex,
-        &[
-            "test",
-            image.to_str().unwrap(),
-            "-f",
-            "memcached.spec",
-            "--serial-log",
-            serial.to_str().unwrap(),
-        ],
-    );
+    let kiln_test = |extra: &[&str]| {
+        let mut args = vec!["test", image.to_str().unwrap(), "-f", "memcached.spec"];
+        args.extend(["--serial-log", serial.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let run = kiln(&store, &ex, &args);
+        let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
+        (run, console)
+    };
+    // kiln test boots it with kiln's initramfs (kiln-init) by default…
+    assert!(image_boot.join("kiln-initrd.img").exists());
+    let (test, console) = kiln_test(&[]);
     assert_eq!(test.code, 0, "{}\n{}", test.stdout, test.stderr);
     assert!(
         test.stdout.contains("PASS store-and-read-back"),
         "{}",
         test.stdout
     );
-    let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
     assert!(
         console.contains("kiln-init: root /dev/vda1 mounted rw"),
         "{console}"
     );
     // …and with the image's own on request.
-    let own = kiln(
-        &store,
-        &ex,
-        &[
-            "test",
-            image.to_str().unwrap(),
-            "-f",
-            "memcached.spec",
-            "--initrd",
-            "image",
-            "--serial-log",
-            serial.to_str().unwrap(),
-        ],
-    );
+    let (own, console) = kiln_test(&["--initrd", "image"]);
     assert_eq!(own.code, 0, "{}\n{}", own.stdout, own.stderr);
-    let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
     assert!(!console.contains("kiln-init"), "{console}");
 
     // A root that never appears: kiln-init says so and powers off, the test fails fast.
@@ -202,21 +185,9 @@ fn memcached_example_boots_as_raw_plus_kernel_and_answers() {
         .join(" ");
     std::fs::write(&cmdline, format!("{bad} kiln.rootwait=2\n")).unwrap();
     let started = std::time::Instant::now();
-    let broken = kiln(
-        &store,
-        &ex,
-        &[
-            "test",
-            image.to_str().unwrap(),
-            "-f",
-            "memcached.spec",
-            "--serial-log",
-            serial.to_str().unwrap(),
-        ],
-    );
+    let (broken, console) = kiln_test(&[]);
     std::fs::write(&cmdline, good).unwrap();
     assert_ne!(broken.code, 0, "{}", broken.stdout);
-    let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
     assert!(
         console.contains(
             "kiln-init: error: root PARTUUID=00000000-0000-4000-8000-000000000000 did not appear within 2 s"
