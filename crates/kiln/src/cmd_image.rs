@@ -289,12 +289,18 @@ fn side_outputs(
     seed: &str,
 ) -> anyhow::Result<SideOutputs> {
     let default = &request.partitions[request.default].rootfs;
+    let os = request
+        .partitions
+        .iter()
+        .map(|p| kiln_image::osinfo::os_descriptor(&p.rootfs))
+        .collect::<Result<Vec<_>, _>>()?;
     let boot_dir = match boot {
         BootMode::Kernel => {
             let staged = tmp_sibling(&boot_dir(output), "staged");
             let _ = fs::remove_dir_all(&staged);
             let made = stage_boot_dir(
                 default,
+                &os[request.default].arch,
                 &staged,
                 &boot_dir(output),
                 request.source_date_epoch,
@@ -307,24 +313,24 @@ fn side_outputs(
         }
         _ => None,
     };
-    let os = request
-        .partitions
-        .iter()
-        .map(|p| kiln_image::osinfo::os_descriptor(&p.rootfs))
-        .collect::<Result<Vec<_>, _>>()?;
     let sbom = kiln_image::spdx::sbom(default, image_name, seed, request.source_date_epoch)?;
     Ok(SideOutputs { boot_dir, os, sbom })
 }
 
-/// Kernel, the image's initrd and kiln's boot initramfs, written into `dir` (to become
-/// `shown`).
-fn stage_boot_dir(rootfs: &Path, dir: &Path, shown: &Path, epoch: i64) -> anyhow::Result<()> {
+/// Kernel, the image's initrd and kiln's boot initramfs (for an image of `image_arch`,
+/// the default partition's Debian architecture), written into `dir` (to become `shown`).
+fn stage_boot_dir(
+    rootfs: &Path,
+    image_arch: &str,
+    dir: &Path,
+    shown: &Path,
+    epoch: i64,
+) -> anyhow::Result<()> {
     let release = extract_kernel(rootfs, dir, shown, epoch)?;
     // kiln-init is an executable for this machine: an image of another architecture
     // boots with its own initrd only.
-    let image_arch = kiln_image::osinfo::os_descriptor(rootfs)?.arch;
     let init_arch = kiln_image::boot_initrd::init_architecture();
-    if init_arch != Some(image_arch.as_str()) {
+    if init_arch != Some(image_arch) {
         eprintln!(
             "no {KILN_INITRD}: the image is {image_arch}, kiln-init is built for {}",
             init_arch.unwrap_or(std::env::consts::ARCH)
