@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use kiln_image::cpio::Kind;
 use kiln_vm::{Accel, Boot, VmConfig};
 
 /// Printed by /init once its services run.
@@ -216,7 +217,7 @@ fn initramfs(kernel_dir: &Path) -> Vec<u8> {
         is_static_elf(&busybox),
         "/bin/busybox is dynamically linked: install `busybox-static` instead of `busybox`"
     );
-    let mut cpio = Cpio::default();
+    let mut cpio = Cpio(kiln_image::cpio::Writer::new(Vec::new(), 0));
     for dir in [
         "bin",
         "dev",
@@ -245,7 +246,28 @@ fn initramfs(kernel_dir: &Path) -> Vec<u8> {
     let (net, base): (Vec<&str>, Vec<&str>) = order.iter().partition(|m| NET_MODULES.contains(m));
     cpio.file("lib/modules/order.base", 0o644, base.join("\n").as_bytes());
     cpio.file("lib/modules/order.net", 0o644, net.join("\n").as_bytes());
-    cpio.finish()
+    cpio.0.finish().expect("writing to memory").0
+}
+
+/// kiln's own newc writer, with the three kinds of entry the guest needs.
+struct Cpio(kiln_image::cpio::Writer<Vec<u8>>);
+
+impl Cpio {
+    fn dir(&mut self, name: &str) {
+        self.add(name, 0o755, Kind::Dir);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.add(name, perm, Kind::File(data.to_vec()));
+    }
+
+    fn char_device(&mut self, name: &str, major: u32, minor: u32) {
+        self.add(name, 0o600, Kind::CharDevice(major, minor));
+    }
+
+    fn add(&mut self, name: &str, perm: u32, kind: Kind) {
+        self.0.add(name, perm, &kind).expect("writing to memory");
+    }
 }
 
 /// The `depends=` list from a module's .modinfo section.
@@ -298,65 +320,4 @@ fn is_static_elf(elf: &[u8]) -> bool {
         let p_type = u32::from_le_bytes(elf[phoff + i * phentsize..][..4].try_into().unwrap());
         p_type != 3
     })
-}
-
-/// A writer for the cpio "newc" format the kernel unpacks as initramfs.
-#[derive(Default)]
-struct Cpio {
-    out: Vec<u8>,
-    next_ino: u32,
-}
-
-impl Cpio {
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, 2, (0, 0), &[]);
-    }
-
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
-        self.entry(name, 0o100000 | perm, 1, (0, 0), data);
-    }
-
-    fn char_device(&mut self, name: &str, major: u32, minor: u32) {
-        self.entry(name, 0o020600, 1, (major, minor), &[]);
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
-        self.next_ino += 1;
-        let fields = [
-            self.next_ino,
-            mode,
-            0, // uid
-            0, // gid
-            nlink,
-            0, // mtime: fixed, for reproducible archives
-            data.len() as u32,
-            0, // dev major
-            0, // dev minor
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0, // checksum (unused by newc)
-        ];
-        self.out.extend_from_slice(b"070701");
-        for field in fields {
-            self.out
-                .extend_from_slice(format!("{field:08X}").as_bytes());
-        }
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
-            self.out.push(0);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, 1, (0, 0), &[]);
-        self.out
-    }
 }
