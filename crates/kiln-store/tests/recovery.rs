@@ -3,12 +3,25 @@
 mod common;
 
 use std::fs;
+use std::sync::Mutex;
 
 use common::{commit_simple, id, names};
 use kiln_store::{FsStore, Store};
 
+/// Held while a test spawns a child process, and by tests that expect a dropped store's
+/// locks to be free at once: between fork and exec the child shares every open file of
+/// this test process, flocks included, so a lock "released" meanwhile is still held.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
+fn no_spawning() -> std::sync::MutexGuard<'static, ()> {
+    SPAWNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn reopen_purges_stale_temporaries_but_not_live_ones() {
+    let _no_children = no_spawning();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let store = FsStore::open(&root).unwrap();
@@ -76,24 +89,25 @@ fn reopen_purges_temporaries_whose_owner_process_died() {
     let root = dir.path().join("store");
     FsStore::open(&root).unwrap();
     let layer = id(21, 0);
-    // A child process holds the step lock while we reopen, then exits.
+    // A child process holds the step lock while we reopen, then exits. It says when it
+    // holds the lock; probing with our own attempts would race with it (a lock file
+    // released by kiln is unlinked, and flock(1) may be waiting on the old inode).
+    let spawning = no_spawning();
     let mut child = std::process::Command::new("flock")
         .arg(root.join("locks").join(format!("{layer}.lock")))
-        .args(["-c", "read line"])
+        .args(["-c", "echo locked && read line"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("flock(1) from util-linux");
-    // Wait until the child holds the lock: our own non-blocking attempt must fail.
-    let probe = FsStore::open(&root).unwrap();
-    loop {
-        match probe.try_lock_step(&layer).unwrap() {
-            Some(lock) => drop(lock),
-            None => break,
-        }
-        std::thread::yield_now();
-    }
-    drop(probe);
+    drop(spawning);
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said, "locked\n");
     fs::create_dir_all(root.join("result-tmp").join(layer.as_str()).join("rootfs")).unwrap();
     let while_alive = FsStore::open(&root).unwrap();
     assert_eq!(
