@@ -34,9 +34,7 @@ by_hand() {
   local out=$1 root=$work/hand-root
   mmdebstrap --quiet --mode=root --variant=minbase \
     --aptopt='APT::Install-Recommends "false"' \
-    --setup-hook="install -D -m644 '$example/initramfs.conf' \"\$1/etc/initramfs-tools/conf.d/kiln.conf\"" \
-    --setup-hook="install -D -m755 '$example/initramfs-hook' \"\$1/etc/initramfs-tools/hooks/kiln-disks\"" \
-    --setup-hook="install -D -m644 '$example/vm-modules.conf' \"\$1/etc/modprobe.d/kiln-vm.conf\"" \
+    --setup-hook="sync-in '$example/skeleton' /" \
     --include=linux-image-amd64,systemd-sysv,udev,memcached \
     bookworm "$root" http://deb.debian.org/debian >/dev/null 2>&1
   [[ $(du -m "$root"/boot/initrd.img-* | cut -f1) -lt 16 ]] ||
@@ -60,7 +58,9 @@ by_hand() {
     sfdisk -q "$work/hand.raw"
   dd if="$work/hand-root.ext4" of="$work/hand.raw" bs=1M seek=1 conv=notrunc,sparse status=none
   qemu-img convert -O qcow2 "$work/hand.raw" "$out"
-  rm -rf "$root" "$work/hand-root.ext4" "$work/hand.raw"
+  # Its intermediates go, as kiln's raw disk does; the root tree is kept (kiln keeps
+  # its layers in the store) and removed untimed by the caller.
+  rm -f "$work/hand-root.ext4" "$work/hand.raw"
 }
 
 kiln_build() { # STORE OUT [ARGS…]   ($EXAMPLE_DIR: another copy of the example)
@@ -83,6 +83,7 @@ for round in $(seq "${ROUNDS:-3}"); do
   t0=$(now); kiln_build "$work/store" "$work/kiln.qcow2" --boot kernel; t1=$(now)
   rm -f "$work/hand.qcow2"; rm -rf "$work/hand.qcow2.boot"; sync
   t2=$(now); by_hand "$work/hand.qcow2"; t3=$(now)
+  rm -rf "$work/hand-root"
   kilns+=("$(secs "$t0" "$t1")") hands+=("$(secs "$t2" "$t3")")
   printf '  round %s: kiln %.1f s, by hand %.1f s\n' "$round" "${kilns[-1]}" "${hands[-1]}" >&2
 done

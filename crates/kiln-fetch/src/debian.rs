@@ -18,7 +18,7 @@ use kiln_spec::{hash, LayerId};
 use kiln_store::BaseConfig;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Overrides the default mirror.
 pub const MIRROR_ENV: &str = "KILN_DEBIAN_MIRROR";
@@ -40,6 +40,8 @@ pub struct DebianBase<'a> {
     pub suite: &'a str,
     pub variant: &'a str,
     pub include: &'a [String],
+    /// Directories copied into the root before any package installs ([`crate::skeleton`]).
+    pub skeleton: &'a [PathBuf],
     /// `None`: `$KILN_DEBIAN_MIRROR` or [`DEFAULT_MIRROR`].
     pub mirror: Option<&'a str>,
     /// `None`: the host's architecture.
@@ -54,6 +56,12 @@ for f in "$KILN_STAGE"/lists-in/*; do
 done
 if [ "$KILN_DEB_LINK" = 1 ]; then copy="cp -l"; else copy="cp -p"; fi
 find "$KILN_DEB_CACHE" -maxdepth 1 -type f -name '*.deb' -exec $copy -t "$1/var/cache/apt/archives/" {} +
+"#;
+
+/// Puts the staged skeleton in place: owners (root), modes and symlinks kept, existing
+/// directories (and symlinks to them, such as a merged /lib) left as they are.
+const SKELETON_HOOK: &str = r#"set -e
+tar -C "$KILN_SKELETON" -cf - . | tar -C "$1" -xpf - --keep-directory-symlink --no-overwrite-dir
 "#;
 
 /// Hands packages the cache lacks, and the fresh lists, to the staging area.
@@ -78,12 +86,14 @@ impl<'a> DebianBase<'a> {
                 suite,
                 variant,
                 include,
+                skeleton,
                 mirror,
                 arch,
             } => Some(DebianBase {
                 suite,
                 variant,
                 include,
+                skeleton,
                 mirror: mirror.as_deref(),
                 arch: arch.as_deref(),
             }),
@@ -132,27 +142,65 @@ impl<'a> DebianBase<'a> {
             m if m == DEFAULT_MIRROR => "default".to_string(),
             m => m,
         };
-        let id = hash::base_id(
-            "debian",
-            &[
-                ("suite", self.suite),
-                ("variant", self.variant),
-                ("include", &include),
-                // A mirror from the spec or KILN_DEBIAN_MIRROR may serve other content
-                // (a snapshot, a derivative), so it names the base; the default one is "default".
-                ("mirror", &mirror),
-                ("arch", &arch),
-            ],
-        );
-        let extra = if include.is_empty() {
+        let skeleton = self.skeleton_digest()?;
+        let mut inputs = vec![
+            ("suite", self.suite),
+            ("variant", self.variant),
+            ("include", &include),
+            // A mirror from the spec or KILN_DEBIAN_MIRROR may serve other content
+            // (a snapshot, a derivative), so it names the base; the default one is "default".
+            ("mirror", &mirror),
+            ("arch", &arch),
+        ];
+        // Only when there is one, so bases without a skeleton keep their ids.
+        if let Some(digest) = &skeleton {
+            inputs.push(("skeleton", digest));
+        }
+        let id = hash::base_id("debian", &inputs);
+        let mut extra = if include.is_empty() {
             String::new()
         } else {
             format!(" +{include}")
         };
+        if let Some(digest) = &skeleton {
+            extra.push_str(&format!(", skeleton {}", &digest[..12]));
+        }
         Ok((
             id,
             format!("debian:{} ({}{extra}, {arch})", self.suite, self.variant),
         ))
+    }
+
+    /// The digest of the skeleton directories, `None` without any.
+    fn skeleton_digest(&self) -> Result<Option<String>, FetchError> {
+        if self.skeleton.is_empty() {
+            return Ok(None);
+        }
+        crate::skeleton::digest(self.skeleton)
+            .map(Some)
+            .map_err(|e| self.skeleton_error(e))
+    }
+
+    fn skeleton_error(&self, e: crate::skeleton::SkeletonError) -> FetchError {
+        FetchError::base(
+            &self.name(),
+            format!("(skeleton …): {}: {}", e.path.display(), e.problem),
+        )
+    }
+
+    /// Copies the skeleton into `into` and checks it is still the one the base id names.
+    fn stage_skeleton(&self, into: &Path) -> Result<(), FetchError> {
+        let expected = self.skeleton_digest()?;
+        let staged =
+            crate::skeleton::stage(self.skeleton, into).map_err(|e| self.skeleton_error(e))?;
+        if expected.as_deref() != Some(staged.as_str()) {
+            return Err(FetchError::base(
+                &self.name(),
+                "(skeleton …) changed while the base was being bootstrapped; build again"
+                    .to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Bootstraps into the empty directory `rootfs` with mmdebstrap, or debootstrap when
@@ -202,6 +250,13 @@ impl<'a> DebianBase<'a> {
         };
         if let Some(program) = mmdebstrap {
             self.with_mmdebstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+        } else if !self.skeleton.is_empty() {
+            // debootstrap has no hook between unpacking and installing.
+            return Err(FetchError::MissingTool {
+                base: format!("{} with (skeleton …)", self.name()),
+                program: mmdebstrap::PROGRAM,
+                package: mmdebstrap::PACKAGE,
+            });
         } else if let Some(program) = debootstrap {
             self.with_debootstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
         } else if tool == Bootstrapper::Debootstrap {
@@ -249,6 +304,12 @@ impl<'a> DebianBase<'a> {
             .load_lists(&key, &stage.lists_in())
             .map_err(cache_err)?;
         let link = cache.can_link_into(rootfs);
+        let mut setup_hooks = vec![SETUP_HOOK];
+        let skeleton = stage.dir.join("skeleton");
+        if !self.skeleton.is_empty() {
+            self.stage_skeleton(&skeleton)?;
+            setup_hooks.push(SKELETON_HOOK);
+        }
         let _ = writeln!(
             progress,
             "deb cache: {} packages, {lists} cached index files",
@@ -261,7 +322,7 @@ impl<'a> DebianBase<'a> {
             arch,
             mirror,
             target: rootfs,
-            setup_hooks: &[SETUP_HOOK],
+            setup_hooks: &setup_hooks,
             customize_hooks: &[CUSTOMIZE_HOOK],
             env: vec![
                 ("KILN_DEB_CACHE", cache.debs_dir().into_os_string()),
@@ -270,6 +331,7 @@ impl<'a> DebianBase<'a> {
                     "KILN_DEB_LINK",
                     OsStr::new(if link { "1" } else { "0" }).to_os_string(),
                 ),
+                ("KILN_SKELETON", skeleton.into_os_string()),
             ],
         };
         mmdebstrap::run(program, &run, progress)

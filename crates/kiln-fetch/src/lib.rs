@@ -19,6 +19,7 @@ pub mod debian;
 mod error;
 mod fsutil;
 pub mod oci;
+pub mod skeleton;
 mod source;
 pub mod tarball;
 mod tools;

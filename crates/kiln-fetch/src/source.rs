@@ -15,6 +15,8 @@ pub enum BaseSource {
         suite: String,
         variant: String,
         include: Vec<String>,
+        /// `(skeleton …)` directories, resolved against the build context.
+        skeleton: Vec<PathBuf>,
         mirror: Option<String>,
         arch: Option<String>,
     },
@@ -46,7 +48,7 @@ pub fn parse_base(
     context: &Path,
 ) -> Result<BaseSource, FetchError> {
     if let Some(suite) = from.strip_prefix("debian:") {
-        return parse_debian(from, suite, bootstrap);
+        return parse_debian(from, suite, bootstrap, context);
     }
     if bootstrap.is_some() {
         return Err(FetchError::base(
@@ -73,6 +75,7 @@ fn parse_debian(
     from: &str,
     suite: &str,
     bootstrap: Option<&Bootstrap>,
+    context: &Path,
 ) -> Result<BaseSource, FetchError> {
     if !is_debian_word(suite) {
         return Err(FetchError::base(
@@ -118,10 +121,12 @@ fn parse_debian(
             ));
         }
     }
+    let skeleton = b.skeleton.iter().map(|dir| context.join(dir)).collect();
     Ok(BaseSource::Debian {
         suite: suite.to_string(),
         variant,
         include: b.include.clone(),
+        skeleton,
         mirror: b.mirror.clone(),
         arch: b.arch.clone(),
     })

@@ -32,6 +32,23 @@ fn bootstrap_into(
     (result, String::from_utf8_lossy(&log).into_owned())
 }
 
+/// How many regular files are below `dir`.
+fn walk_files(dir: &Path) -> usize {
+    let mut count = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            count += walk_files(&entry.path());
+        } else if kind.is_file() {
+            count += 1;
+        }
+    }
+    count
+}
+
 fn check_bookworm(rootfs: &Path) {
     assert!(rootfs.join("usr/bin/apt").is_file(), "apt is installed");
     let os_release = std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap();
@@ -97,10 +114,80 @@ fn second_bootstrap_downloads_no_package() {
     );
     check_bookworm(&first.join("rootfs"));
 
+    // The second bootstrap also has a skeleton (another base, the same packages): its
+    // dpkg setting must be in place before the first package installs.
+    let context = work.path().join("context");
+    let skel = context.join("skel");
+    std::fs::create_dir_all(skel.join("etc/dpkg/dpkg.cfg.d")).unwrap();
+    std::fs::write(
+        skel.join("etc/dpkg/dpkg.cfg.d/no-docs"),
+        "path-exclude=/usr/share/doc/*\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(skel.join("usr/local/bin")).unwrap();
+    std::fs::write(skel.join("usr/local/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::set_permissions(
+        skel.join("usr/local/bin/hello"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("hello", skel.join("usr/local/bin/hi")).unwrap();
+    // Under /lib, which is a link to usr/lib in a merged-/usr root.
+    std::fs::create_dir_all(skel.join("lib/modprobe.d")).unwrap();
+    std::fs::write(
+        skel.join("lib/modprobe.d/kiln-test.conf"),
+        "blacklist pcspkr\n",
+    )
+    .unwrap();
+    // Under /lib, which is a link to usr/lib in a merged-/usr root.
+    std::fs::create_dir_all(skel.join("lib/modprobe.d")).unwrap();
+    std::fs::write(
+        skel.join("lib/modprobe.d/kiln-test.conf"),
+        "blacklist pcspkr\n",
+    )
+    .unwrap();
+    let with_skeleton = Bootstrap {
+        skeleton: vec!["skel".into()],
+        ..Bootstrap::default()
+    };
+    let skeleton_base = fetcher
+        .resolve(&parse_base("debian:bookworm", Some(&with_skeleton), &context).unwrap())
+        .unwrap();
+    assert_ne!(skeleton_base.id, base.id);
+    assert!(
+        skeleton_base.description.contains("skeleton "),
+        "{}",
+        skeleton_base.description
+    );
     let second = work.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    let (result, log) = bootstrap_into(&fetcher, &base, &second);
+    let (result, log) = bootstrap_into(&fetcher, &skeleton_base, &second);
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let root = second.join("rootfs");
+    // mmdebstrap extracts the essential packages with dpkg-deb (no excludes apply), then
+    // installs the rest (apt, adduser, …) with dpkg, which reads the skeleton's setting.
+    let apt_docs = |root: &Path| walk_files(&root.join("usr/share/doc/apt"));
+    assert!(
+        apt_docs(&first.join("rootfs")) > 0,
+        "the plain base has apt's docs"
+    );
+    assert_eq!(apt_docs(&root), 0, "apt installed no doc file");
+    assert!(root.join("usr/bin/apt").is_file());
+    let hello = std::fs::symlink_metadata(root.join("usr/local/bin/hello")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&hello.permissions()) & 0o7777,
+        0o750
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&hello), 0);
+    assert_eq!(
+        std::fs::read_link(root.join("usr/local/bin/hi")).unwrap(),
+        Path::new("hello")
+    );
+    assert!(
+        root.join("lib").is_symlink(),
+        "the merged /usr links are kept"
+    );
+    assert!(root.join("usr/lib/modprobe.d/kiln-test.conf").is_file());
     let downloaded = package_downloads(&log);
     assert!(
         downloaded.is_empty(),
@@ -176,6 +263,32 @@ fn bootstrap_options_enter_the_id() {
         })),
         "naming the default mirror is the same base"
     );
+    // A skeleton enters the id with its contents; a missing one is named.
+    std::fs::create_dir_all(work.path().join("skel/etc")).unwrap();
+    std::fs::write(work.path().join("skel/etc/a.conf"), "1").unwrap();
+    let skeleton = || {
+        Some(Bootstrap {
+            skeleton: vec!["skel".into()],
+            ..Bootstrap::default()
+        })
+    };
+    let with_skeleton = id(skeleton());
+    assert_ne!(plain, with_skeleton);
+    assert_eq!(with_skeleton, id(skeleton()));
+    std::fs::write(work.path().join("skel/etc/a.conf"), "2").unwrap();
+    assert_ne!(with_skeleton, id(skeleton()));
+    let missing = Bootstrap {
+        skeleton: vec!["nope".into()],
+        ..Bootstrap::default()
+    };
+    let err = fetcher
+        .resolve(&parse_base("debian:bookworm", Some(&missing), work.path()).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("(skeleton …)") && err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
     let trixie = fetcher
         .resolve(&parse_base("debian:trixie", None, work.path()).unwrap())
         .unwrap()
@@ -228,6 +341,7 @@ fn debootstrap_fallback_bootstraps_into_the_same_cache() {
         suite: "bookworm",
         variant: "minbase",
         include: &[],
+        skeleton: &[],
         mirror: None,
         arch: None,
     };

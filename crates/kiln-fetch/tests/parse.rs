@@ -12,6 +12,7 @@ fn bootstrap(
     Bootstrap {
         variant: variant.map(String::from),
         include: include.iter().map(|s| s.to_string()).collect(),
+        skeleton: vec![],
         mirror: mirror.map(String::from),
         arch: arch.map(String::from),
     }
@@ -32,6 +33,7 @@ fn accepted_bases() {
             suite: "bookworm".into(),
             variant: "minbase".into(),
             include: vec![],
+            skeleton: vec![],
             mirror: None,
             arch: None
         }
@@ -48,10 +50,20 @@ fn accepted_bases() {
             suite: "trixie".into(),
             variant: "apt".into(),
             include: vec!["curl".into(), "ca-certificates".into()],
+            skeleton: vec![],
             mirror: Some("http://deb.debian.org/debian".into()),
             arch: Some("arm64".into()),
         }
     );
+    let skeleton = Bootstrap {
+        skeleton: vec!["skel".into(), "conf/more".into()],
+        ..Bootstrap::default()
+    };
+    assert!(matches!(
+        parse_base("debian:bookworm", Some(&skeleton), context.path()).unwrap(),
+        BaseSource::Debian { skeleton, .. }
+            if skeleton == vec![context.path().join("skel"), context.path().join("conf/more")]
+    ));
     assert_eq!(
         parse_base("file:root.tar.gz", None, context.path()).unwrap(),
         BaseSource::Tar(context.path().join("root.tar.gz"))

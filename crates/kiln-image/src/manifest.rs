@@ -76,7 +76,6 @@
 use crate::spdx::rfc3339_utc;
 use crate::{ImageError, OsDescriptor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256, Sha512};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -280,16 +279,19 @@ pub struct FileDigests {
 
 /// Hashes `path` with SHA-256 and SHA-512 on two threads, each reading the file (the
 /// second read comes from the page cache): SHA-512 alone takes about as long as both
-/// did on one thread, and an image is hundreds of megabytes.
+/// did on one thread, and an image is hundreds of megabytes. aws-lc's assembly does
+/// SHA-512 ~15% faster than the sha2 crate here (SHA-256 is as fast with either, both
+/// use the CPU's SHA extensions).
 pub fn hash_file(path: &Path) -> Result<FileDigests, ImageError> {
-    fn digest<D: Digest>(path: &Path) -> Result<(u64, String), ImageError> {
-        let mut hasher = D::new();
-        let bytes = for_each_chunk(path, |chunk| hasher.update(chunk))?;
-        Ok((bytes, hex::encode(hasher.finalize())))
+    use aws_lc_rs::digest::{Algorithm, Context, SHA256, SHA512};
+    fn digest(path: &Path, algorithm: &'static Algorithm) -> Result<(u64, String), ImageError> {
+        let mut context = Context::new(algorithm);
+        let bytes = for_each_chunk(path, |chunk| context.update(chunk))?;
+        Ok((bytes, hex::encode(context.finish())))
     }
     let ((bytes, sha256), (bytes512, sha512)) = std::thread::scope(|s| {
-        let sha512 = s.spawn(|| digest::<Sha512>(path));
-        let sha256 = digest::<Sha256>(path);
+        let sha512 = s.spawn(|| digest(path, &SHA512));
+        let sha256 = digest(path, &SHA256);
         let sha512 = sha512
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

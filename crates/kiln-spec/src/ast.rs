@@ -66,7 +66,7 @@ pub struct ChildBuild {
     pub spec: Spec,
 }
 
-/// kiln extension: `(bootstrap (variant V) (include P…) (mirror URL) (arch A))`.
+/// kiln extension: `(bootstrap (variant V) (include P…) (skeleton DIR…) (mirror URL) (arch A))`.
 /// Every field is optional; absent fields take the defaults below.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bootstrap {
@@ -74,6 +74,10 @@ pub struct Bootstrap {
     pub variant: Option<String>,
     /// Extra packages installed by the bootstrap itself.
     pub include: Vec<String>,
+    /// Directories of the build context whose contents are copied into the new root
+    /// before any package is installed (configuration that must be in place when the
+    /// packages' scripts run: initramfs or dpkg settings, module options, …).
+    pub skeleton: Vec<String>,
     /// Mirror URL; `None` means the host's configured default.
     pub mirror: Option<String>,
     /// Debian architecture; `None` means the host's.

@@ -37,7 +37,7 @@ const OP_FORMS: &[&str] = &["comment", "workdir", "shell", "run", "copy", "user"
 const RUN_FIELDS: &[&str] = &["cache", "network", "secrets", "shell"];
 const COPY_FIELDS: &[&str] = &["from", "src", "dst", "exclude"];
 const USER_FIELDS: &[&str] = &["uid", "gid", "name"];
-const BOOTSTRAP_FIELDS: &[&str] = &["variant", "include", "mirror", "arch"];
+const BOOTSTRAP_FIELDS: &[&str] = &["variant", "include", "skeleton", "mirror", "arch"];
 const MOUNT_FIELDS: &[&str] = &["target"];
 /// `test` settings; each at most once, among any number of checks.
 const TEST_SETTINGS: &[&str] = &["memory", "cpus", "boot-timeout"];
@@ -648,9 +648,20 @@ fn bootstrap(form: Form) -> Result<Bootstrap, SpecError> {
         Some(f) => texts(f.any_atoms("(include PACKAGE…)")?),
         None => Vec::new(),
     };
+    let skeleton = match fields.get("skeleton") {
+        Some(f) => {
+            let dirs = f.some_atoms("(skeleton DIRECTORY…)")?;
+            for dir in &dirs {
+                validate::skeleton_dir(dir)?;
+            }
+            texts(dirs)
+        }
+        None => Vec::new(),
+    };
     Ok(Bootstrap {
         variant: variant.map(|a| a.text.clone()),
         include,
+        skeleton,
         mirror: single("mirror", "(mirror URL)")?.map(|a| a.text.clone()),
         arch: single("arch", "(arch amd64)")?.map(|a| a.text.clone()),
     })

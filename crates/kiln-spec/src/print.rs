@@ -261,6 +261,9 @@ fn bootstrap_doc(b: &Bootstrap) -> Doc {
     if !b.include.is_empty() {
         fields.push(form("include", atoms(&b.include)));
     }
+    if !b.skeleton.is_empty() {
+        fields.push(form("skeleton", atoms(&b.skeleton)));
+    }
     if let Some(m) = &b.mirror {
         fields.push(form("mirror", [atom(m)]));
     }

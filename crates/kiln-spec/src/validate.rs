@@ -107,6 +107,35 @@ pub(crate) fn copy_source(atom: &Atom) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// `(bootstrap (skeleton DIR))`: a directory of the build context, named relative to it.
+pub(crate) fn skeleton_dir(atom: &Atom) -> Result<(), SpecError> {
+    relative_inside(
+        atom,
+        "skeleton directory",
+        "(skeleton skeleton)",
+        "the build context",
+    )
+}
+
+/// A path that must be relative and stay inside `inside`; `what` and `example` name it
+/// in the error.
+fn relative_inside(atom: &Atom, what: &str, example: &str, inside: &str) -> Result<(), SpecError> {
+    let text = &atom.text;
+    let problem = if text.is_empty() {
+        format!("is empty: write e.g. `{example}`")
+    } else if text.starts_with('/') {
+        format!("is absolute: write it relative to {inside}")
+    } else if text.split('/').any(|component| component == "..") {
+        format!("contains `..`: it must be inside {inside}; move it there")
+    } else {
+        return Ok(());
+    };
+    Err(SpecError::new(
+        atom.pos,
+        format!("{what} `{text}` {problem}"),
+    ))
+}
+
 /// With several sources, `dst` must name a directory (end with `/`).
 pub(crate) fn copy_destination(source_count: usize, dst: &Atom) -> Result<(), SpecError> {
     if source_count > 1 && !dst.text.ends_with('/') {
@@ -274,20 +303,12 @@ pub(crate) fn partition_label(atom: &Atom) -> Result<(), SpecError> {
 
 /// `(partition (spec PATH))`: a path relative to the spec's directory, staying inside it.
 pub(crate) fn partition_spec_path(atom: &Atom) -> Result<(), SpecError> {
-    let text = &atom.text;
-    let problem = if text.is_empty() {
-        "is empty: write e.g. `(spec db.spec)`"
-    } else if text.starts_with('/') {
-        "is absolute: write it relative to this spec's directory"
-    } else if text.split('/').any(|component| component == "..") {
-        "contains `..`: the spec file must be inside this spec's directory; move it there"
-    } else {
-        return Ok(());
-    };
-    Err(SpecError::new(
-        atom.pos,
-        format!("partition spec path `{text}` {problem}"),
-    ))
+    relative_inside(
+        atom,
+        "partition spec path",
+        "(spec db.spec)",
+        "this spec's directory",
+    )
 }
 
 /// A partition size such as `2G`, in bytes.

@@ -178,6 +178,20 @@ fn copy_defaults_and_sources() {
 }
 
 #[test]
+fn bootstrap_skeleton_names_context_directories() {
+    let spec =
+        parse("((from debian:bookworm) (bootstrap (skeleton skel conf/more)))").expect("parses");
+    let b = spec.bootstrap.expect("bootstrap").value;
+    assert_eq!(b.skeleton, vec!["skel", "conf/more"]);
+    let e = error("(bootstrap (skeleton skel /etc))");
+    assert!(e.starts_with("2:28: ") && e.contains("is absolute"), "{e}");
+    let e = error("(bootstrap (skeleton a/../../b))");
+    assert!(e.contains("contains `..`"), "{e}");
+    let e = error("(bootstrap (skeleton))");
+    assert!(e.contains("needs at least one argument"), "{e}");
+}
+
+#[test]
 fn bootstrap_fields_are_optional_and_go_after_from() {
     let spec = parse("((from debian:bookworm) (run (shell true)) (bootstrap))").expect("parses");
     assert_eq!(spec.bootstrap.map(|b| b.value), Some(Bootstrap::default()));
@@ -190,6 +204,7 @@ fn bootstrap_fields_are_optional_and_go_after_from() {
     assert_eq!(b.include, vec!["a", "b"]);
     assert_eq!(b.mirror.as_deref(), Some("http://m/debian"));
     assert_eq!(b.arch.as_deref(), Some("arm64"));
+    assert!(b.skeleton.is_empty());
     let printed =
         print(&parse("((from d) (run (shell true)) (bootstrap (arch arm64)))").expect("parses"));
     assert_eq!(
@@ -258,6 +273,7 @@ fn everything() -> Spec {
         bootstrap: Some(at(Bootstrap {
             variant: Some("minbase".into()),
             include: vec!["ca-certificates".into()],
+            skeleton: vec!["skeleton".into(), "more/skel".into()],
             mirror: Some("http://deb.debian.org/debian".into()),
             arch: None,
         })),
@@ -338,6 +354,7 @@ fn hand_built_spec_prints_in_canonical_layout() {
  (from debian:bookworm)
  (bootstrap (variant minbase)
             (include ca-certificates)
+            (skeleton skeleton more/skel)
             (mirror http://deb.debian.org/debian))
  (comment "multi-line\ncomment with \"quotes\", tabs\t, unicode ✓ and a backslash \\")
  (shell /bin/bash -e -c)

@@ -119,12 +119,14 @@ fn bootstrap() -> impl Strategy<Value = Option<Bootstrap>> {
     let fields = (
         variant,
         prop::collection::vec(text(), 0..3),
+        prop::collection::vec("[a-z][a-z0-9._-]{0,8}(/[a-z0-9_-]{1,8}){0,2}", 0..3),
         prop::option::of(text()),
         prop::option::of(text()),
     )
-        .prop_map(|(variant, include, mirror, arch)| Bootstrap {
+        .prop_map(|(variant, include, skeleton, mirror, arch)| Bootstrap {
             variant: variant.map(str::to_string),
             include,
+            skeleton,
             mirror,
             arch,
         });

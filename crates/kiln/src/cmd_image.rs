@@ -166,8 +166,8 @@ fn produce_in(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (disk, side)
     });
-    let (layout, side) = match (disk, side) {
-        (Ok(layout), Ok(side)) => (layout, side),
+    let ((layout, _raw_removal), side) = match (disk, side) {
+        (Ok(disk), Ok(side)) => (disk, side),
         (Err(e), Ok(side)) => {
             if let Some(staged) = side.boot_dir {
                 let _ = fs::remove_dir_all(staged);
@@ -247,7 +247,7 @@ fn assemble_and_convert(
     format: OutputFormat,
     args: &ImageArgs,
     seed: &str,
-) -> anyhow::Result<disk::DiskLayout> {
+) -> anyhow::Result<(disk::DiskLayout, Option<BackgroundRemoval>)> {
     let layout = disk::assemble(request, raw)?;
     match format {
         OutputFormat::Raw => {
@@ -265,11 +265,37 @@ fn assemble_and_convert(
             // convert() writes next to `output` and renames into place itself (a VMDK
             // records its own file name, so it must be written under its final name).
             let converted = formats::convert(raw, fmt, output, seed);
-            let _ = fs::remove_file(raw);
+            let removal = BackgroundRemoval::start(raw);
             converted?;
+            return Ok((layout, Some(removal)));
         }
     }
-    Ok(layout)
+    Ok((layout, None))
+}
+
+/// A file being deleted on another thread; dropping this waits for it. Deleting the
+/// raw disk waits for its pages still being written back (a few tenths of a second),
+/// which can overlap the hashing that follows.
+struct BackgroundRemoval(Option<std::thread::JoinHandle<()>>);
+
+impl BackgroundRemoval {
+    fn start(path: &Path) -> Self {
+        let path = path.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+        });
+        BackgroundRemoval(Some(handle))
+    }
+}
+
+impl Drop for BackgroundRemoval {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// What is made from the partitions' trees alone, beside the disk.

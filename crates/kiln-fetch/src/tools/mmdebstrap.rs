@@ -61,7 +61,7 @@ pub(crate) fn run(
         .get_args()
         .map(|a| a.to_string_lossy())
         .map(|a| match a.split_once("-hook=") {
-            Some((option, _)) => format!("{option}-hook=<kiln deb cache hook>"),
+            Some((option, _)) => format!("{option}-hook=<kiln hook>"),
             None => a.into_owned(),
         })
         .collect();
