@@ -189,7 +189,12 @@ impl Builder<'_> {
         let fetched = (|| {
             let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
             let mut output = StepOutput::new(out, &mut log, Vec::new());
-            let config = self.fetcher.fetch(&base, &tmp.rootfs, &mut output)?;
+            let config = self.fetcher.fetch(
+                &base,
+                &tmp.rootfs,
+                self.options.source_date_epoch,
+                &mut output,
+            )?;
             output.finish().map_err(BuildError::output)?;
             Ok(config)
         })();

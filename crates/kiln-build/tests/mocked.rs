@@ -72,11 +72,12 @@ impl Fetcher for FakeBase {
         &self,
         _base: &ResolvedBase,
         rootfs: &Path,
+        source_date_epoch: Option<i64>,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError> {
         std::fs::create_dir_all(rootfs.join("usr/bin")).unwrap();
         std::fs::write(rootfs.join("usr/bin/bash"), "").unwrap();
-        writeln!(progress, "fetched fake base").unwrap();
+        writeln!(progress, "fetched fake base, epoch {source_date_epoch:?}").unwrap();
         Ok(BaseConfig {
             env: vec![("PATH".into(), "/bin".into()), ("LANG".into(), "C".into())],
             workdir: None,
@@ -158,7 +159,7 @@ fn context_reaches_the_sandbox() {
         ]
     );
     assert!(!two.host_network && two.fast_sync);
-    // SOURCE_DATE_EPOCH reaches steps but not their ids.
+    // SOURCE_DATE_EPOCH reaches the base's fetch and the steps, but not their ids.
     let dir2 = tempfile::tempdir().unwrap();
     let store2 = FsStore::open(dir2.path()).unwrap();
     let sandbox2 = ScriptedSandbox::default();
@@ -166,7 +167,12 @@ fn context_reaches_the_sandbox() {
         source_date_epoch: Some(1_600_000_000),
         ..Default::default()
     };
-    let with_epoch = build(&store2, &sandbox2, SPEC, options).0.unwrap();
+    let (with_epoch, log) = build(&store2, &sandbox2, SPEC, options);
+    let with_epoch = with_epoch.unwrap();
+    assert!(
+        log.contains("fetched fake base, epoch Some(1600000000)"),
+        "{log}"
+    );
     let without = build(&store, &sandbox, SPEC, BuildOptions::default())
         .0
         .unwrap();

@@ -48,6 +48,23 @@ pub struct DebianBase<'a> {
     pub arch: Option<&'a str>,
 }
 
+/// Where and how one bootstrap runs (what does not enter the base id).
+struct Target<'a> {
+    arch: &'a str,
+    mirror: &'a str,
+    rootfs: &'a Path,
+    source_date_epoch: Option<i64>,
+}
+
+impl Target<'_> {
+    /// `SOURCE_DATE_EPOCH` for the bootstrap tool, which hands it to dpkg and to the
+    /// packages' scripts (mkinitramfs writes its archive's times from it).
+    fn epoch_env(&self) -> Option<(&'static str, std::ffi::OsString)> {
+        self.source_date_epoch
+            .map(|epoch| ("SOURCE_DATE_EPOCH", epoch.to_string().into()))
+    }
+}
+
 /// Links cached packages and lists into the new root before `apt-get update`.
 const SETUP_HOOK: &str = r#"set -e
 mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists"
@@ -209,9 +226,16 @@ impl<'a> DebianBase<'a> {
         &self,
         deb_cache: &Path,
         rootfs: &Path,
+        source_date_epoch: Option<i64>,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError> {
-        self.fetch_with(Bootstrapper::Auto, deb_cache, rootfs, progress)
+        self.fetch_with(
+            Bootstrapper::Auto,
+            deb_cache,
+            rootfs,
+            source_date_epoch,
+            progress,
+        )
     }
 
     /// Like [`DebianBase::fetch`] with the bootstrap program chosen by the caller.
@@ -232,6 +256,7 @@ impl<'a> DebianBase<'a> {
         tool: Bootstrapper,
         deb_cache: &Path,
         rootfs: &Path,
+        source_date_epoch: Option<i64>,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError> {
         let arch = self.architecture()?;
@@ -249,7 +274,13 @@ impl<'a> DebianBase<'a> {
             debootstrap::find()
         };
         if let Some(program) = mmdebstrap {
-            self.with_mmdebstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+            let run = Target {
+                arch: &arch,
+                mirror: &mirror,
+                rootfs,
+                source_date_epoch,
+            };
+            self.with_mmdebstrap(&program, &cache, &run, progress)?;
         } else if !self.skeleton.is_empty() {
             // debootstrap has no hook between unpacking and installing.
             return Err(FetchError::MissingTool {
@@ -258,7 +289,13 @@ impl<'a> DebianBase<'a> {
                 package: mmdebstrap::PACKAGE,
             });
         } else if let Some(program) = debootstrap {
-            self.with_debootstrap(&program, &cache, &arch, &mirror, rootfs, progress)?;
+            let run = Target {
+                arch: &arch,
+                mirror: &mirror,
+                rootfs,
+                source_date_epoch,
+            };
+            self.with_debootstrap(&program, &cache, &run, progress)?;
         } else if tool == Bootstrapper::Debootstrap {
             return Err(FetchError::MissingTool {
                 base: self.name(),
@@ -291,11 +328,15 @@ impl<'a> DebianBase<'a> {
         &self,
         program: &Path,
         cache: &DebCache,
-        arch: &str,
-        mirror: &str,
-        rootfs: &Path,
+        target: &Target,
         progress: &mut dyn Write,
     ) -> Result<(), FetchError> {
+        let Target {
+            arch,
+            mirror,
+            rootfs,
+            ..
+        } = *target;
         let name = self.name();
         let cache_err = |e| FetchError::io(&name, "using the deb cache", cache.debs_dir(), e);
         let stage = cache.stage().map_err(cache_err)?;
@@ -332,7 +373,10 @@ impl<'a> DebianBase<'a> {
                     OsStr::new(if link { "1" } else { "0" }).to_os_string(),
                 ),
                 ("KILN_SKELETON", skeleton.into_os_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(target.epoch_env())
+            .collect(),
         };
         mmdebstrap::run(program, &run, progress)
             .map_err(|e| self.tool_error(mmdebstrap::PROGRAM, mmdebstrap::PACKAGE, mirror, e))?;
@@ -360,11 +404,15 @@ impl<'a> DebianBase<'a> {
         &self,
         program: &Path,
         cache: &DebCache,
-        arch: &str,
-        mirror: &str,
-        rootfs: &Path,
+        target: &Target,
         progress: &mut dyn Write,
     ) -> Result<(), FetchError> {
+        let Target {
+            arch,
+            mirror,
+            rootfs,
+            ..
+        } = *target;
         let Some(variant) = debootstrap::variant_for(self.variant) else {
             return Err(FetchError::MissingTool {
                 base: self.name(),
@@ -384,6 +432,7 @@ impl<'a> DebianBase<'a> {
             mirror,
             target: rootfs,
             cache_dir: &cache.debs_dir(),
+            env: target.epoch_env().into_iter().collect(),
         };
         debootstrap::run(program, &run, progress)
             .map_err(|e| self.tool_error(debootstrap::PROGRAM, debootstrap::PACKAGE, mirror, e))

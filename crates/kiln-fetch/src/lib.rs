@@ -52,10 +52,14 @@ pub trait Fetcher: Send + Sync {
 
     /// Writes the base's complete root filesystem into `rootfs` (an empty directory) and
     /// returns the image config it carries. Progress goes to `progress`.
+    /// `source_date_epoch` is given to bootstrap tools that honour it (mmdebstrap, and
+    /// through it dpkg and mkinitramfs), as `run` steps get it: like for them, it
+    /// describes how the base is made reproducibly, and does not enter its id.
     fn fetch(
         &self,
         base: &ResolvedBase,
         rootfs: &Path,
+        source_date_epoch: Option<i64>,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError>;
 
@@ -109,6 +113,7 @@ impl Fetcher for RealFetcher {
         &self,
         base: &ResolvedBase,
         rootfs: &Path,
+        source_date_epoch: Option<i64>,
         progress: &mut dyn Write,
     ) -> Result<BaseConfig, FetchError> {
         let name = base.source.to_string();
@@ -117,7 +122,7 @@ impl Fetcher for RealFetcher {
             BaseSource::Debian { .. } => {
                 let debian = debian::DebianBase::from_source(&base.source)
                     .ok_or_else(|| not_debian(&base.source))?;
-                debian.fetch(&self.deb_cache, rootfs, progress)
+                debian.fetch(&self.deb_cache, rootfs, source_date_epoch, progress)
             }
             BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),
             BaseSource::Oci(reference) => oci::fetch(reference, rootfs, progress),

@@ -28,7 +28,7 @@ fn bootstrap_into(
     let rootfs = parent.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     let mut log = Vec::new();
-    let result = fetcher.fetch(base, &rootfs, &mut log);
+    let result = fetcher.fetch(base, &rootfs, None, &mut log);
     (result, String::from_utf8_lossy(&log).into_owned())
 }
 
@@ -346,7 +346,7 @@ fn debootstrap_fallback_bootstraps_into_the_same_cache() {
         arch: None,
     };
     let mut log = Vec::new();
-    let result = base.fetch_with(Bootstrapper::Debootstrap, &cache, &rootfs, &mut log);
+    let result = base.fetch_with(Bootstrapper::Debootstrap, &cache, &rootfs, None, &mut log);
     let log = String::from_utf8_lossy(&log);
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert!(log.contains("debootstrap --variant=minbase"), "{log}");

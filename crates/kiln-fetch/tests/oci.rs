@@ -272,7 +272,7 @@ fn fetch(
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("rootfs")).unwrap();
     let mut log = Vec::new();
-    let result = fetcher.fetch(base, &tmp.path().join("rootfs"), &mut log);
+    let result = fetcher.fetch(base, &tmp.path().join("rootfs"), None, &mut log);
     (tmp, result, String::from_utf8_lossy(&log).into_owned())
 }
 

@@ -29,7 +29,7 @@ fn fetch_bytes(
     let base = fetcher.resolve(&source).unwrap();
     let root = tempfile::tempdir().unwrap();
     let mut log = Vec::new();
-    let result = fetcher.fetch(&base, root.path(), &mut log);
+    let result = fetcher.fetch(&base, root.path(), None, &mut log);
     (root, result, String::from_utf8_lossy(&log).into_owned())
 }
 
@@ -252,7 +252,7 @@ fn a_tarball_changed_after_resolve_is_refused() {
     .unwrap();
     let root = tempfile::tempdir().unwrap();
     let err = fetcher
-        .fetch(&base, root.path(), &mut Vec::new())
+        .fetch(&base, root.path(), None, &mut Vec::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("changed while kiln was reading it"), "{err}");
@@ -273,7 +273,7 @@ fn a_non_empty_target_is_refused() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("precious"), b"keep").unwrap();
     let err = fetcher
-        .fetch(&base, root.path(), &mut Vec::new())
+        .fetch(&base, root.path(), None, &mut Vec::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("is not empty"), "{err}");

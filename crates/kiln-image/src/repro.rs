@@ -184,14 +184,23 @@ pub fn file_digest(path: &Path) -> Result<(String, u64), ImageError> {
 /// directory's mtime is compared after everything inside it, because a difference inside
 /// usually changes it too and the inner difference is the useful answer. Symbolic links
 /// are compared, never followed.
-pub fn first_difference(a: &Path, b: &Path) -> Result<Option<Difference>, ImageError> {
-    compare_path(a, b, Path::new(""))
+///
+/// `clamp`: the SOURCE_DATE_EPOCH images clamp file times to. Times after it compare as
+/// the epoch itself, as they will be in the image (trees built at different times differ
+/// there, images do not).
+pub fn first_difference(
+    a: &Path,
+    b: &Path,
+    clamp: Option<i64>,
+) -> Result<Option<Difference>, ImageError> {
+    compare_path(a, b, Path::new(""), clamp)
 }
 
 fn compare_path(
     a_root: &Path,
     b_root: &Path,
     rel: &Path,
+    clamp: Option<i64>,
 ) -> Result<Option<Difference>, ImageError> {
     let (a, b) = (a_root.join(rel), b_root.join(rel));
     let a_meta = fs::symlink_metadata(&a).map_err(|e| ImageError::io(&a, e))?;
@@ -202,14 +211,14 @@ fn compare_path(
             kind,
         }))
     };
-    if let Some(kind) = compare_entry(&a, &b, &a_meta, &b_meta)? {
+    if let Some(kind) = compare_entry(&a, &b, &a_meta, &b_meta, clamp)? {
         return differ(kind);
     }
     if a_meta.is_dir() {
-        if let Some(found) = compare_children(a_root, b_root, rel)? {
+        if let Some(found) = compare_children(a_root, b_root, rel, clamp)? {
             return Ok(Some(found));
         }
-        if let Some(kind) = compare_mtime(&a_meta, &b_meta) {
+        if let Some(kind) = compare_mtime(&a_meta, &b_meta, clamp) {
             return differ(kind);
         }
     }
@@ -222,6 +231,7 @@ fn compare_entry(
     b: &Path,
     a_meta: &fs::Metadata,
     b_meta: &fs::Metadata,
+    clamp: Option<i64>,
 ) -> Result<Option<DifferenceKind>, ImageError> {
     let kind = FileKind::of(a_meta);
     if kind != FileKind::of(b_meta) {
@@ -248,7 +258,7 @@ fn compare_entry(
         return Ok(Some(found));
     }
     if kind != FileKind::Directory {
-        return Ok(compare_mtime(a_meta, b_meta));
+        return Ok(compare_mtime(a_meta, b_meta, clamp));
     }
     Ok(None)
 }
@@ -280,8 +290,15 @@ fn compare_payload(
     }
 }
 
-fn compare_mtime(a_meta: &fs::Metadata, b_meta: &fs::Metadata) -> Option<DifferenceKind> {
-    let mtime = |m: &fs::Metadata| (m.mtime(), m.mtime_nsec());
+fn compare_mtime(
+    a_meta: &fs::Metadata,
+    b_meta: &fs::Metadata,
+    clamp: Option<i64>,
+) -> Option<DifferenceKind> {
+    let mtime = |m: &fs::Metadata| match clamp {
+        Some(epoch) if m.mtime() >= epoch => (epoch, 0),
+        _ => (m.mtime(), m.mtime_nsec()),
+    };
     (mtime(a_meta) != mtime(b_meta)).then(|| DifferenceKind::Mtime(mtime(a_meta), mtime(b_meta)))
 }
 
@@ -290,6 +307,7 @@ fn compare_children(
     a_root: &Path,
     b_root: &Path,
     rel: &Path,
+    clamp: Option<i64>,
 ) -> Result<Option<Difference>, ImageError> {
     let a_names = sorted_names(&a_root.join(rel))?;
     let b_names = sorted_names(&b_root.join(rel))?;
@@ -310,7 +328,7 @@ fn compare_children(
             std::cmp::Ordering::Less => return only_in(Side::First, &a_names[i]),
             std::cmp::Ordering::Greater => return only_in(Side::Second, &b_names[j]),
             std::cmp::Ordering::Equal => {
-                if let Some(found) = compare_path(a_root, b_root, &rel.join(&a_names[i]))? {
+                if let Some(found) = compare_path(a_root, b_root, &rel.join(&a_names[i]), clamp)? {
                     return Ok(Some(found));
                 }
                 i += 1;

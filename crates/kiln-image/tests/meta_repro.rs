@@ -101,16 +101,34 @@ fn report(change: impl FnOnce(&Path), keep_times: bool) -> (String, DifferenceKi
     if !keep_times {
         clamp_times(&pair.b);
     }
-    let found = first_difference(&pair.a, &pair.b)
+    let found = first_difference(&pair.a, &pair.b, None)
         .unwrap()
         .expect("a difference");
     (found.to_string(), found.kind)
 }
 
 #[test]
+fn times_after_the_clamp_epoch_compare_equal() {
+    let pair = identical_pair();
+    set_mtime(&pair.a.join("usr/bin/tool"), EPOCH + 50);
+    set_mtime(&pair.b.join("usr/bin/tool"), EPOCH + 1);
+    assert_eq!(
+        first_difference(&pair.a, &pair.b, Some(EPOCH)).unwrap(),
+        None
+    );
+    assert!(first_difference(&pair.a, &pair.b, None).unwrap().is_some());
+    // Before the epoch, times are kept by the image, so they still count.
+    set_mtime(&pair.b.join("usr/bin/tool"), EPOCH - 10);
+    let found = first_difference(&pair.a, &pair.b, Some(EPOCH))
+        .unwrap()
+        .expect("a difference");
+    assert!(matches!(found.kind, DifferenceKind::Mtime(..)), "{found}");
+}
+
+#[test]
 fn identical_trees_have_no_difference() {
     let pair = identical_pair();
-    assert_eq!(first_difference(&pair.a, &pair.b).unwrap(), None);
+    assert_eq!(first_difference(&pair.a, &pair.b, None).unwrap(), None);
 }
 
 #[test]

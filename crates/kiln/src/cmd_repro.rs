@@ -110,7 +110,7 @@ fn compare(
         }
     }
     if !same {
-        report_first_difference(a, b, work)?;
+        report_first_difference(a, b, work, epoch)?;
         return Ok(ExitCode::from(1));
     }
     if let (Some(out), Some(first)) = (&args.image.output, a.outputs.last()) {
@@ -150,12 +150,12 @@ fn compared_formats(args: &BuildArgs) -> anyhow::Result<Vec<(OutputFormat, &'sta
 }
 
 /// Names the first file that differs between the two builds' trees.
-fn report_first_difference(a: &Run, b: &Run, work: &Path) -> anyhow::Result<()> {
+fn report_first_difference(a: &Run, b: &Run, work: &Path, epoch: i64) -> anyhow::Result<()> {
     let ma =
         kiln_sandbox::mount::mount_lower_readonly(&a.store.chain(&a.layer)?, &work.join("tree-a"))?;
     let mb =
         kiln_sandbox::mount::mount_lower_readonly(&b.store.chain(&b.layer)?, &work.join("tree-b"))?;
-    match kiln_image::repro::first_difference(ma.path(), mb.path())? {
+    match kiln_image::repro::first_difference(ma.path(), mb.path(), Some(epoch))? {
         Some(diff) => println!("first difference: {diff}"),
         None => println!(
             "the two root trees are identical: the difference is in how the image was assembled \

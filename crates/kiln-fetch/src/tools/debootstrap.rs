@@ -20,6 +20,8 @@ pub(crate) struct Bootstrap<'a> {
     pub target: &'a Path,
     /// Absolute directory where debootstrap keeps downloaded `.deb`s between runs.
     pub cache_dir: &'a Path,
+    /// Extra environment (`SOURCE_DATE_EPOCH`).
+    pub env: Vec<(&'a str, std::ffi::OsString)>,
 }
 
 /// The installed program, if any.
@@ -53,6 +55,7 @@ pub(crate) fn run(
     cmd.arg(format!("--arch={}", b.arch))
         .arg(format!("--cache-dir={}", b.cache_dir.display()));
     cmd.arg(b.suite).arg(b.target).arg(b.mirror);
+    cmd.envs(b.env.iter().map(|(k, v)| (k, v)));
     let shown: Vec<String> = cmd
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
