@@ -122,6 +122,7 @@ kiln_build "$work/store" "$work/kiln.raw" --boot kernel
 boot_median() { # [kiln test ARGS…]: median of 3 "boot to first passing check" times
   local boots=() boot
   for _ in 1 2 3; do
+    sync # untimed: no earlier run's write-back (DIB leaves gigabytes) under the boot
     "$kiln" --store "$work/store" test "$work/kiln.raw" -f "$example/memcached.spec" "$@" >"$work/test.out" 2>&1 ||
       { cat "$work/test.out" >&2; exit 1; }
     # The port check passes when memcached answers; its end is "start + boot time".

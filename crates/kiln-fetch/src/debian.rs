@@ -46,6 +46,8 @@ pub struct DebianBase<'a> {
     pub mirror: Option<&'a str>,
     /// `None`: the host's architecture.
     pub arch: Option<&'a str>,
+    /// The id the caller resolved this base to, checked against what is bootstrapped.
+    pub expected_id: Option<&'a LayerId>,
 }
 
 /// Where and how one bootstrap runs (what does not enter the base id).
@@ -113,6 +115,7 @@ impl<'a> DebianBase<'a> {
                 skeleton,
                 mirror: mirror.as_deref(),
                 arch: arch.as_deref(),
+                expected_id: None,
             }),
             _ => None,
         }
@@ -150,6 +153,11 @@ impl<'a> DebianBase<'a> {
     /// The base id: hash of suite, variant, sorted includes, mirror and architecture. No
     /// network access.
     pub fn id(&self) -> Result<(LayerId, String), FetchError> {
+        self.id_with(self.skeleton_digest()?.as_deref())
+    }
+
+    /// The id and description for the skeleton digest `skeleton`.
+    fn id_with(&self, skeleton: Option<&str>) -> Result<(LayerId, String), FetchError> {
         let arch = self.architecture()?;
         let mut include = self.include.to_vec();
         include.sort();
@@ -159,7 +167,6 @@ impl<'a> DebianBase<'a> {
             m if m == DEFAULT_MIRROR => "default".to_string(),
             m => m,
         };
-        let skeleton = self.skeleton_digest()?;
         let mut inputs = vec![
             ("suite", self.suite),
             ("variant", self.variant),
@@ -170,7 +177,7 @@ impl<'a> DebianBase<'a> {
             ("arch", &arch),
         ];
         // Only when there is one, so bases without a skeleton keep their ids.
-        if let Some(digest) = &skeleton {
+        if let Some(digest) = skeleton {
             inputs.push(("skeleton", digest));
         }
         let id = hash::base_id("debian", &inputs);
@@ -179,7 +186,7 @@ impl<'a> DebianBase<'a> {
         } else {
             format!(" +{include}")
         };
-        if let Some(digest) = &skeleton {
+        if let Some(digest) = skeleton {
             extra.push_str(&format!(", skeleton {}", &digest[..12]));
         }
         Ok((
@@ -206,14 +213,21 @@ impl<'a> DebianBase<'a> {
     }
 
     /// Copies the skeleton into `into` and checks it is still the one the base id names.
+    /// What is staged must give the id the build resolved (`expected_id`), else the id
+    /// the skeleton has now: an edit after the id was computed is an error, not a base
+    /// stored under an id that names other contents.
     fn stage_skeleton(&self, into: &Path) -> Result<(), FetchError> {
-        let expected = self.skeleton_digest()?;
         let staged =
             crate::skeleton::stage(self.skeleton, into).map_err(|e| self.skeleton_error(e))?;
-        if expected.as_deref() != Some(staged.as_str()) {
+        let (staged_id, _) = self.id_with(Some(&staged))?;
+        let expected = match self.expected_id {
+            Some(id) => id.clone(),
+            None => self.id()?.0,
+        };
+        if staged_id != expected {
             return Err(FetchError::base(
                 &self.name(),
-                "(skeleton …) changed while the base was being bootstrapped; build again"
+                "(skeleton …) changed after the build computed the base's id from it; build again"
                     .to_string(),
             ));
         }

@@ -120,8 +120,11 @@ impl Fetcher for RealFetcher {
         check_target(&name, rootfs)?;
         let fetched = match &base.source {
             BaseSource::Debian { .. } => {
-                let debian = debian::DebianBase::from_source(&base.source)
-                    .ok_or_else(|| not_debian(&base.source))?;
+                let debian = debian::DebianBase {
+                    expected_id: Some(&base.id),
+                    ..debian::DebianBase::from_source(&base.source)
+                        .ok_or_else(|| not_debian(&base.source))?
+                };
                 debian.fetch(&self.deb_cache, rootfs, source_date_epoch, progress)
             }
             BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),

@@ -297,6 +297,35 @@ fn bootstrap_options_enter_the_id() {
 }
 
 #[test]
+fn a_skeleton_edited_after_the_id_was_computed_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let fetcher = RealFetcher {
+        deb_cache: work.path().join("deb-cache"),
+        default_registry: None,
+    };
+    std::fs::create_dir_all(work.path().join("skel/etc")).unwrap();
+    std::fs::write(work.path().join("skel/etc/a.conf"), "before").unwrap();
+    let bootstrap = Bootstrap {
+        skeleton: vec!["skel".into()],
+        ..Bootstrap::default()
+    };
+    let source = parse_base("debian:bookworm", Some(&bootstrap), work.path()).unwrap();
+    let base = fetcher.resolve(&source).unwrap();
+    std::fs::write(work.path().join("skel/etc/a.conf"), "after").unwrap();
+    let (result, log) = bootstrap_into(&fetcher, &base, work.path());
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("(skeleton …) changed"), "{err}\n{log}");
+    assert!(
+        !log.contains("mmdebstrap"),
+        "refused before bootstrapping: {log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(work.path().join("rootfs"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "the rootfs is left empty");
+}
+
+#[test]
 fn unreachable_mirror_is_a_clear_error_and_leaves_the_root_empty() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = RealFetcher {
@@ -344,6 +373,7 @@ fn debootstrap_fallback_bootstraps_into_the_same_cache() {
         skeleton: &[],
         mirror: None,
         arch: None,
+        expected_id: None,
     };
     let mut log = Vec::new();
     let result = base.fetch_with(Bootstrapper::Debootstrap, &cache, &rootfs, None, &mut log);
