@@ -51,11 +51,12 @@ pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }
 
-/// Where the first comment of a spec's text starts, if it has one. [`print`] works
-/// from the parsed spec, which keeps no comments (`(comment "…")` ops it does keep):
-/// a formatter must not print over a file that has some.
-pub fn first_comment(text: &str) -> Option<Pos> {
-    sexp::first_comment(text)
+/// Like [`print()`] for the spec parsed from `text`, keeping `text`'s comments that sit
+/// around the spec list or between its items (they move with the item they precede).
+/// `Err` is the position of the first comment that cannot be kept: one inside a form,
+/// or a `#;` datum comment.
+pub fn print_with_comments(spec: &Spec, text: &str) -> Result<String, Pos> {
+    print::print_spec_with_comments(spec, text)
 }
 
 /// Prints one op on a single line, the way build output names a step.

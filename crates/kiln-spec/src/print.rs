@@ -26,7 +26,7 @@
 //!   ```
 //! - Fields follow OBuilder's order: `run` is cache, network, secrets, shell;
 //!   `copy` is from, src, dst, exclude; `user` is uid, gid or name; `bootstrap` is
-//!   variant, include, mirror, arch. kiln's own forms: `test` is memory, cpus,
+//!   variant, include, skeleton, mirror, arch. kiln's own forms: `test` is memory, cpus,
 //!   boot-timeout, then the checks in spec order; a check is name, its own fields
 //!   (`console`: expect; `port`: port; `http`: port, path, status, body; `tcp`:
 //!   port, send, expect), then timeout; `image` is the partitions in spec order,
@@ -43,12 +43,18 @@
 //!   characters, and non-ASCII characters written as themselves.
 //! - Long atoms are never split, so a line may exceed 80 columns.
 //! - The text ends with one newline.
+//! - Comments ([`print_spec_with_comments`]): those before or after the spec list stay
+//!   there, each on its own line; one between the spec's items goes on its own line
+//!   at the items' column, before the item that followed it, and moves with it when
+//!   items are reordered; a comment after code on the same line stays after that item
+//!   (before it when the item is the last, where the spec's `)` follows). Comments
+//!   inside a form, and `#;` datum comments, cannot be placed and are refused.
 
-use crate::sexp::ends_bare_atom;
+use crate::sexp::{ends_bare_atom, top_level_comments, SourceComment};
 use crate::size::format_size;
 use crate::{
     Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom, ImageSpec, Op, PartitionSource,
-    PartitionSpec, Run, Spec, TestSpec, User, DEFAULT_CHECK_TIMEOUT, DEFAULT_HTTP_PATH,
+    PartitionSpec, Pos, Run, Spec, TestSpec, User, DEFAULT_CHECK_TIMEOUT, DEFAULT_HTTP_PATH,
     DEFAULT_HTTP_STATUS,
 };
 
@@ -65,6 +71,77 @@ pub(crate) fn print_spec(spec: &Spec) -> String {
     out.text
 }
 
+/// Prints `spec`, parsed from `text`, in canonical layout with the comments of `text`
+/// that sit around the spec list or between its items (see the module docs). `Err` is
+/// the position of a comment that cannot be kept (inside a form, or `#;`).
+pub(crate) fn print_spec_with_comments(spec: &Spec, text: &str) -> Result<String, Pos> {
+    let comments = top_level_comments(text)?;
+    let items = spec_items(spec);
+    let first = items.iter().map(|(pos, _)| *pos).min();
+    let mut leading: Vec<Vec<String>> = vec![Vec::new(); items.len()];
+    let mut trailing: Vec<Vec<String>> = vec![Vec::new(); items.len()];
+    let (mut header, mut footer) = (Vec::new(), Vec::new());
+    for c in comments {
+        let SourceComment {
+            pos,
+            text,
+            depth,
+            end_of_line,
+        } = c;
+        if depth == 0 {
+            if first.is_some_and(|f| pos < f) {
+                header.push(text);
+            } else {
+                footer.push(text);
+            }
+            continue;
+        }
+        let before = (0..items.len())
+            .filter(|&i| items[i].0 < pos)
+            .max_by_key(|&i| items[i].0);
+        let after = (0..items.len())
+            .filter(|&i| items[i].0 > pos)
+            .min_by_key(|&i| items[i].0);
+        match (end_of_line, before, after) {
+            (true, Some(i), _) => trailing[i].push(text),
+            (_, _, Some(i)) => leading[i].push(text),
+            _ => footer.push(text),
+        }
+    }
+    // The last item's `)`s follow it on its line, so its own comments go before it.
+    if let Some(last) = items.len().checked_sub(1) {
+        let moved = std::mem::take(&mut trailing[last]);
+        leading[last].extend(moved);
+    }
+    let docs = items
+        .into_iter()
+        .zip(leading.into_iter().zip(trailing))
+        .map(|((_, doc), (lead, trail))| {
+            if lead.is_empty() && trail.is_empty() {
+                doc
+            } else {
+                Doc::Commented(lead, Box::new(doc), trail)
+            }
+        })
+        .collect();
+    let mut out = String::new();
+    for line in header {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let mut printer = Printer {
+        text: String::new(),
+    };
+    printer.doc(&Doc::Spec(docs), 0, 0);
+    out.push_str(&printer.text);
+    out.push('\n');
+    for line in footer {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// What the layout works on: the spec turned into nested lists of rendered atoms.
 enum Doc {
     /// An atom, already quoted if it needs to be.
@@ -75,6 +152,9 @@ enum Doc {
     Spec(Vec<Doc>),
     /// `(build NAME` with its spec on the next line.
     Build(String, Box<Doc>),
+    /// A spec item with the comments on their own lines before it and those after it
+    /// on its last line.
+    Commented(Vec<String>, Box<Doc>, Vec<String>),
 }
 
 impl Doc {
@@ -89,7 +169,7 @@ impl Doc {
                 }
                 Some(width)
             }
-            Doc::Spec(_) | Doc::Build(..) => None,
+            Doc::Spec(_) | Doc::Build(..) | Doc::Commented(..) => None,
         }
     }
 }
@@ -119,6 +199,17 @@ impl Printer {
                 self.doc(spec, col + 2, trail + 1);
                 self.text.push(')');
             }
+            Doc::Commented(leading, item, trailing) => {
+                for comment in leading {
+                    self.text.push_str(comment);
+                    self.newline(col);
+                }
+                self.doc(item, col, trail);
+                for comment in trailing {
+                    self.text.push(' ');
+                    self.text.push_str(comment);
+                }
+            }
         }
     }
 
@@ -136,7 +227,7 @@ impl Printer {
                 self.text.push(')');
             }
             // Never flat (see `flat_width`); lay out in place rather than fail.
-            Doc::Spec(_) | Doc::Build(..) => self.doc(doc, 0, 0),
+            Doc::Spec(_) | Doc::Build(..) | Doc::Commented(..) => self.doc(doc, 0, 0),
         }
     }
 
@@ -173,23 +264,28 @@ impl Printer {
 }
 
 fn spec_doc(spec: &Spec) -> Doc {
-    let mut items: Vec<Doc> = spec
+    Doc::Spec(spec_items(spec).into_iter().map(|(_, doc)| doc).collect())
+}
+
+/// The spec's items in print order, each with where it was in the source.
+fn spec_items(spec: &Spec) -> Vec<(Pos, Doc)> {
+    let mut items: Vec<(Pos, Doc)> = spec
         .child_builds
         .iter()
-        .map(|b| build_doc(&b.value))
+        .map(|b| (b.pos, build_doc(&b.value)))
         .collect();
-    items.push(form("from", [atom(&spec.from.value)]));
+    items.push((spec.from.pos, form("from", [atom(&spec.from.value)])));
     if let Some(b) = &spec.bootstrap {
-        items.push(bootstrap_doc(&b.value));
+        items.push((b.pos, bootstrap_doc(&b.value)));
     }
-    items.extend(spec.ops.iter().map(|op| op_doc(&op.value)));
+    items.extend(spec.ops.iter().map(|op| (op.pos, op_doc(&op.value))));
     if let Some(t) = &spec.test {
-        items.push(test_doc(&t.value));
+        items.push((t.pos, test_doc(&t.value)));
     }
     if let Some(i) = &spec.image {
-        items.push(image_doc(&i.value));
+        items.push((i.pos, image_doc(&i.value)));
     }
-    Doc::Spec(items)
+    items
 }
 
 fn build_doc(build: &ChildBuild) -> Doc {

@@ -75,25 +75,71 @@ fn unmatched_close(pos: Pos) -> SpecError {
 }
 
 /// True for the characters sexplib treats as blanks between tokens.
-/// Where the first comment (`;`, `#|` or `#;`) of `text` starts, skipping quoted atoms.
-pub(crate) fn first_comment(text: &str) -> Option<Pos> {
+/// A `;` or `#| |#` comment as written, with where it sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceComment {
+    pub pos: Pos,
+    /// The comment's text exactly as in the source (`; …` without the line break).
+    pub text: String,
+    /// Open lists around it: 0 outside the spec list, 1 between the spec's items.
+    pub depth: usize,
+    /// True when code precedes it on its line (`(run …) ; why`).
+    pub end_of_line: bool,
+}
+
+/// Every comment of `text` outside and directly inside the outermost list, in order.
+/// `Err` gives the position of the first comment a formatter could not keep: one inside
+/// a form (depth 2 or more) or a `#;` datum comment. Call on text that reads.
+pub(crate) fn top_level_comments(text: &str) -> Result<Vec<SourceComment>, Pos> {
     let mut r = Reader::new(text);
+    let mut depth = 0usize;
+    let mut code_on_line = false;
+    let mut out = Vec::new();
     while let Some(c) = r.peek() {
+        let pos = r.pos();
         match c {
-            ';' => return Some(r.pos()),
-            '#' if matches!(r.peek2(), Some('|' | ';')) => return Some(r.pos()),
+            ';' | '#' if c == ';' || r.peek2() == Some('|') => {
+                if depth > 1 {
+                    return Err(pos);
+                }
+                let start = r.at;
+                if c == ';' {
+                    while r.peek().is_some_and(|c| c != '\n') {
+                        r.bump();
+                    }
+                } else if r.skip_block_comment().is_err() {
+                    return Err(pos);
+                }
+                out.push(SourceComment {
+                    pos,
+                    text: r.chars[start..r.at].iter().collect(),
+                    depth,
+                    end_of_line: code_on_line,
+                });
+            }
+            '#' if r.peek2() == Some(';') => return Err(pos),
             '"' => {
                 r.bump();
                 if !r.skip_string_body() {
-                    return None;
+                    return Ok(out);
                 }
+                code_on_line = true;
             }
             _ => {
                 r.bump();
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    '\n' => code_on_line = false,
+                    _ => {}
+                }
+                if !is_whitespace(c) {
+                    code_on_line = true;
+                }
             }
         }
     }
-    None
+    Ok(out)
 }
 
 pub(crate) fn is_whitespace(c: char) -> bool {
@@ -462,13 +508,25 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_first_comment_outside_strings() {
-        assert_eq!(first_comment("(a \"; not\" b)"), None);
-        assert_eq!(first_comment("(a b)"), None);
-        let at = |line, col| Some(Pos { line, col });
-        assert_eq!(first_comment("(a\n ; c\n b)"), at(2, 2));
-        assert_eq!(first_comment("(a #| c |# b)"), at(1, 4));
-        assert_eq!(first_comment("(\"x\\\"\" #;b)"), at(1, 8));
+    fn lists_top_level_comments_outside_strings() {
+        let at = |line, col| Pos { line, col };
+        assert_eq!(top_level_comments("(a \"; not #| x\" b)"), Ok(vec![]));
+        let found = top_level_comments("; head\n(a ; eol\n #| b\n |# c)\n; tail").unwrap();
+        let summary: Vec<_> = found
+            .iter()
+            .map(|c| (c.pos, c.text.as_str(), c.depth, c.end_of_line))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (at(1, 1), "; head", 0, false),
+                (at(2, 4), "; eol", 1, true),
+                (at(3, 2), "#| b\n |#", 1, false),
+                (at(5, 1), "; tail", 0, false),
+            ]
+        );
+        assert_eq!(top_level_comments("(a (b ; in\n c))"), Err(at(1, 7)));
+        assert_eq!(top_level_comments("(\"x\\\"\" #;b)"), Err(at(1, 8)));
     }
 
     #[test]

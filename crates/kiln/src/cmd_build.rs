@@ -291,16 +291,16 @@ pub fn fmt(args: FmtArgs) -> anyhow::Result<ExitCode> {
     let text = fs::read_to_string(&args.file)
         .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
-    if let Some(pos) = kiln_spec::first_comment(&text) {
-        // The canonical layout is printed from the parsed spec, which keeps no comments:
-        // printing it would silently lose them.
-        bail!(
-            "{}:{pos}: the spec has comments, which the canonical layout cannot keep yet; \
-             nothing printed (turn notes that should stay into (comment \"…\") forms)",
+    // Comments between the spec's items and around it are kept; one inside a form has
+    // no place in the canonical layout, and printing without it would lose it.
+    let canonical = kiln_spec::print_with_comments(&spec, &text).map_err(|pos| {
+        anyhow::anyhow!(
+            "{}:{pos}: this comment is inside a form, where the canonical layout cannot keep \
+             it; nothing printed (move it between the spec's items, or make it a \
+             (comment \"…\") form)",
             args.file.display()
-        );
-    }
-    let canonical = kiln_spec::print(&spec);
+        )
+    })?;
     if args.check {
         if canonical == text {
             return Ok(ExitCode::SUCCESS);

@@ -588,19 +588,30 @@ fn fmt_prints_canonical_layout() {
     fs::write(dir.join("canon.spec"), &out.stdout).unwrap();
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "canon.spec"]).code, 0);
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "messy.spec"]).code, 1);
-    // Comments are not in the parsed spec: fmt refuses rather than print without them.
+    // Comments between items stay, with the item they precede.
     fs::write(
         dir.join("commented.spec"),
-        "((from busybox)\n ; why\n (run (shell \"a;b\")))\n",
+        "; header\n((from busybox)\n   ; why\n (run (shell \"a;b\")))\n",
     )
     .unwrap();
-    let refused = kiln(&dir, &dir, &["fmt", "commented.spec"]);
+    let kept = kiln(&dir, &dir, &["fmt", "commented.spec"]).ok();
+    assert_eq!(
+        kept.stdout,
+        "; header\n((from busybox)\n ; why\n (run (shell \"a;b\")))\n"
+    );
+    // One inside a form has no place in the layout: refused, nothing printed.
+    fs::write(
+        dir.join("inside.spec"),
+        "((from busybox)\n (run ; why\n  (shell \"a;b\")))\n",
+    )
+    .unwrap();
+    let refused = kiln(&dir, &dir, &["fmt", "inside.spec"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stdout.is_empty(), "{}", refused.stdout);
     assert!(
         refused
             .stderr
-            .contains("commented.spec:2:2: the spec has comments"),
+            .contains("inside.spec:2:7: this comment is inside a form"),
         "{}",
         refused.stderr
     );
