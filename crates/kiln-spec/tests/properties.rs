@@ -3,8 +3,9 @@
 //! twin of `fuzz/fuzz_targets/parse.rs`, so `cargo test` exercises it too.
 
 use kiln_spec::{
-    parse, print, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom, ImageSpec, Located,
-    Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec, TestSpec, User, DEBIAN_ARCHES,
+    parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom,
+    ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec, TestSpec, User,
+    DEBIAN_ARCHES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -309,6 +310,11 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
         let reparsed = parse(&printed);
         prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);
         prop_assert_eq!(print(&spec), printed);
+        // Keeping comments never panics, and what it prints means the same spec.
+        if let Ok(with_comments) = print_with_comments(&spec, text) {
+            let reparsed = parse(&with_comments);
+            prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", with_comments);
+        }
     }
     Ok(())
 }
@@ -412,7 +418,23 @@ proptest! {
         let printed = print(&spec);
         let reparsed = parse(&printed);
         prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);
-        prop_assert_eq!(print(&spec), printed);
+        prop_assert_eq!(&print(&spec), &printed);
+        // A comment line before every item after the first (lines starting with one
+        // space then `(`) is already in canonical layout, comments included.
+        let commented: String = printed
+            .lines()
+            .enumerate()
+            .map(|(i, line)| {
+                if line.starts_with(" (") {
+                    format!(" ; note {i}\n{line}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        let spec_again = parse(&commented).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&spec_again, &spec);
+        prop_assert_eq!(print_with_comments(&spec_again, &commented), Ok(commented.clone()));
     }
 }
 
