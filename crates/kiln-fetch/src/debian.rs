@@ -287,14 +287,14 @@ impl<'a> DebianBase<'a> {
         } else {
             debootstrap::find()
         };
+        let target = Target {
+            arch: &arch,
+            mirror: &mirror,
+            rootfs,
+            source_date_epoch,
+        };
         if let Some(program) = mmdebstrap {
-            let run = Target {
-                arch: &arch,
-                mirror: &mirror,
-                rootfs,
-                source_date_epoch,
-            };
-            self.with_mmdebstrap(&program, &cache, &run, progress)?;
+            self.with_mmdebstrap(&program, &cache, &target, progress)?;
         } else if !self.skeleton.is_empty() {
             // debootstrap has no hook between unpacking and installing.
             return Err(FetchError::MissingTool {
@@ -303,13 +303,7 @@ impl<'a> DebianBase<'a> {
                 package: mmdebstrap::PACKAGE,
             });
         } else if let Some(program) = debootstrap {
-            let run = Target {
-                arch: &arch,
-                mirror: &mirror,
-                rootfs,
-                source_date_epoch,
-            };
-            self.with_debootstrap(&program, &cache, &run, progress)?;
+            self.with_debootstrap(&program, &cache, &target, progress)?;
         } else if tool == Bootstrapper::Debootstrap {
             return Err(FetchError::MissingTool {
                 base: self.name(),
