@@ -8,6 +8,9 @@
 //! back (a cached file that differs is replaced) before
 //! mmdebstrap's cleanup empties the apt cache. apt's lists are cached per (suite, mirror,
 //! arch) the same way, so `apt-get update` only revalidates them.
+//!
+//! A `(skeleton …)` is staged beside the deb cache's staging area and put in place by a
+//! second setup hook, before apt installs anything ([`crate::skeleton`]).
 
 use crate::debcache::{DebCache, Stage};
 use crate::tarball::DEFAULT_PATH;
@@ -354,10 +357,12 @@ impl<'a> DebianBase<'a> {
             .map_err(cache_err)?;
         let link = cache.can_link_into(rootfs);
         let mut setup_hooks = vec![SETUP_HOOK];
-        let skeleton = stage.dir.join("skeleton");
+        let mut skeleton_env = None;
         if !self.skeleton.is_empty() {
-            self.stage_skeleton(&skeleton)?;
+            let staged = stage.dir.join("skeleton");
+            self.stage_skeleton(&staged)?;
             setup_hooks.push(SKELETON_HOOK);
+            skeleton_env = Some(("KILN_SKELETON", staged.into_os_string()));
         }
         let _ = writeln!(
             progress,
@@ -380,9 +385,9 @@ impl<'a> DebianBase<'a> {
                     "KILN_DEB_LINK",
                     OsStr::new(if link { "1" } else { "0" }).to_os_string(),
                 ),
-                ("KILN_SKELETON", skeleton.into_os_string()),
             ]
             .into_iter()
+            .chain(skeleton_env)
             .chain(target.epoch_env())
             .collect(),
         };
