@@ -113,11 +113,17 @@ pub struct Run {
     pub shell: String,
 }
 
-/// `(NAME (target PATH))` inside `cache` or `secrets`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `(NAME (target PATH) (buildkit_options ((KEY VALUE)…)))` inside `cache` or `secrets`.
+///
+/// `target` is kept as written: OBuilder specs for Windows use paths such as
+/// `C:\cache`, so whether it fits a sandbox is checked when a step runs, not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mount {
     pub id: String,
     pub target: String,
+    /// Extra `--mount` options for `kiln dockerfile --buildkit` (e.g. `sharing locked`),
+    /// in spec order. They change nothing in a kiln build and do not enter step ids.
+    pub buildkit_options: Vec<(String, String)>,
 }
 
 /// `(copy (from …) (src …) (dst …) (exclude …))`.

@@ -38,7 +38,7 @@ const RUN_FIELDS: &[&str] = &["cache", "network", "secrets", "shell"];
 const COPY_FIELDS: &[&str] = &["from", "src", "dst", "exclude"];
 const USER_FIELDS: &[&str] = &["uid", "gid", "name"];
 const BOOTSTRAP_FIELDS: &[&str] = &["variant", "include", "skeleton", "mirror", "arch"];
-const MOUNT_FIELDS: &[&str] = &["target"];
+const MOUNT_FIELDS: &[&str] = &["target", "buildkit_options"];
 /// `test` settings; each at most once, among any number of checks.
 const TEST_SETTINGS: &[&str] = &["memory", "cpus", "boot-timeout"];
 const CHECK_KINDS: &[&str] = &["console", "port", "http", "tcp"];
@@ -543,11 +543,45 @@ fn mounts(kind: &str, field: Form) -> Result<Vec<Mount>, SpecError> {
             let target = fields
                 .require("target", "(target /absolute/path)")?
                 .atom("(target PATH)")?;
-            validate::absolute_target(kind, target)?;
+            validate::mount_target(kind, target)?;
+            let buildkit_options = match fields.get("buildkit_options") {
+                Some(f) => buildkit_options(f)?,
+                None => Vec::new(),
+            };
             Ok(Mount {
                 id: mount.name.text.clone(),
                 target: target.text.clone(),
+                buildkit_options,
             })
+        })
+        .collect()
+}
+
+/// `(buildkit_options ((KEY VALUE)…))`, as OBuilder writes the pairs.
+fn buildkit_options(field: Form) -> Result<Vec<(String, String)>, SpecError> {
+    let usage = "(buildkit_options ((sharing locked)))";
+    let [Sexp::List(pairs)] = field.args else {
+        let pos = field.args.first().map_or(field.pos, Sexp::pos);
+        return Err(SpecError::new(
+            pos,
+            format!("`buildkit_options` takes one list of (KEY VALUE) pairs: write `{usage}`"),
+        ));
+    };
+    pairs
+        .items
+        .iter()
+        .map(|pair| match pair {
+            Sexp::List(List { items, .. }) => match items.as_slice() {
+                [Sexp::Atom(k), Sexp::Atom(v)] => Ok((k.text.clone(), v.text.clone())),
+                _ => Err(SpecError::new(
+                    pair.pos(),
+                    format!("a buildkit option is a pair of atoms `(KEY VALUE)`: write `{usage}`"),
+                )),
+            },
+            Sexp::Atom(a) => Err(SpecError::new(
+                a.pos,
+                format!("a buildkit option is a pair `(KEY VALUE)`, found the atom `{}`: write `{usage}`", a.text),
+            )),
         })
         .collect()
 }
@@ -564,7 +598,8 @@ fn copy(form: Form, builds: &[Located<ChildBuild>]) -> Result<Copy, SpecError> {
     for path in &src {
         validate::copy_source(path)?;
     }
-    validate::copy_destination(src.len(), dst)?;
+    // Several sources into a `dst` without `/` parse, as in OBuilder; the builder refuses
+    // them when it runs the step (its error names this op's line:col).
     let exclude = match fields.get("exclude") {
         Some(f) => texts(f.any_atoms("(exclude NAME…)")?),
         None => Vec::new(),

@@ -333,7 +333,15 @@ fn run_doc(run: &Run) -> Doc {
 }
 
 fn mount_doc(mount: &crate::Mount) -> Doc {
-    Doc::Form(vec![atom(&mount.id), form("target", [atom(&mount.target)])])
+    let mut items = vec![atom(&mount.id), form("target", [atom(&mount.target)])];
+    if !mount.buildkit_options.is_empty() {
+        let pairs = mount
+            .buildkit_options
+            .iter()
+            .map(|(k, v)| Doc::Form(vec![atom(k), atom(v)]));
+        items.push(form("buildkit_options", [Doc::Form(pairs.collect())]));
+    }
+    Doc::Form(items)
 }
 
 fn copy_doc(copy: &Copy) -> Doc {

@@ -56,7 +56,7 @@ fn assert_round_trips(file: &str, spec: &Spec) {
 fn mount(id: &str, target: &str) -> Mount {
     Mount {
         id: id.into(),
-        target: target.into(),
+        target: target.into(), ..Default::default()
     }
 }
 

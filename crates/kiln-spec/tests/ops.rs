@@ -123,12 +123,12 @@ fn run_fields_come_in_any_order() {
     let want = Op::Run(Run {
         cache: vec![Mount {
             id: "c".into(),
-            target: "/c".into(),
+            target: "/c".into(), ..Default::default()
         }],
         network: vec!["host".into()],
         secrets: vec![Mount {
             id: "s".into(),
-            target: "/s".into(),
+            target: "/s".into(), ..Default::default()
         }],
         shell: "make".into(),
     });
@@ -174,7 +174,38 @@ fn copy_defaults_and_sources() {
     assert_eq!(copy.src, vec!["a", "b"]);
     assert_eq!(copy.exclude, vec![".git"]);
     assert_eq!(copy.from, CopyFrom::Context);
-    assert!(error("(copy (src a b) (dst \"\"))").contains("must end with `/`"));
+    // OBuilder parses several sources into a `dst` without `/`; the builder refuses them.
+    let Op::Copy(copy) = one_op("(copy (src a b) (dst /x))") else {
+        panic!("copy expected")
+    };
+    assert_eq!((copy.src.len(), copy.dst.as_str()), (2, "/x"));
+}
+
+#[test]
+fn mount_targets_and_buildkit_options_are_kept_as_written() {
+    let text = r#"(run (cache (opam (target "C:\Users\opam\AppData\Local\opam\download-cache")
+                         (buildkit_options ((sharing locked) (mode 0700))))
+                  (dune (target C:/cache)))
+             (secrets (tok (target rel/tok)))
+             (shell "mkdir C:\obuilder"))"#;
+    let Op::Run(run) = one_op(text) else {
+        panic!("run expected")
+    };
+    assert_eq!(run.cache[0].target, r"C:\Users\opam\AppData\Local\opam\download-cache");
+    assert_eq!(
+        run.cache[0].buildkit_options,
+        [("sharing".into(), "locked".into()), ("mode".into(), "0700".into())]
+    );
+    assert_eq!(run.cache[1].target, "C:/cache");
+    assert_eq!(run.secrets[0].target, "rel/tok");
+    assert_eq!(run.shell, r"mkdir C:\obuilder");
+    let spec = parse(&format!("((from base)\n {text})")).unwrap();
+    assert_eq!(parse(&print(&spec)).unwrap(), spec);
+    assert!(print(&spec).contains("(buildkit_options ((sharing locked) (mode 0700)))"));
+    assert!(error("(run (cache (c (target /c) (buildkit_options (sharing locked)))) (shell x))")
+        .contains("found the atom `sharing`"));
+    assert!(error("(run (cache (c (target /c) (buildkit_options x))) (shell x))")
+        .contains("one list of (KEY VALUE) pairs"));
 }
 
 #[test]
@@ -253,8 +284,8 @@ fn everything() -> Spec {
             at(Op::Workdir("/home/opam/app".into())),
             at(Op::Run(Run {
                 cache: vec![
-                    Mount { id: "opam-archives".into(), target: "/home/opam/.opam/download-cache".into() },
-                    Mount { id: "dune".into(), target: "/home/opam/.cache/dune".into() },
+                    Mount { id: "opam-archives".into(), target: "/home/opam/.opam/download-cache".into(), ..Default::default()},
+                    Mount { id: "dune".into(), target: "/home/opam/.cache/dune".into(), ..Default::default()},
                 ],
                 network: vec!["host".into()],
                 secrets: vec![],
@@ -304,7 +335,7 @@ fn everything() -> Spec {
                 network: vec![],
                 secrets: vec![Mount {
                     id: "token".into(),
-                    target: "/run/secrets/token".into(),
+                    target: "/run/secrets/token".into(), ..Default::default()
                 }],
                 shell: "printf '%s\\n' \"$(cat /run/secrets/token | wc -c)\"\nexit 0".into(),
             })),

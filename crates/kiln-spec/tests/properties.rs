@@ -40,7 +40,7 @@ fn copy_source() -> impl Strategy<Value = String> {
 }
 
 fn mount() -> impl Strategy<Value = Mount> {
-    (non_empty_text(), absolute_path()).prop_map(|(id, target)| Mount { id, target })
+    (non_empty_text(), absolute_path()).prop_map(|(id, target)| Mount { id, target, ..Default::default() })
 }
 
 fn user() -> impl Strategy<Value = User> {
