@@ -51,11 +51,10 @@ pub fn print(spec: &Spec) -> String {
     print::print_spec(spec)
 }
 
-/// Like [`print()`] for the spec parsed from `text`, keeping `text`'s comments that sit
-/// around the spec list or between its items (they move with the item they precede).
-/// `Err` is the position of the first comment that cannot be kept: one inside a form,
-/// or a `#;` datum comment.
-pub fn print_with_comments(spec: &Spec, text: &str) -> Result<String, Pos> {
+/// Like [`print()`] for the spec parsed from `text`, keeping every comment of `text`
+/// (`;`, `#| |#`, `#;`) next to what it annotates, and single blank lines between items.
+/// `Err` only if `text` does not read as an S-expression.
+pub fn print_with_comments(spec: &Spec, text: &str) -> Result<String, SpecError> {
     print::print_spec_with_comments(spec, text)
 }
 

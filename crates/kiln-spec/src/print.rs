@@ -50,100 +50,68 @@
 //!   (before it when the item is the last, where the spec's `)` follows). Comments
 //!   inside a form, and `#;` datum comments, cannot be placed and are refused.
 
-use crate::sexp::{ends_bare_atom, top_level_comments, SourceComment};
+use crate::sexp::{self, ends_bare_atom, Comment, Notes, Sexp};
 use crate::size::format_size;
 use crate::{
     Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom, ImageSpec, Op, PartitionSource,
-    PartitionSpec, Pos, Run, Spec, TestSpec, User, DEFAULT_CHECK_TIMEOUT, DEFAULT_HTTP_PATH,
-    DEFAULT_HTTP_STATUS,
+    PartitionSpec, Pos, Run, Spec, SpecError, TestSpec, User, DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS,
 };
+use std::mem::take;
 
 /// The column budget for putting a form on one line.
 const WIDTH: usize = 80;
 
 /// Prints `spec` in canonical layout.
 pub(crate) fn print_spec(spec: &Spec) -> String {
-    let mut out = Printer {
-        text: String::new(),
-    };
-    out.doc(&spec_doc(spec), 0, 0);
-    out.text.push('\n');
-    out.text
+    render(spec_doc(spec))
 }
 
-/// Prints `spec`, parsed from `text`, in canonical layout with the comments of `text`
-/// that sit around the spec list or between its items (see the module docs). `Err` is
-/// the position of a comment that cannot be kept (inside a form, or `#;`).
-pub(crate) fn print_spec_with_comments(spec: &Spec, text: &str) -> Result<String, Pos> {
-    let comments = top_level_comments(text)?;
-    let items = spec_items(spec);
-    let first = items.iter().map(|(pos, _)| *pos).min();
-    let mut leading: Vec<Vec<String>> = vec![Vec::new(); items.len()];
-    let mut trailing: Vec<Vec<String>> = vec![Vec::new(); items.len()];
-    let (mut header, mut footer) = (Vec::new(), Vec::new());
-    for c in comments {
-        let SourceComment {
-            pos,
-            text,
-            depth,
-            end_of_line,
-        } = c;
-        if depth == 0 {
-            if first.is_some_and(|f| pos < f) {
-                header.push(text);
-            } else {
-                footer.push(text);
-            }
-            continue;
-        }
-        let before = (0..items.len())
-            .filter(|&i| items[i].0 < pos)
-            .max_by_key(|&i| items[i].0);
-        let after = (0..items.len())
-            .filter(|&i| items[i].0 > pos)
-            .min_by_key(|&i| items[i].0);
-        match (end_of_line, before, after) {
-            (true, Some(i), _) => trailing[i].push(text),
-            (_, _, Some(i)) => leading[i].push(text),
-            _ => footer.push(text),
-        }
-    }
-    // The last item's `)`s follow it on its line, so its own comments go before it.
-    if let Some(last) = items.len().checked_sub(1) {
-        let moved = std::mem::take(&mut trailing[last]);
-        leading[last].extend(moved);
-    }
-    let docs = items
-        .into_iter()
-        .zip(leading.into_iter().zip(trailing))
-        .map(|((_, doc), (lead, trail))| {
-            if lead.is_empty() && trail.is_empty() {
-                doc
-            } else {
-                Doc::Commented(lead, Box::new(doc), trail)
-            }
-        })
-        .collect();
-    let mut out = String::new();
-    for line in header {
-        out.push_str(&line);
-        out.push('\n');
-    }
+/// Prints `spec`, parsed from `text`, in canonical layout with every comment of `text`
+/// placed next to what it annotates (see the module docs).
+pub(crate) fn print_spec_with_comments(spec: &Spec, text: &str) -> Result<String, SpecError> {
+    let source = sexp::read(text)?;
+    let mut doc = spec_doc(spec);
+    annotate(&mut doc, source);
+    Ok(render(doc))
+}
+
+/// Lays out a whole spec: its leading comments above it, its trailing ones below.
+fn render(mut doc: Doc) -> String {
+    // Comments before the spec list's `)` read best below it, where nothing follows.
+    let end = take(&mut doc.notes.inner_end);
+    doc.notes.trailing.splice(0..0, end);
+    settle(&mut doc);
     let mut printer = Printer {
         text: String::new(),
     };
-    printer.doc(&Doc::Spec(docs), 0, 0);
-    out.push_str(&printer.text);
-    out.push('\n');
-    for line in footer {
-        out.push_str(&line);
-        out.push('\n');
+    for (i, comment) in doc.notes.leading.iter().enumerate() {
+        if i > 0 && comment.blank_before {
+            printer.text.push('\n');
+        }
+        printer.text.push_str(&comment.text);
+        printer.text.push('\n');
     }
-    Ok(out)
+    printer.doc(&doc, 0, 0);
+    printer.text.push('\n');
+    for comment in &doc.notes.trailing {
+        if comment.blank_before {
+            printer.text.push('\n');
+        }
+        printer.text.push_str(&comment.text);
+        printer.text.push('\n');
+    }
+    printer.text
 }
 
-/// What the layout works on: the spec turned into nested lists of rendered atoms.
-enum Doc {
+/// What the layout works on: the spec turned into nested lists of rendered atoms, each
+/// with the comments that go with it.
+struct Doc {
+    kind: Kind,
+    notes: Notes,
+}
+
+enum Kind {
     /// An atom, already quoted if it needs to be.
     Atom(String),
     /// A form: flat if it fits, else broken with arguments aligned.
@@ -151,72 +119,245 @@ enum Doc {
     /// A spec list: always one item per line.
     Spec(Vec<Doc>),
     /// `(build NAME` with its spec on the next line.
-    Build(String, Box<Doc>),
-    /// A spec item with the comments on their own lines before it and those after it
-    /// on its last line.
-    Commented(Vec<String>, Box<Doc>, Vec<String>),
+    Build(Vec<Doc>),
 }
 
 impl Doc {
-    /// Width on one line, or `None` if it never goes on one line.
+    fn new(kind: Kind) -> Doc {
+        Doc {
+            kind,
+            notes: Notes::default(),
+        }
+    }
+
+    fn items(&self) -> &[Doc] {
+        match &self.kind {
+            Kind::Atom(_) => &[],
+            Kind::Form(items) | Kind::Spec(items) | Kind::Build(items) => items,
+        }
+    }
+
+    fn items_mut(&mut self) -> Option<&mut Vec<Doc>> {
+        match &mut self.kind {
+            Kind::Atom(_) => None,
+            Kind::Form(items) | Kind::Spec(items) | Kind::Build(items) => Some(items),
+        }
+    }
+
+    /// Width on one line, or `None` if it never goes on one line (a spec list, or
+    /// comments inside that need line breaks).
     fn flat_width(&self) -> Option<usize> {
-        match self {
-            Doc::Atom(text) => Some(text.chars().count()),
-            Doc::Form(items) => {
+        match &self.kind {
+            Kind::Atom(text) => Some(text.chars().count()),
+            Kind::Form(items) => {
+                if !self.notes.inner_end.is_empty() {
+                    return None;
+                }
                 let mut width = 2 + items.len().saturating_sub(1);
                 for item in items {
+                    if !item.notes.leading.is_empty() || !item.notes.trailing.is_empty() {
+                        return None;
+                    }
                     width += item.flat_width()?;
                 }
                 Some(width)
             }
-            Doc::Spec(_) | Doc::Build(..) | Doc::Commented(..) => None,
+            Kind::Spec(_) | Kind::Build(_) => None,
         }
     }
+
+    /// How it pairs with a source datum: atoms in order, lists by their head atom.
+    fn key(&self) -> Key {
+        match self.items().first().map(|d| &d.kind) {
+            _ if matches!(self.kind, Kind::Atom(_)) => Key::Atom,
+            Some(Kind::Atom(head)) if !matches!(self.kind, Kind::Spec(_)) => Key::Head(head.clone()),
+            _ => Key::List,
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Key {
+    Atom,
+    /// A list whose first item is this atom, as printed.
+    Head(String),
+    List,
+}
+
+fn source_key(sexp: &Sexp) -> Key {
+    match sexp {
+        Sexp::Atom(_) => Key::Atom,
+        Sexp::List(list) => match list.items.first() {
+            Some(Sexp::Atom(head)) => Key::Head(quote(&head.text)),
+            _ => Key::List,
+        },
+    }
+}
+
+/// Gives `doc` and its parts the comments of the source datum they were parsed from.
+///
+/// The printer reorders fields and items of different kinds but never items of the same
+/// kind, so the n-th item with a given head pairs with the n-th source item with that
+/// head. Comments of a source item the printer leaves out (a default such as
+/// `(from context)`) go to the next item that stays, or to the end of the list.
+fn annotate(doc: &mut Doc, mut source: Sexp) {
+    doc.notes = take(source.notes_mut());
+    let Sexp::List(list) = source else {
+        return;
+    };
+    let items = match &mut doc.kind {
+        Kind::Form(items) | Kind::Spec(items) | Kind::Build(items) => items,
+        // Not expected: keep the comments rather than lose them.
+        Kind::Atom(_) => {
+            doc.notes.leading.extend(list.items.iter().flat_map(Sexp::all_comments));
+            return;
+        }
+    };
+    let mut sources: Vec<Option<Sexp>> = list.items.into_iter().map(Some).collect();
+    let keys: Vec<Key> = sources.iter().flatten().map(source_key).collect();
+    let mut used = vec![false; sources.len()];
+    let pairs: Vec<Option<usize>> = items
+        .iter()
+        .map(|item| {
+            let key = item.key();
+            let j = (0..keys.len()).find(|&j| !used[j] && keys[j] == key)?;
+            used[j] = true;
+            Some(j)
+        })
+        .collect();
+    let mut pending: Vec<Comment> = Vec::new();
+    for (j, slot) in sources.iter_mut().enumerate() {
+        if used[j] {
+            if let Some(item) = slot {
+                item.notes_mut().leading.splice(0..0, take(&mut pending));
+            }
+        } else if let Some(dropped) = slot.take() {
+            pending.extend(dropped.all_comments());
+        }
+    }
+    doc.notes.inner_end.splice(0..0, pending);
+    for (item, j) in items.iter_mut().zip(pairs) {
+        if let Some(source) = j.and_then(|j| sources[j].take()) {
+            annotate(item, source);
+        }
+    }
+}
+
+/// Moves comments to where the layout can print them: a comment trailing the last item
+/// of a list would swallow the `)` after it, so it leads that item instead; comments
+/// leading a form's head, or a spec list's first item, lead the whole list.
+fn settle(doc: &mut Doc) {
+    let end_is_empty = doc.notes.inner_end.is_empty();
+    let hoists_first = match &doc.kind {
+        Kind::Atom(_) => return,
+        Kind::Spec(_) => true,
+        Kind::Form(items) | Kind::Build(items) => {
+            matches!(items.first().map(|d| &d.kind), Some(Kind::Atom(_)))
+        }
+    };
+    let Some(items) = doc.items_mut() else {
+        return;
+    };
+    items.iter_mut().for_each(settle);
+    if end_is_empty {
+        if let Some(last) = items.last_mut() {
+            let trailing = take(&mut last.notes.trailing);
+            last.notes.leading.extend(trailing);
+        }
+    }
+    let hoisted = match items.first_mut() {
+        Some(first) if hoists_first => take(&mut first.notes.leading),
+        _ => Vec::new(),
+    };
+    doc.notes.leading.extend(hoisted);
 }
 
 struct Printer {
     text: String,
 }
 
+/// Where an item of a broken list goes when nothing forces a line break before it.
+#[derive(Clone, Copy)]
+enum Place {
+    /// On the current line (after the `(`, or after a space), else at this column.
+    Inline(usize),
+    /// On a line of its own at this column.
+    Line(usize),
+}
+
 impl Printer {
     /// Writes `doc` starting at column `col`; `trail` `)`s follow it on its last line.
     fn doc(&mut self, doc: &Doc, col: usize, trail: usize) {
-        match doc {
-            Doc::Atom(text) => self.text.push_str(text),
-            Doc::Form(items) => match doc.flat_width() {
-                Some(width) if col + width + trail <= WIDTH => self.flat(doc),
-                _ => self.broken_form(items, col, trail),
+        let items = doc.items();
+        let places: Vec<Place> = match &doc.kind {
+            Kind::Atom(text) => return self.text.push_str(text),
+            Kind::Form(_) => match doc.flat_width() {
+                Some(width) if col + width + trail <= WIDTH => return self.flat(doc),
+                _ => broken_form_places(items, col),
             },
-            Doc::Spec(items) => {
-                self.text.push('(');
-                self.lines(items, col + 1, trail);
-                self.text.push(')');
-            }
-            Doc::Build(name, spec) => {
-                self.text.push_str("(build ");
-                self.text.push_str(name);
-                self.newline(col + 2);
-                self.doc(spec, col + 2, trail + 1);
-                self.text.push(')');
-            }
-            Doc::Commented(leading, item, trailing) => {
-                for comment in leading {
-                    self.text.push_str(comment);
-                    self.newline(col);
+            Kind::Spec(_) => (0..items.len())
+                .map(|i| if i == 0 { Place::Inline(col + 1) } else { Place::Line(col + 1) })
+                .collect(),
+            Kind::Build(_) => (0..items.len())
+                .map(|i| if i < 2 { Place::Inline(col + 2) } else { Place::Line(col + 2) })
+                .collect(),
+        };
+        self.list(doc, &places, trail);
+    }
+
+    /// `(`, the items at their places with their comments, the end comments, `)`.
+    fn list(&mut self, doc: &Doc, places: &[Place], trail: usize) {
+        let items = doc.items();
+        self.text.push('(');
+        let mut last_col = 0;
+        for (i, (item, place)) in items.iter().zip(places).enumerate() {
+            let after_trailing = i > 0 && !items[i - 1].notes.trailing.is_empty();
+            let col = match *place {
+                Place::Inline(col) if item.notes.leading.is_empty() && !after_trailing => {
+                    if i > 0 {
+                        self.text.push(' ');
+                    }
+                    col
                 }
-                self.doc(item, col, trail);
-                for comment in trailing {
-                    self.text.push(' ');
-                    self.text.push_str(comment);
+                Place::Inline(col) | Place::Line(col) => {
+                    self.leading(item, col, i == 0);
+                    col
                 }
+            };
+            let end = i + 1 == items.len() && doc.notes.inner_end.is_empty();
+            self.doc(item, col, if end { trail + 1 } else { 0 });
+            for comment in &item.notes.trailing {
+                self.text.push(' ');
+                self.text.push_str(&comment.text);
             }
+            last_col = col;
         }
+        if !doc.notes.inner_end.is_empty() {
+            for comment in &doc.notes.inner_end {
+                self.newline(last_col, comment.blank_before);
+                self.text.push_str(&comment.text);
+            }
+            self.newline(last_col, false);
+        }
+        self.text.push(')');
+    }
+
+    /// A line break, then `item`'s leading comments each on its own line at `col`, then a
+    /// line break to `col` for the item. Blank lines are kept except at the list's start.
+    fn leading(&mut self, item: &Doc, col: usize, at_start: bool) {
+        let mut first = at_start;
+        for comment in &item.notes.leading {
+            self.newline(col, comment.blank_before && !first);
+            self.text.push_str(&comment.text);
+            first = false;
+        }
+        self.newline(col, item.notes.blank_before && !first);
     }
 
     fn flat(&mut self, doc: &Doc) {
-        match doc {
-            Doc::Atom(text) => self.text.push_str(text),
-            Doc::Form(items) => {
+        match &doc.kind {
+            Kind::Atom(text) => self.text.push_str(text),
+            Kind::Form(items) => {
                 self.text.push('(');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
@@ -227,44 +368,44 @@ impl Printer {
                 self.text.push(')');
             }
             // Never flat (see `flat_width`); lay out in place rather than fail.
-            Doc::Spec(_) | Doc::Build(..) | Doc::Commented(..) => self.doc(doc, 0, 0),
+            Kind::Spec(_) | Kind::Build(_) => self.doc(doc, 0, 0),
         }
     }
 
-    /// `(head first` then the other arguments one per line under `first`.
-    fn broken_form(&mut self, items: &[Doc], col: usize, trail: usize) {
-        self.text.push('(');
-        match items.split_first() {
-            Some((Doc::Atom(head), args)) if !args.is_empty() => {
-                self.text.push_str(head);
-                self.text.push(' ');
-                let arg_col = col + 1 + head.chars().count() + 1;
-                self.lines(args, arg_col, trail);
-            }
-            _ => self.lines(items, col + 1, trail),
+    /// A line break (after a blank line if `blank`), indented to `col`.
+    fn newline(&mut self, col: usize, blank: bool) {
+        if blank {
+            self.text.push('\n');
         }
-        self.text.push(')');
-    }
-
-    /// Writes `items` one per line at column `col`; the last one is followed by `trail + 1` `)`s.
-    fn lines(&mut self, items: &[Doc], col: usize, trail: usize) {
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                self.newline(col);
-            }
-            let after = if i + 1 == items.len() { trail + 1 } else { 0 };
-            self.doc(item, col, after);
-        }
-    }
-
-    fn newline(&mut self, col: usize) {
         self.text.push('\n');
         self.text.extend(std::iter::repeat_n(' ', col));
     }
 }
 
+/// `(head first` then the other arguments one per line under `first`; a list without a
+/// head atom has every item under the first.
+fn broken_form_places(items: &[Doc], col: usize) -> Vec<Place> {
+    match items.first().map(|d| &d.kind) {
+        Some(Kind::Atom(head)) if items.len() > 1 => {
+            let arg_col = col + 1 + head.chars().count() + 1;
+            (0..items.len())
+                .map(|i| match i {
+                    0 => Place::Inline(col + 1),
+                    1 => Place::Inline(arg_col),
+                    _ => Place::Line(arg_col),
+                })
+                .collect()
+        }
+        _ => (0..items.len())
+            .map(|i| if i == 0 { Place::Inline(col + 1) } else { Place::Line(col + 1) })
+            .collect(),
+    }
+}
+
 fn spec_doc(spec: &Spec) -> Doc {
-    Doc::Spec(spec_items(spec).into_iter().map(|(_, doc)| doc).collect())
+    Doc::new(Kind::Spec(
+        spec_items(spec).into_iter().map(|(_, doc)| doc).collect(),
+    ))
 }
 
 /// The spec's items in print order, each with where it was in the source.
@@ -289,7 +430,11 @@ fn spec_items(spec: &Spec) -> Vec<(Pos, Doc)> {
 }
 
 fn build_doc(build: &ChildBuild) -> Doc {
-    Doc::Build(quote(&build.name), Box::new(spec_doc(&build.spec)))
+    Doc::new(Kind::Build(vec![
+        Doc::new(Kind::Atom("build".into())),
+        atom(&build.name),
+        spec_doc(&build.spec),
+    ]))
 }
 
 fn op_doc(op: &Op) -> Doc {
@@ -309,8 +454,8 @@ fn user_doc(user: &User) -> Doc {
         User::Unix { uid, gid } => form(
             "user",
             [
-                form("uid", [Doc::Atom(uid.to_string())]),
-                form("gid", [Doc::Atom(gid.to_string())]),
+                form("uid", [leaf(uid.to_string())]),
+                form("gid", [leaf(gid.to_string())]),
             ],
         ),
         User::Name(name) => form("user", [form("name", [atom(name)])]),
@@ -338,10 +483,10 @@ fn mount_doc(mount: &crate::Mount) -> Doc {
         let pairs = mount
             .buildkit_options
             .iter()
-            .map(|(k, v)| Doc::Form(vec![atom(k), atom(v)]));
-        items.push(form("buildkit_options", [Doc::Form(pairs.collect())]));
+            .map(|(k, v)| list_doc(vec![atom(k), atom(v)]));
+        items.push(form("buildkit_options", [list_doc(pairs.collect())]));
     }
-    Doc::Form(items)
+    list_doc(items)
 }
 
 fn copy_doc(copy: &Copy) -> Doc {
@@ -462,7 +607,7 @@ fn partition_doc(p: &PartitionSpec) -> Doc {
         PartitionSource::Spec(path) => form("spec", [atom(path)]),
     });
     if let Some(size) = p.size {
-        fields.push(form("size", [Doc::Atom(format_size(size))]));
+        fields.push(form("size", [leaf(format_size(size))]));
     }
     if let Some(label) = &p.label {
         fields.push(form("label", [atom(label)]));
@@ -472,17 +617,25 @@ fn partition_doc(p: &PartitionSpec) -> Doc {
 
 /// `(NAME N)` for a number field.
 fn number(name: &str, n: impl ToString) -> Doc {
-    form(name, [Doc::Atom(n.to_string())])
+    form(name, [leaf(n.to_string())])
 }
 
 fn form(name: &str, args: impl IntoIterator<Item = Doc>) -> Doc {
-    let mut items = vec![Doc::Atom(name.to_string())];
+    let mut items = vec![leaf(name.to_string())];
     items.extend(args);
-    Doc::Form(items)
+    list_doc(items)
+}
+
+fn leaf(text: String) -> Doc {
+    Doc::new(Kind::Atom(text))
+}
+
+fn list_doc(items: Vec<Doc>) -> Doc {
+    Doc::new(Kind::Form(items))
 }
 
 fn atom(text: &str) -> Doc {
-    Doc::Atom(quote(text))
+    leaf(quote(text))
 }
 
 fn atoms(texts: &[String]) -> Vec<Doc> {

@@ -9,6 +9,11 @@
 //!   nest, and `"` strings inside them are skipped whole), and `#;` comments out
 //!   the S-expression that follows.
 //! - Every list and atom carries its 1-based `line:col`, columns counting chars.
+//! - Comments are kept in the tree ([`Notes`]), so a formatter can put each one back next
+//!   to what it annotates: a comment on the line where an item ends trails that item;
+//!   other comments lead the item after them, or, before a list's `)`, end the list.
+//!   A `#;` datum comment is kept as its source text. Blank lines before an item or a
+//!   comment are remembered as one.
 //!
 //! Nesting is limited to [`MAX_DEPTH`] lists so hostile input cannot exhaust the stack.
 
@@ -30,6 +35,7 @@ pub(crate) enum Sexp {
 pub(crate) struct Atom {
     pub text: String,
     pub pos: Pos,
+    pub notes: Notes,
 }
 
 /// A list; `pos` is that of its `(`.
@@ -37,6 +43,31 @@ pub(crate) struct Atom {
 pub(crate) struct List {
     pub items: Vec<Sexp>,
     pub pos: Pos,
+    pub notes: Notes,
+}
+
+/// A `;`, `#| |#` or `#;` comment exactly as written (a line comment without its line break).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Comment {
+    pub text: String,
+    pub pos: Pos,
+    /// A blank line separates it from what came before.
+    pub blank_before: bool,
+}
+
+/// The comments that belong to one datum. For the outermost datum, `leading` holds the
+/// comments before it and `trailing` those after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Notes {
+    /// Comments on their own lines before the datum.
+    pub leading: Vec<Comment>,
+    /// Comments after the datum on the line where it ends.
+    pub trailing: Vec<Comment>,
+    /// For a list: comments after its last item, before its `)`.
+    pub inner_end: Vec<Comment>,
+    /// A blank line separates the datum from what came before (its last leading comment,
+    /// if it has any).
+    pub blank_before: bool,
 }
 
 impl Sexp {
@@ -46,22 +77,56 @@ impl Sexp {
             Sexp::List(l) => l.pos,
         }
     }
+
+    pub(crate) fn notes(&self) -> &Notes {
+        match self {
+            Sexp::Atom(a) => &a.notes,
+            Sexp::List(l) => &l.notes,
+        }
+    }
+
+    pub(crate) fn notes_mut(&mut self) -> &mut Notes {
+        match self {
+            Sexp::Atom(a) => &mut a.notes,
+            Sexp::List(l) => &mut l.notes,
+        }
+    }
+
+    /// Every comment in this datum and inside it, in source order.
+    pub(crate) fn all_comments(&self) -> Vec<Comment> {
+        let notes = self.notes();
+        let mut out = notes.leading.clone();
+        if let Sexp::List(list) = self {
+            for item in &list.items {
+                out.extend(item.all_comments());
+            }
+        }
+        out.extend(notes.inner_end.iter().cloned());
+        out.extend(notes.trailing.iter().cloned());
+        out
+    }
 }
 
 /// Reads exactly one S-expression; only whitespace and comments may surround it.
+/// Comments before it are its leading notes, those after it its trailing notes.
 pub(crate) fn read(text: &str) -> Result<Sexp, SpecError> {
     let mut reader = Reader::new(text);
-    reader.skip_trivia()?;
+    let header = reader.gap()?;
     if reader.at_end() {
         return Err(SpecError::new(
             reader.pos(),
             "the spec is empty: write a list such as `((from debian:bookworm) (run (shell \"true\")))`",
         ));
     }
-    let sexp = reader.datum()?;
-    reader.skip_trivia()?;
+    let mut sexp = reader.datum()?;
+    let footer = reader.gap()?;
     match reader.peek() {
-        None => Ok(sexp),
+        None => {
+            let notes = sexp.notes_mut();
+            notes.leading = header.comments.into_iter().map(|c| c.comment).collect();
+            notes.trailing = footer.comments.into_iter().map(|c| c.comment).collect();
+            Ok(sexp)
+        }
         Some(')') => Err(unmatched_close(reader.pos())),
         Some(_) => Err(SpecError::new(
             reader.pos(),
@@ -75,73 +140,6 @@ fn unmatched_close(pos: Pos) -> SpecError {
 }
 
 /// True for the characters sexplib treats as blanks between tokens.
-/// A `;` or `#| |#` comment as written, with where it sits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SourceComment {
-    pub pos: Pos,
-    /// The comment's text exactly as in the source (`; …` without the line break).
-    pub text: String,
-    /// Open lists around it: 0 outside the spec list, 1 between the spec's items.
-    pub depth: usize,
-    /// True when code precedes it on its line (`(run …) ; why`).
-    pub end_of_line: bool,
-}
-
-/// Every comment of `text` outside and directly inside the outermost list, in order.
-/// `Err` gives the position of the first comment a formatter could not keep: one inside
-/// a form (depth 2 or more) or a `#;` datum comment. Call on text that reads.
-pub(crate) fn top_level_comments(text: &str) -> Result<Vec<SourceComment>, Pos> {
-    let mut r = Reader::new(text);
-    let mut depth = 0usize;
-    let mut code_on_line = false;
-    let mut out = Vec::new();
-    while let Some(c) = r.peek() {
-        let pos = r.pos();
-        match c {
-            ';' | '#' if c == ';' || r.peek2() == Some('|') => {
-                if depth > 1 {
-                    return Err(pos);
-                }
-                let start = r.at;
-                if c == ';' {
-                    while r.peek().is_some_and(|c| c != '\n') {
-                        r.bump();
-                    }
-                } else if r.skip_block_comment().is_err() {
-                    return Err(pos);
-                }
-                out.push(SourceComment {
-                    pos,
-                    text: r.chars[start..r.at].iter().collect(),
-                    depth,
-                    end_of_line: code_on_line,
-                });
-            }
-            '#' if r.peek2() == Some(';') => return Err(pos),
-            '"' => {
-                r.bump();
-                if !r.skip_string_body() {
-                    return Ok(out);
-                }
-                code_on_line = true;
-            }
-            _ => {
-                r.bump();
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth = depth.saturating_sub(1),
-                    '\n' => code_on_line = false,
-                    _ => {}
-                }
-                if !is_whitespace(c) {
-                    code_on_line = true;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 pub(crate) fn is_whitespace(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c')
 }
@@ -149,6 +147,18 @@ pub(crate) fn is_whitespace(c: char) -> bool {
 /// True for the characters that end a bare atom.
 pub(crate) fn ends_bare_atom(c: char) -> bool {
     is_whitespace(c) || matches!(c, '(' | ')' | '"' | ';')
+}
+
+/// What lies between two data: comments, and whether a blank line precedes what follows.
+struct Gap {
+    comments: Vec<GapComment>,
+    blank_before_next: bool,
+}
+
+struct GapComment {
+    comment: Comment,
+    /// The line its last character is on.
+    end_line: u32,
 }
 
 struct Reader {
@@ -206,26 +216,54 @@ impl Reader {
         Some(c)
     }
 
-    /// Skips whitespace and all three kinds of comments.
-    fn skip_trivia(&mut self) -> Result<(), SpecError> {
+    /// Reads whitespace and comments up to the next datum, `)` or the end.
+    fn gap(&mut self) -> Result<Gap, SpecError> {
+        let mut comments = Vec::new();
+        let mut newlines = 0usize;
         loop {
+            let pos = self.pos();
+            let start = self.at;
             match self.peek() {
                 Some(c) if is_whitespace(c) => {
+                    if c == '\n' {
+                        newlines += 1;
+                    }
                     self.bump();
+                    continue;
                 }
-                Some(';') => self.skip_line_comment(),
+                Some(';') => self.skip_to_line_end(),
                 Some('#') if self.peek2() == Some('|') => self.skip_block_comment()?,
                 Some('#') if self.peek2() == Some(';') => self.skip_datum_comment()?,
-                _ => return Ok(()),
+                _ => {
+                    return Ok(Gap {
+                        comments,
+                        blank_before_next: newlines >= 2,
+                    })
+                }
             }
+            let text: String = self.chars[start..self.at].iter().collect();
+            let end_line = self.line;
+            comments.push(GapComment {
+                comment: Comment {
+                    text: text.trim_end_matches('\r').to_string(),
+                    pos,
+                    blank_before: newlines >= 2,
+                },
+                end_line,
+            });
+            newlines = 0;
         }
     }
 
-    fn skip_line_comment(&mut self) {
-        while let Some(c) = self.bump() {
-            if c == '\n' {
-                break;
-            }
+    /// Skips whitespace and all three kinds of comments.
+    fn skip_trivia(&mut self) -> Result<(), SpecError> {
+        self.gap().map(drop)
+    }
+
+    /// Skips a `;` comment, leaving its line break to be read as whitespace.
+    fn skip_to_line_end(&mut self) {
+        while self.peek().is_some_and(|c| c != '\n') {
+            self.bump();
         }
     }
 
@@ -330,9 +368,21 @@ impl Reader {
         let pos = self.pos();
         self.enter(pos)?;
         self.bump();
-        let mut items = Vec::new();
+        let mut items: Vec<Sexp> = Vec::new();
+        // The line the previous item (or a comment trailing it) ends on.
+        let mut last_line = None;
         loop {
-            self.skip_trivia()?;
+            let gap = self.gap()?;
+            let mut leading = Vec::new();
+            for GapComment { comment, end_line } in gap.comments {
+                match items.last_mut() {
+                    Some(prev) if leading.is_empty() && last_line == Some(comment.pos.line) => {
+                        last_line = Some(end_line);
+                        prev.notes_mut().trailing.push(comment);
+                    }
+                    _ => leading.push(comment),
+                }
+            }
             match self.peek() {
                 None => {
                     return Err(SpecError::new(
@@ -343,10 +393,29 @@ impl Reader {
                 Some(')') => {
                     self.bump();
                     self.depth -= 1;
-                    return Ok(List { items, pos });
+                    let notes = Notes {
+                        inner_end: leading,
+                        ..Notes::default()
+                    };
+                    return Ok(List { items, pos, notes });
                 }
-                Some(_) => items.push(self.datum()?),
+                Some(_) => {
+                    let mut item = self.datum()?;
+                    let notes = item.notes_mut();
+                    notes.leading = leading;
+                    notes.blank_before = gap.blank_before_next;
+                    last_line = Some(self.end_line());
+                    items.push(item);
+                }
             }
+        }
+    }
+
+    /// The line of the last character read.
+    fn end_line(&self) -> u32 {
+        match self.at.checked_sub(1).map(|i| self.chars[i]) {
+            Some('\n') => self.line - 1,
+            _ => self.line,
         }
     }
 
@@ -366,7 +435,11 @@ impl Reader {
             text.push(c);
             self.bump();
         }
-        Ok(Atom { text, pos })
+        Ok(Atom {
+            text,
+            pos,
+            notes: Notes::default(),
+        })
     }
 
     fn quoted(&mut self) -> Result<Atom, SpecError> {
@@ -399,7 +472,11 @@ impl Reader {
                 "string is not valid UTF-8 once its `\\DDD`/`\\xHH` escapes are decoded: escape whole UTF-8 sequences",
             )
         })?;
-        Ok(Atom { text, pos })
+        Ok(Atom {
+            text,
+            pos,
+            notes: Notes::default(),
+        })
     }
 
     /// Decodes one escape; the reader is on its backslash. `start` is the string's `"`.
@@ -507,26 +584,37 @@ mod tests {
             .unwrap_or_else(|| "no error".into())
     }
 
+    fn texts(comments: &[Comment]) -> Vec<&str> {
+        comments.iter().map(|c| c.text.as_str()).collect()
+    }
+
     #[test]
-    fn lists_top_level_comments_outside_strings() {
-        let at = |line, col| Pos { line, col };
-        assert_eq!(top_level_comments("(a \"; not #| x\" b)"), Ok(vec![]));
-        let found = top_level_comments("; head\n(a ; eol\n #| b\n |# c)\n; tail").unwrap();
-        let summary: Vec<_> = found
-            .iter()
-            .map(|c| (c.pos, c.text.as_str(), c.depth, c.end_of_line))
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                (at(1, 1), "; head", 0, false),
-                (at(2, 4), "; eol", 1, true),
-                (at(3, 2), "#| b\n |#", 1, false),
-                (at(5, 1), "; tail", 0, false),
-            ]
-        );
-        assert_eq!(top_level_comments("(a (b ; in\n c))"), Err(at(1, 7)));
-        assert_eq!(top_level_comments("(\"x\\\"\" #;b)"), Err(at(1, 8)));
+    fn comments_land_in_the_tree_next_to_what_they_annotate() {
+        let text = "; head\n(a ; eol a\n #| b\n |# c #;(x\n y) ; eol c\n\n ; lead d\n\n d\n (e ; after e\n  f) ; after list\n ; end\n)\n; tail";
+        let root = read(text).unwrap();
+        assert_eq!(texts(&root.notes().leading), ["; head"]);
+        assert_eq!(texts(&root.notes().trailing), ["; tail"]);
+        assert_eq!(texts(&root.notes().inner_end), ["; end"]);
+        let it = items(&root);
+        assert_eq!(texts(&it[0].notes().trailing), ["; eol a"]);
+        assert_eq!(texts(&it[1].notes().leading), ["#| b\n |#"]);
+        assert_eq!(texts(&it[1].notes().trailing), ["#;(x\n y)", "; eol c"]);
+        let d = it[2].notes();
+        assert_eq!(texts(&d.leading), ["; lead d"]);
+        assert!(d.leading[0].blank_before && d.blank_before);
+        assert!(!it[1].notes().blank_before);
+        assert_eq!(texts(&items(&it[3])[0].notes().trailing), ["; after e"]);
+        assert_eq!(texts(&it[3].notes().trailing), ["; after list"]);
+        assert_eq!(d.leading[0].pos, Pos { line: 6, col: 2 });
+        let all: Vec<String> = root.all_comments().into_iter().map(|c| c.text).collect();
+        assert_eq!(all.len(), 10);
+    }
+
+    #[test]
+    fn a_comment_after_an_open_paren_leads_the_first_item() {
+        let root = read("( ; c\n a)").unwrap();
+        assert_eq!(texts(&items(&root)[0].notes().leading), ["; c"]);
+        assert!(texts(&read("(a \"; not #| x\" b)").unwrap().all_comments()).is_empty());
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `print_with_comments`: the canonical layout keeps comments around and between items.
+//! `print_with_comments`: the canonical layout keeps every comment next to what it annotates.
 
-use kiln_spec::{parse, print, print_with_comments, Pos};
+use kiln_spec::{parse, print, print_with_comments};
 
-/// Formats `text`, checks the result means the same spec and formats to itself.
+/// Formats `text`, checks the result means the same spec, keeps every comment and
+/// formats to itself.
 fn format(text: &str) -> String {
     let spec = parse(text).expect("input parses");
-    let out = print_with_comments(&spec, text).expect("comments can be kept");
+    let out = print_with_comments(&spec, text).expect("formats");
     let again = parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert_eq!(again, spec, "formatting changed the spec:\n{out}");
     assert_eq!(
@@ -31,7 +32,6 @@ fn comments_stay_with_the_items_they_precede_or_follow() {
  )
 ; after the spec
 "#;
-    let out = format(text);
     let expected = r#"; memcached for simulators
 #| a block
    comment |#
@@ -45,7 +45,7 @@ fn comments_stay_with_the_items_they_precede_or_follow() {
 ; trailing note
 ; after the spec
 "#;
-    assert_eq!(out, expected);
+    assert_eq!(format(text), expected);
 }
 
 #[test]
@@ -58,10 +58,7 @@ fn without_comments_it_is_the_canonical_print() {
 #[test]
 fn an_end_of_line_comment_on_the_last_item_does_not_swallow_the_closing_paren() {
     let out = format("((from debian:bookworm)\n (run (shell true)) ; last\n)\n");
-    assert_eq!(
-        out,
-        "((from debian:bookworm)\n ; last\n (run (shell true)))\n"
-    );
+    assert_eq!(out, "((from debian:bookworm)\n ; last\n (run (shell true)))\n");
 }
 
 #[test]
@@ -71,23 +68,119 @@ fn a_comment_string_inside_quotes_is_not_a_comment() {
 }
 
 #[test]
-fn comments_inside_forms_and_datum_comments_are_refused_with_their_position() {
-    let inside = "((from debian:bookworm)\n (run ; here\n  (shell true)))\n";
-    let spec = parse(inside).unwrap();
+fn comments_between_fields_break_the_form_and_stay_beside_their_field() {
+    let text = r#"((from debian:bookworm)
+ (run ; why this step
+  (network host) ; it fetches
+  ; the command
+  (shell "make")))
+"#;
+    let expected = r#"((from debian:bookworm)
+ (run ; why this step
+      (network host) ; it fetches
+      ; the command
+      (shell make)))
+"#;
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn comments_between_atoms_and_before_a_list_end() {
+    let text = r#"((from debian:bookworm)
+ (copy (src a ; first
+            b)
+       (dst /x/)
+       ; end of copy
+       ))
+"#;
+    let expected = r#"((from debian:bookworm)
+ (copy (src a ; first
+            b)
+       (dst /x/)
+       ; end of copy
+       ))
+"#;
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn fields_move_to_canonical_order_with_their_comments() {
+    let text = r#"((from debian:bookworm)
+ (copy (dst /x/) ; where
+       (src a) ; what
+       ))
+"#;
+    let expected = r#"((from debian:bookworm)
+ (copy (src a) ; what
+       ; where
+       (dst /x/)))
+"#;
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn comments_in_left_out_defaults_move_to_the_next_field() {
+    let text = r#"((from debian:bookworm)
+ (copy (from context) ; the default
+       (src a) (dst /x/))
+ (run (network) #| isolated |# (shell true)))
+"#;
+    let expected = r#"((from debian:bookworm)
+ (copy
+       ; the default
+       (src a)
+       (dst /x/))
+ (run
+      #| isolated |#
+      (shell true)))
+"#;
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn datum_comments_are_kept_as_written() {
+    let text = "((from debian:bookworm)\n #;(run (shell old))\n (run #; (network host) (shell true)))\n";
+    let expected = "((from debian:bookworm)\n #;(run (shell old))\n (run #; (network host)\n      (shell true)))\n";
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn comments_inside_child_builds_stay_there() {
+    let text = r#"((build b ; the stage
+  ( ; its base
+   (from alpine)
+   ; compile
+   (run (shell make)) ; slow
+   ; end of b
+   ))
+ (from debian:bookworm)
+ (copy (from (build b)) (src /out) (dst /out)))
+"#;
+    let expected = r#"((build b ; the stage
+   ; its base
+   ((from alpine)
+    ; compile
+    (run (shell make)) ; slow
+    ; end of b
+    ))
+ (from debian:bookworm)
+ (copy (from (build b)) (src /out) (dst /out)))
+"#;
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn single_blank_lines_between_items_are_kept() {
+    let text = "((from debian:bookworm)\n\n\n (run (shell a))\n (run (shell b))\n\n ; c\n\n (run (shell c)))\n";
+    let expected = "((from debian:bookworm)\n\n (run (shell a))\n (run (shell b))\n\n ; c\n\n (run (shell c)))\n";
+    assert_eq!(format(text), expected);
+}
+
+#[test]
+fn comments_after_the_spec_and_crlf_lines() {
+    let text = "; head\r\n((from x) (run (shell y))) ; tail\r\n; more\r\n";
     assert_eq!(
-        print_with_comments(&spec, inside),
-        Err(Pos { line: 2, col: 7 })
-    );
-    let datum = "((from debian:bookworm)\n #;(run (shell old))\n (run (shell true)))\n";
-    let spec = parse(datum).unwrap();
-    assert_eq!(
-        print_with_comments(&spec, datum),
-        Err(Pos { line: 2, col: 2 })
-    );
-    let in_child = "((build b\n  ((from debian:bookworm) ; x\n   (run (shell true))))\n (from debian:bookworm))\n";
-    let spec = parse(in_child).unwrap();
-    assert_eq!(
-        print_with_comments(&spec, in_child),
-        Err(Pos { line: 2, col: 27 })
+        format(text),
+        "; head\n((from x)\n (run (shell y)))\n; tail\n; more\n"
     );
 }

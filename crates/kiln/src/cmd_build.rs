@@ -291,16 +291,9 @@ pub fn fmt(args: FmtArgs) -> anyhow::Result<ExitCode> {
     let text = fs::read_to_string(&args.file)
         .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
-    // Comments between the spec's items and around it are kept; one inside a form has
-    // no place in the canonical layout, and printing without it would lose it.
-    let canonical = kiln_spec::print_with_comments(&spec, &text).map_err(|pos| {
-        anyhow::anyhow!(
-            "{}:{pos}: this comment is inside a form, where the canonical layout cannot keep \
-             it; nothing printed (move it between the spec's items, or make it a \
-             (comment \"…\") form)",
-            args.file.display()
-        )
-    })?;
+    // Every comment is kept, next to what it annotates.
+    let canonical = kiln_spec::print_with_comments(&spec, &text)
+        .map_err(|e| e.in_file(&args.file.display().to_string()))?;
     if args.check {
         if canonical == text {
             return Ok(ExitCode::SUCCESS);
