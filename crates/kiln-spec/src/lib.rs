@@ -58,6 +58,17 @@ pub fn print_with_comments(spec: &Spec, text: &str) -> Result<String, SpecError>
     print::print_spec_with_comments(spec, text)
 }
 
+/// Every comment of `text` (`;`, `#| |#`, `#;` with its datum), as written, in source
+/// order; `Err` if `text` does not read as one S-expression. Lets a caller check that a
+/// formatted spec lost no comment.
+pub fn comments(text: &str) -> Result<Vec<String>, SpecError> {
+    Ok(sexp::read(text)?
+        .all_comments()
+        .into_iter()
+        .map(|c| c.text)
+        .collect())
+}
+
 /// Prints one op on a single line, the way build output names a step.
 pub fn print_op(op: &Op) -> String {
     print::print_op_line(op)

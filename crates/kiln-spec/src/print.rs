@@ -43,12 +43,23 @@
 //!   characters, and non-ASCII characters written as themselves.
 //! - Long atoms are never split, so a line may exceed 80 columns.
 //! - The text ends with one newline.
-//! - Comments ([`print_spec_with_comments`]): those before or after the spec list stay
-//!   there, each on its own line; one between the spec's items goes on its own line
-//!   at the items' column, before the item that followed it, and moves with it when
-//!   items are reordered; a comment after code on the same line stays after that item
-//!   (before it when the item is the last, where the spec's `)` follows). Comments
-//!   inside a form, and `#;` datum comments, cannot be placed and are refused.
+//! - Comments ([`print_spec_with_comments`]) stay next to what they annotate, at any
+//!   depth. The reader gives each comment to a datum: one on the line where an item
+//!   ends trails that item, others lead the item after them or end their list. The
+//!   printer pairs its layout with the source tree (it reorders items of different kinds,
+//!   never two of the same kind, so the n-th `run` is the n-th `run`), and then: a
+//!   leading comment goes on its own line at the item's column, before it; a trailing
+//!   one follows the item on its line, except after the last item of a list, where the
+//!   `)` would be swallowed, so it leads that item; comments leading a form's head lead
+//!   the form, and those leading a spec list's first item lead the list (above the spec,
+//!   or under `(build NAME`); comments ending a list sit on their own lines before a `)`
+//!   on a line of its own, except at the end of the outermost spec, where they go below
+//!   it. A form holding a comment never goes on one line; the first argument of a form
+//!   moves to the next line when a comment leads it or trails the head. Comments of a
+//!   field the printer leaves out (a default) lead the next field that stays. `#;`
+//!   datum comments are kept as written. A blank line before an item or comment (or
+//!   between the comments above the spec and the spec) is kept as one, except right
+//!   after a `(`.
 
 use crate::sexp::{self, ends_bare_atom, Comment, Notes, Sexp};
 use crate::size::format_size;
@@ -81,15 +92,22 @@ fn render(mut doc: Doc) -> String {
     // Comments before the spec list's `)` read best below it, where nothing follows.
     let end = take(&mut doc.notes.inner_end);
     doc.notes.trailing.splice(0..0, end);
+    let header_len = doc.notes.leading.len();
     settle(&mut doc);
     let mut printer = Printer {
         text: String::new(),
     };
+    // A blank line after the comments above the spec stays, before the comments that
+    // the spec's first item brought up or before the spec itself.
+    let blank_after_header = doc.notes.blank_before;
     for (i, comment) in doc.notes.leading.iter().enumerate() {
-        if i > 0 && comment.blank_before {
+        if i > 0 && (comment.blank_before || (i == header_len && blank_after_header)) {
             printer.text.push('\n');
         }
         printer.text.push_str(&comment.text);
+        printer.text.push('\n');
+    }
+    if blank_after_header && header_len > 0 && header_len == doc.notes.leading.len() {
         printer.text.push('\n');
     }
     printer.doc(&doc, 0, 0);

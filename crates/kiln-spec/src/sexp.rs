@@ -112,6 +112,7 @@ impl Sexp {
 pub(crate) fn read(text: &str) -> Result<Sexp, SpecError> {
     let mut reader = Reader::new(text);
     let header = reader.gap()?;
+    let blank_after_header = header.blank_before_next && !header.comments.is_empty();
     if reader.at_end() {
         return Err(SpecError::new(
             reader.pos(),
@@ -125,6 +126,7 @@ pub(crate) fn read(text: &str) -> Result<Sexp, SpecError> {
             let notes = sexp.notes_mut();
             notes.leading = header.comments.into_iter().map(|c| c.comment).collect();
             notes.trailing = footer.comments.into_iter().map(|c| c.comment).collect();
+            notes.blank_before = blank_after_header;
             Ok(sexp)
         }
         Some(')') => Err(unmatched_close(reader.pos())),
@@ -605,7 +607,7 @@ mod tests {
         assert!(!it[1].notes().blank_before);
         assert_eq!(texts(&items(&it[3])[0].notes().trailing), ["; after e"]);
         assert_eq!(texts(&it[3].notes().trailing), ["; after list"]);
-        assert_eq!(d.leading[0].pos, Pos { line: 6, col: 2 });
+        assert_eq!(d.leading[0].pos, Pos { line: 7, col: 2 });
         let all: Vec<String> = root.all_comments().into_iter().map(|c| c.text).collect();
         assert_eq!(all.len(), 10);
     }

@@ -1,6 +1,8 @@
 //! Fixture-driven tests: OBuilder specs, canonical layout files, the malformed corpus.
 
-use kiln_spec::{parse, parse_file, print, CopyFrom, Mount, Op, Spec, User};
+use kiln_spec::{
+    comments, parse, parse_file, print, print_with_comments, CopyFrom, Mount, Op, Spec, User,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -76,6 +78,34 @@ fn obuilder_specs_parse_unchanged_and_round_trip() {
         );
         assert_round_trips(file, &spec);
     }
+}
+
+/// Every spec of OBuilder's own repository reads, and `kiln fmt` keeps every one of its
+/// comments, means the same spec and formats its own output to itself.
+#[test]
+fn obuilder_repository_specs_format_idempotently_keeping_every_comment() {
+    let upstream: Vec<_> = specs_in("obuilder")
+        .into_iter()
+        .filter(|(file, _)| file.starts_with("upstream-"))
+        .collect();
+    assert_eq!(upstream.len(), 21, "the OBuilder repository corpus");
+    let mut commented = 0;
+    for (file, text) in &upstream {
+        let spec = parse_ok(file, text);
+        let out = print_with_comments(&spec, text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let again = parse_file(&out, file).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(again, spec, "{file}: formatting changed the spec:\n{out}");
+        let again_out = print_with_comments(&again, &out).expect("formats");
+        assert_eq!(again_out, out, "{file}: kiln fmt is not idempotent");
+        let mut before = comments(text).expect("reads");
+        let mut after = comments(&out).expect("reads");
+        before.sort();
+        after.sort();
+        assert_eq!(after, before, "{file}: comments lost or duplicated:\n{out}");
+        commented += usize::from(!before.is_empty());
+    }
+    // example.spec, example.windows.spec and both FreeBSD specs have comments inside forms.
+    assert!(commented >= 4, "only {commented} commented specs");
 }
 
 #[test]

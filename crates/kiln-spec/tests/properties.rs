@@ -3,7 +3,7 @@
 //! twin of `fuzz/fuzz_targets/parse.rs`, so `cargo test` exercises it too.
 
 use kiln_spec::{
-    parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom,
+    comments, parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom,
     ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec, TestSpec, User,
     DEBIAN_ARCHES,
 };
@@ -40,7 +40,14 @@ fn copy_source() -> impl Strategy<Value = String> {
 }
 
 fn mount() -> impl Strategy<Value = Mount> {
-    (non_empty_text(), absolute_path()).prop_map(|(id, target)| Mount { id, target, ..Default::default() })
+    let options = prop::collection::vec((text(), text()), 0..3);
+    (non_empty_text(), non_empty_text(), options).prop_map(|(id, target, buildkit_options)| {
+        Mount {
+            id,
+            target,
+            buildkit_options,
+        }
+    })
 }
 
 fn user() -> impl Strategy<Value = User> {
@@ -435,6 +442,81 @@ proptest! {
         let spec_again = parse(&commented).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&spec_again, &spec);
         prop_assert_eq!(print_with_comments(&spec_again, &commented), Ok(commented.clone()));
+    }
+}
+
+/// Where a comment may go in `text`: between tokens, outside quoted atoms.
+fn token_boundaries(text: &str) -> Vec<usize> {
+    let chars: Vec<char> = text.chars().collect();
+    let delimiter = |c: char| matches!(c, '(' | ')' | ' ' | '\n');
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut out = Vec::new();
+    for i in 0..=chars.len() {
+        let before = i.checked_sub(1).map(|j| chars[j]);
+        if !in_string
+            && (before.is_none_or(delimiter) || chars.get(i).is_none_or(|&c| delimiter(c)))
+        {
+            out.push(i);
+        }
+        let Some(&c) = chars.get(i) else { break };
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A comment of each kind sexplib has, numbered so every one is distinct.
+fn comment_text(kind: usize, n: usize) -> String {
+    match kind {
+        0 => format!(" ;c{n}\n"),
+        1 => format!(" #|b{n} (x) \"|#\" |# "),
+        2 => format!(" #;(d{n} (e)) "),
+        3 => format!("\n\n; c{n} after a blank line\n"),
+        _ => format!(" #;d{n}\n"),
+    }
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, ..Config::default() })]
+
+    /// Comments dropped at random token boundaries of any spec: `kiln fmt` output means
+    /// the same spec, holds every comment exactly once and formats to itself.
+    #[test]
+    fn formatting_keeps_comments_inserted_anywhere(
+        spec in spec(2, true),
+        spots in prop::collection::vec((any::<prop::sample::Index>(), 0..5usize), 1..12),
+    ) {
+        let printed = print(&spec);
+        let boundaries = token_boundaries(&printed);
+        let mut chosen: Vec<(usize, usize, usize)> = spots
+            .iter()
+            .enumerate()
+            .map(|(n, (index, kind))| (boundaries[index.index(boundaries.len())], *kind, n))
+            .collect();
+        chosen.sort();
+        let mut chars: Vec<char> = printed.chars().collect();
+        for &(at, kind, n) in chosen.iter().rev() {
+            chars.splice(at..at, comment_text(kind, n).chars());
+        }
+        let text: String = chars.into_iter().collect();
+        let parsed = parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        prop_assert_eq!(&parsed, &spec, "comments changed the spec:\n{}", text);
+        let out = print_with_comments(&parsed, &text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let again = parse(&out).map_err(|e| TestCaseError::fail(format!("{e}\n{out}")))?;
+        prop_assert_eq!(&again, &spec, "formatted:\n{}", out);
+        let mut before = comments(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut after = comments(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(before.len(), spots.len());
+        before.sort();
+        after.sort();
+        prop_assert_eq!(after, before, "input:\n{}\nformatted:\n{}", text, out);
+        let twice = print_with_comments(&again, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(twice, out.clone(), "not idempotent; input:\n{}", text);
     }
 }
 

@@ -599,22 +599,25 @@ fn fmt_prints_canonical_layout() {
         kept.stdout,
         "; header\n((from busybox)\n ; why\n (run (shell \"a;b\")))\n"
     );
-    // One inside a form has no place in the layout: refused, nothing printed.
+    // One inside a form stays where it is, and the output formats to itself.
     fs::write(
         dir.join("inside.spec"),
         "((from busybox)\n (run ; why\n  (shell \"a;b\")))\n",
     )
     .unwrap();
-    let refused = kiln(&dir, &dir, &["fmt", "inside.spec"]);
-    assert_ne!(refused.code, 0);
-    assert!(refused.stdout.is_empty(), "{}", refused.stdout);
-    assert!(
-        refused
-            .stderr
-            .contains("inside.spec:2:7: this comment is inside a form"),
-        "{}",
-        refused.stderr
+    let inside = kiln(&dir, &dir, &["fmt", "inside.spec"]).ok();
+    assert_eq!(
+        inside.stdout,
+        "((from busybox)\n (run ; why\n      (shell \"a;b\")))\n"
     );
+    fs::write(dir.join("inside.spec"), &inside.stdout).unwrap();
+    assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "inside.spec"]).code, 0);
+    // A spec that does not read: FILE:LINE:COL, nothing printed.
+    fs::write(dir.join("broken.spec"), "((from busybox)\n (run (shell x))\n").unwrap();
+    let refused = kiln(&dir, &dir, &["fmt", "broken.spec"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stdout.is_empty(), "{}", refused.stdout);
+    assert!(refused.stderr.contains("broken.spec:1:1: unclosed"), "{}", refused.stderr);
 }
 
 #[test]
