@@ -243,7 +243,8 @@ mod tests {
         let mut cached = run("true");
         cached.cache.push(crate::Mount {
             id: "apt".into(),
-            target: "/var/cache/apt".into(), ..Default::default()
+            target: "/var/cache/apt".into(),
+            ..Default::default()
         });
         assert_eq!(base, run_id(&p, &ctx(), &cached, &[]));
     }
@@ -254,7 +255,8 @@ mod tests {
         let mut r = run("cat /run/s");
         r.secrets.push(crate::Mount {
             id: "tok".into(),
-            target: "/run/s".into(), ..Default::default()
+            target: "/run/s".into(),
+            ..Default::default()
         });
         let a = run_id(&p, &ctx(), &r, &[("tok".into(), b"one".to_vec())]);
         let b = run_id(&p, &ctx(), &r, &[("tok".into(), b"two".to_vec())]);

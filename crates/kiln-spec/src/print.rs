@@ -188,7 +188,9 @@ impl Doc {
     fn key(&self) -> Key {
         match self.items().first().map(|d| &d.kind) {
             _ if matches!(self.kind, Kind::Atom(_)) => Key::Atom,
-            Some(Kind::Atom(head)) if !matches!(self.kind, Kind::Spec(_)) => Key::Head(head.clone()),
+            Some(Kind::Atom(head)) if !matches!(self.kind, Kind::Spec(_)) => {
+                Key::Head(head.clone())
+            }
             _ => Key::List,
         }
     }
@@ -227,7 +229,9 @@ fn annotate(doc: &mut Doc, mut source: Sexp) {
         Kind::Form(items) | Kind::Spec(items) | Kind::Build(items) => items,
         // Not expected: keep the comments rather than lose them.
         Kind::Atom(_) => {
-            doc.notes.leading.extend(list.items.iter().flat_map(Sexp::all_comments));
+            doc.notes
+                .leading
+                .extend(list.items.iter().flat_map(Sexp::all_comments));
             return;
         }
     };
@@ -314,10 +318,22 @@ impl Printer {
                 _ => broken_form_places(items, col),
             },
             Kind::Spec(_) => (0..items.len())
-                .map(|i| if i == 0 { Place::Inline(col + 1) } else { Place::Line(col + 1) })
+                .map(|i| {
+                    if i == 0 {
+                        Place::Inline(col + 1)
+                    } else {
+                        Place::Line(col + 1)
+                    }
+                })
                 .collect(),
             Kind::Build(_) => (0..items.len())
-                .map(|i| if i < 2 { Place::Inline(col + 2) } else { Place::Line(col + 2) })
+                .map(|i| {
+                    if i < 2 {
+                        Place::Inline(col + 2)
+                    } else {
+                        Place::Line(col + 2)
+                    }
+                })
                 .collect(),
         };
         self.list(doc, &places, trail);
@@ -415,7 +431,13 @@ fn broken_form_places(items: &[Doc], col: usize) -> Vec<Place> {
                 .collect()
         }
         _ => (0..items.len())
-            .map(|i| if i == 0 { Place::Inline(col + 1) } else { Place::Line(col + 1) })
+            .map(|i| {
+                if i == 0 {
+                    Place::Inline(col + 1)
+                } else {
+                    Place::Line(col + 1)
+                }
+            })
             .collect(),
     }
 }

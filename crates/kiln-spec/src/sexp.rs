@@ -646,7 +646,10 @@ mod tests {
     fn other_escapes_stay_as_written_like_sexplib() {
         let s = read(r#"("C:\obuilder" "\4x" "\12" "\xG0" "\x4" "a\qb")"#).unwrap();
         let texts: Vec<&str> = items(&s).iter().map(atom).collect();
-        assert_eq!(texts, ["C:\\obuilder", "\\4x", "\\12", "\\xG0", "\\x4", "a\\qb"]);
+        assert_eq!(
+            texts,
+            ["C:\\obuilder", "\\4x", "\\12", "\\xG0", "\\x4", "a\\qb"]
+        );
     }
 
     #[test]

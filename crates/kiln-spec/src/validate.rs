@@ -337,7 +337,8 @@ mod tests {
     use crate::Pos;
 
     fn atom(text: &str) -> Atom {
-        Atom { notes: Default::default(),
+        Atom {
+            notes: Default::default(),
             text: text.into(),
             pos: Pos { line: 1, col: 1 },
         }

@@ -58,7 +58,10 @@ fn without_comments_it_is_the_canonical_print() {
 #[test]
 fn an_end_of_line_comment_on_the_last_item_does_not_swallow_the_closing_paren() {
     let out = format("((from debian:bookworm)\n (run (shell true)) ; last\n)\n");
-    assert_eq!(out, "((from debian:bookworm)\n ; last\n (run (shell true)))\n");
+    assert_eq!(
+        out,
+        "((from debian:bookworm)\n ; last\n (run (shell true)))\n"
+    );
 }
 
 #[test]
@@ -139,7 +142,8 @@ fn comments_in_left_out_defaults_move_to_the_next_field() {
 
 #[test]
 fn datum_comments_are_kept_as_written() {
-    let text = "((from debian:bookworm)\n #;(run (shell old))\n (run #; (network host) (shell true)))\n";
+    let text =
+        "((from debian:bookworm)\n #;(run (shell old))\n (run #; (network host) (shell true)))\n";
     let expected = "((from debian:bookworm)\n #;(run (shell old))\n (run #; (network host)\n      (shell true)))\n";
     assert_eq!(format(text), expected);
 }

@@ -58,7 +58,8 @@ fn assert_round_trips(file: &str, spec: &Spec) {
 fn mount(id: &str, target: &str) -> Mount {
     Mount {
         id: id.into(),
-        target: target.into(), ..Default::default()
+        target: target.into(),
+        ..Default::default()
     }
 }
 

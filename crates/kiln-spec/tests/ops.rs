@@ -123,12 +123,14 @@ fn run_fields_come_in_any_order() {
     let want = Op::Run(Run {
         cache: vec![Mount {
             id: "c".into(),
-            target: "/c".into(), ..Default::default()
+            target: "/c".into(),
+            ..Default::default()
         }],
         network: vec!["host".into()],
         secrets: vec![Mount {
             id: "s".into(),
-            target: "/s".into(), ..Default::default()
+            target: "/s".into(),
+            ..Default::default()
         }],
         shell: "make".into(),
     });
@@ -191,10 +193,16 @@ fn mount_targets_and_buildkit_options_are_kept_as_written() {
     let Op::Run(run) = one_op(text) else {
         panic!("run expected")
     };
-    assert_eq!(run.cache[0].target, r"C:\Users\opam\AppData\Local\opam\download-cache");
+    assert_eq!(
+        run.cache[0].target,
+        r"C:\Users\opam\AppData\Local\opam\download-cache"
+    );
     assert_eq!(
         run.cache[0].buildkit_options,
-        [("sharing".into(), "locked".into()), ("mode".into(), "0700".into())]
+        [
+            ("sharing".into(), "locked".into()),
+            ("mode".into(), "0700".into())
+        ]
     );
     assert_eq!(run.cache[1].target, "C:/cache");
     assert_eq!(run.secrets[0].target, "rel/tok");
@@ -202,10 +210,14 @@ fn mount_targets_and_buildkit_options_are_kept_as_written() {
     let spec = parse(&format!("((from base)\n {text})")).unwrap();
     assert_eq!(parse(&print(&spec)).unwrap(), spec);
     assert!(print(&spec).contains("(buildkit_options ((sharing locked) (mode 0700)))"));
-    assert!(error("(run (cache (c (target /c) (buildkit_options (sharing locked)))) (shell x))")
-        .contains("found the atom `sharing`"));
-    assert!(error("(run (cache (c (target /c) (buildkit_options x))) (shell x))")
-        .contains("one list of (KEY VALUE) pairs"));
+    assert!(
+        error("(run (cache (c (target /c) (buildkit_options (sharing locked)))) (shell x))")
+            .contains("found the atom `sharing`")
+    );
+    assert!(
+        error("(run (cache (c (target /c) (buildkit_options x))) (shell x))")
+            .contains("one list of (KEY VALUE) pairs")
+    );
 }
 
 #[test]
@@ -335,7 +347,8 @@ fn everything() -> Spec {
                 network: vec![],
                 secrets: vec![Mount {
                     id: "token".into(),
-                    target: "/run/secrets/token".into(), ..Default::default()
+                    target: "/run/secrets/token".into(),
+                    ..Default::default()
                 }],
                 shell: "printf '%s\\n' \"$(cat /run/secrets/token | wc -c)\"\nexit 0".into(),
             })),

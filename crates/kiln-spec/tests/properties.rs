@@ -3,9 +3,9 @@
 //! twin of `fuzz/fuzz_targets/parse.rs`, so `cargo test` exercises it too.
 
 use kiln_spec::{
-    comments, parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy, CopyFrom,
-    ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec, TestSpec, User,
-    DEBIAN_ARCHES,
+    comments, parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy,
+    CopyFrom, ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec,
+    TestSpec, User, DEBIAN_ARCHES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -31,22 +31,16 @@ fn non_empty_text() -> impl Strategy<Value = String> {
     text().prop_filter("must not be empty", |s| !s.is_empty())
 }
 
-fn absolute_path() -> impl Strategy<Value = String> {
-    text().prop_map(|s| format!("/{s}"))
-}
-
 fn copy_source() -> impl Strategy<Value = String> {
     text().prop_filter("no `..` component", |s| !s.split('/').any(|c| c == ".."))
 }
 
 fn mount() -> impl Strategy<Value = Mount> {
     let options = prop::collection::vec((text(), text()), 0..3);
-    (non_empty_text(), non_empty_text(), options).prop_map(|(id, target, buildkit_options)| {
-        Mount {
-            id,
-            target,
-            buildkit_options,
-        }
+    (non_empty_text(), non_empty_text(), options).prop_map(|(id, target, buildkit_options)| Mount {
+        id,
+        target,
+        buildkit_options,
     })
 }
 
