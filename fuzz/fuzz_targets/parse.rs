@@ -1,5 +1,6 @@
 //! Feeds arbitrary UTF-8 to the spec parser. It must never panic, and whatever
-//! parses must survive print → parse unchanged and print the same text twice.
+//! parses must survive print → parse unchanged and print the same text twice; the
+//! comment-keeping printer (`kiln fmt`) must keep every comment and be idempotent too.
 //! `crates/kiln-spec/tests/properties.rs` checks the same property on stable.
 
 #![no_main]
@@ -24,4 +25,14 @@ fuzz_target!(|data: &[u8]| {
         printed,
         "printing is not idempotent"
     );
+    let formatted = kiln_spec::print_with_comments(&spec, text).expect("a parsed spec formats");
+    assert_eq!(kiln_spec::parse(&formatted).ok(), Some(spec.clone()), "fmt changed the spec:\n{formatted}");
+    let again = kiln_spec::print_with_comments(&spec, &formatted).expect("formats");
+    assert_eq!(again, formatted, "fmt is not idempotent");
+    let sorted = |t: &str| {
+        let mut c = kiln_spec::comments(t).expect("reads");
+        c.sort();
+        c
+    };
+    assert_eq!(sorted(&formatted), sorted(text), "fmt lost or added a comment");
 });

@@ -311,11 +311,26 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
         let reparsed = parse(&printed);
         prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", printed);
         prop_assert_eq!(print(&spec), printed);
-        // Keeping comments never panics, and what it prints means the same spec.
-        if let Ok(with_comments) = print_with_comments(&spec, text) {
-            let reparsed = parse(&with_comments);
-            prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", with_comments);
-        }
+        // Keeping comments never panics, and what it prints means the same spec, keeps
+        // every comment and formats to itself.
+        let with_comments = print_with_comments(&spec, text)
+            .map_err(|e| TestCaseError::fail(format!("a parsed spec must format: {e}")))?;
+        let reparsed = parse(&with_comments);
+        prop_assert_eq!(reparsed.as_ref(), Ok(&spec), "printed:\n{}", with_comments);
+        let again = print_with_comments(&spec, &with_comments)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&again, &with_comments, "not idempotent; input:\n{}", text);
+        let sorted = |t: &str| {
+            let mut c = comments(t).unwrap_or_default();
+            c.sort();
+            c
+        };
+        prop_assert_eq!(
+            sorted(&with_comments),
+            sorted(text),
+            "comments changed:\n{}",
+            with_comments
+        );
     }
     Ok(())
 }

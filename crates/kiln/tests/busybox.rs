@@ -613,11 +613,19 @@ fn fmt_prints_canonical_layout() {
     fs::write(dir.join("inside.spec"), &inside.stdout).unwrap();
     assert_eq!(kiln(&dir, &dir, &["fmt", "--check", "inside.spec"]).code, 0);
     // A spec that does not read: FILE:LINE:COL, nothing printed.
-    fs::write(dir.join("broken.spec"), "((from busybox)\n (run (shell x))\n").unwrap();
+    fs::write(
+        dir.join("broken.spec"),
+        "((from busybox)\n (run (shell x))\n",
+    )
+    .unwrap();
     let refused = kiln(&dir, &dir, &["fmt", "broken.spec"]);
     assert_eq!(refused.code, 1);
     assert!(refused.stdout.is_empty(), "{}", refused.stdout);
-    assert!(refused.stderr.contains("broken.spec:1:1: unclosed"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("broken.spec:1:1: unclosed"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]
