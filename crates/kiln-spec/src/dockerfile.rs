@@ -137,12 +137,11 @@ impl Writer {
         name: Option<(&str, Pos)>,
     ) -> Result<String, SpecError> {
         check_base(base)?;
-        let lower = base.value.to_ascii_lowercase();
-        if let Some((stage, at)) = self.stages.iter().find(|(stage, _)| *stage == lower) {
+        if let Some(at) = self.stage_at(&base.value) {
             return Err(SpecError::new(
                 base.pos,
                 format!(
-                    "(from …) base `{}` has the name of the build stage `{stage}` at {at}: in a Dockerfile, \
+                    "(from …) base `{}` has the name of the build stage at {at}: in a Dockerfile, \
                      `FROM {}` would start from that stage, not from the image; rename the stage",
                     base.value, base.value
                 ),
@@ -151,18 +150,26 @@ impl Writer {
         let Some((name, pos)) = name else {
             return Ok(format!("FROM {}", base.value));
         };
-        let lower = name.to_ascii_lowercase();
-        if let Some((_, first)) = self.stages.iter().find(|(stage, _)| *stage == lower) {
+        if let Some(first) = self.stage_at(name) {
             return Err(SpecError::new(
                 pos,
                 format!(
-                    "build stage `{name}` has the name of the stage at {first}: Dockerfile stage names \
-                     are shared by all nested builds (and compared ignoring case); rename one of them"
+                    "build stage `{name}` has the name of the build stage at {first}: Dockerfile stage \
+                     names are shared by all nested builds (and compared ignoring case); rename one of them"
                 ),
             ));
         }
-        self.stages.push((lower, pos));
+        self.stages.push((name.to_ascii_lowercase(), pos));
         Ok(format!("FROM {} as {name}", base.value))
+    }
+
+    /// Where the stage Docker would take `name` for was defined, if there is one.
+    fn stage_at(&self, name: &str) -> Option<Pos> {
+        let lower = name.to_ascii_lowercase();
+        self.stages
+            .iter()
+            .find(|(stage, _)| *stage == lower)
+            .map(|(_, pos)| *pos)
     }
 
     /// One op as Dockerfile text (one instruction, perhaps on several lines); updates `user`.
@@ -276,7 +283,8 @@ fn first_kiln_form(spec: &Spec) -> Option<SpecError> {
 
 /// Refuses bases Docker cannot pull, or would read differently.
 fn check_base(base: &Located<String>) -> Result<(), SpecError> {
-    if let Some(path) = base.value.strip_prefix("file:") {
+    if let Some(rest) = base.value.strip_prefix("file:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
         return Err(SpecError::new(
             base.pos,
             format!(
@@ -318,10 +326,16 @@ enum Word {
     Name,
 }
 
-/// Refuses characters Docker reads specially in instruction arguments: it expands `$`
+/// Refuses an empty value, and characters Docker reads specially in instruction arguments: it expands `$`
 /// variables, takes `\` as its escape, removes quotes, splits at spaces, expands wildcards
 /// in sources and patterns, and a line break ends the instruction.
 fn check_word(what: &str, text: &str, word: Word, pos: Pos) -> Result<(), SpecError> {
+    if text.is_empty() {
+        return Err(SpecError::new(
+            pos,
+            format!("{what} is empty, and the Dockerfile needs a value there: write one"),
+        ));
+    }
     let glob = matches!(word, Word::Path | Word::Name);
     let why = |c: char| match c {
         '\n' | '\r' => Some("a line break, which ends a Dockerfile instruction"),
@@ -347,10 +361,23 @@ fn check_word(what: &str, text: &str, word: Word, pos: Pos) -> Result<(), SpecEr
             format!(
                 "{what} `{}` contains {reason}, so a Dockerfile cannot say it as kiln means it: \
                  rename it, or write the Dockerfile by hand",
-                text.escape_debug()
+                shown(text)
             ),
         )),
     }
+}
+
+/// `text` for an error message: control characters escaped, the rest as written.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `# TEXT`, one comment line per line of `text`.
@@ -475,8 +502,8 @@ fn check_mount_field(kind: &str, id: &str, text: &str, pos: Pos) -> Result<(), S
             format!(
                 "(run …): the {kind} mount `{}` has `{}`, which BuildKit's --mount=… list cannot hold (it must \
                  be non-empty, with no space, comma, quote, `$` or `\\`): change it, or convert without --buildkit",
-                id.escape_debug(),
-                text.escape_debug()
+                shown(id),
+                shown(text)
             ),
         ));
     }

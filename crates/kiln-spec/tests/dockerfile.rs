@@ -536,6 +536,11 @@ fn file_bases_are_refused_at_the_base() {
         "(from …) base `file:rootfs.tar.gz` is a rootfs tarball",
     );
     assert!(err.contains("docker import rootfs.tar.gz"), "{err}");
+    // A file:// URL, in a child build.
+    let text = "((build a ((from file:///srv/root.tar)))\n (from alpine))";
+    let err = refusal(text, PLAIN);
+    assert_refused(&err, "1:18", "(from …) base `file:///srv/root.tar`");
+    assert!(err.contains("docker import /srv/root.tar NAME"), "{err}");
 }
 
 #[test]
@@ -550,6 +555,7 @@ fn values_docker_would_read_differently_are_refused() {
         ("(copy (src a) (dst /x) (exclude sub/x))", "`/`"),
         ("(copy (src a) (dst /x) (exclude !x))", "a leading `!`"),
         ("(user (name \"a'b\"))", "a quote"),
+        ("(workdir \"\")", "(workdir …) is empty"),
         ("(env A \"x\\ny\")", "the value contains a line break"),
         ("(run (shell \"dir C:\\\\\"))", "the command ends with `\\`"),
         (
@@ -560,6 +566,11 @@ fn values_docker_would_read_differently_are_refused() {
         (
             "(run (cache (c (target \"/a b\"))) (shell x))",
             "the cache mount `c` has `/a b`",
+        ),
+        // Shown as written, not with Rust's escapes.
+        (
+            "(run (cache (c (target \"C:\\\\c\"))) (shell x))",
+            "the cache mount `c` has `C:\\c`",
         ),
         (
             "(run (secrets (s (target /s) (buildkit_options ((mode \"0,4\"))))) (shell x))",
@@ -590,13 +601,13 @@ fn stage_names_docker_would_not_take_are_refused() {
     assert_refused(
         &refusal(text, PLAIN),
         "2:2",
-        "build stage `dev` has the name of the stage at 1:12",
+        "build stage `dev` has the name of the build stage at 1:12",
     );
     // A base named like an earlier stage would start from that stage.
     let text = "((build tools ((from alpine)))\n (from tools))";
     assert_refused(
         &refusal(text, PLAIN),
         "2:8",
-        "(from …) base `tools` has the name of the build stage `tools`",
+        "(from …) base `tools` has the name of the build stage at 1:2",
     );
 }
