@@ -9,6 +9,7 @@
 //! - [`parse_size`] and [`format_size`]: byte sizes as specs write them (`512M`, `1.5G`).
 
 pub mod ast;
+pub mod dockerfile;
 mod error;
 pub mod hash;
 mod parse;
@@ -18,6 +19,7 @@ mod size;
 mod validate;
 
 pub use ast::*;
+pub use dockerfile::{dockerfile, DockerfileOptions};
 pub use error::SpecError;
 pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
 pub use size::{format_size, parse_size, SizeError};

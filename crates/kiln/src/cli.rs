@@ -44,6 +44,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Print a spec in canonical layout (or check that it is).
     Fmt(FmtArgs),
+    /// Print a spec as a Dockerfile, as `obuilder dockerfile` does.
+    Dockerfile(DockerfileArgs),
     /// List stored layers.
     Ls(LsArgs),
     /// Delete a layer and everything built on it.
@@ -204,6 +206,19 @@ pub struct FmtArgs {
     /// Exit 1 if the file is not in canonical layout instead of printing it.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DockerfileArgs {
+    /// The spec file.
+    #[arg(short = 'f', long = "file", default_value = "build.spec")]
+    pub file: PathBuf,
+    /// BuildKit syntax: cache and secret mounts, `RUN --network=host`, `COPY --exclude`.
+    #[arg(long)]
+    pub buildkit: bool,
+    /// Write the Dockerfile here instead of to stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 mod cli;
 mod cmd_build;
+mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
 mod cmd_store;
@@ -34,6 +35,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Build(args) => cmd_build::build(&store_dir, args),
         cli::Command::Export(args) => cmd_build::export(&store_dir, args),
         cli::Command::Fmt(args) => cmd_build::fmt(args),
+        cli::Command::Dockerfile(args) => cmd_dockerfile::dockerfile(args),
         cli::Command::Ls(args) => cmd_store::ls(&store_dir, args),
         cli::Command::Delete(args) => cmd_store::delete(&store_dir, args),
         cli::Command::Prune(args) => cmd_store::prune(&store_dir, args),

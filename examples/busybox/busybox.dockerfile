@@ -1,0 +1,3 @@
+FROM busybox
+SHELL [ "/bin/sh", "-c" ]
+RUN echo hello world
