@@ -1,9 +1,15 @@
-//! `(copy …)`: the sources' manifest (which enters the step id) and the copy itself.
+//! `(copy …)`: where the sources land, their manifest (which enters the step id) and
+//! the copy itself.
+//!
+//! Placement follows OBuilder ([`Placement`]), for sources from the context and from a
+//! build stage alike: with a `dst` ending in `/` every source goes inside it under its own
+//! name, a directory included; otherwise the single source is copied *as* `dst`.
 //!
 //! Paths inside an image are resolved against its root with the image's own symlinks
 //! ([`resolve_in_root`]), so a symlink such as `/bin -> usr/bin` works and an absolute
 //! symlink can never lead the copy out of the image into the host.
 
+use crate::context::join_workdir;
 use crate::BuildError;
 use kiln_spec::{Copy, ManifestEntry, ManifestKind};
 use sha2::{Digest, Sha256};
@@ -15,42 +21,92 @@ use std::path::{Component, Path, PathBuf};
 /// One thing to copy: where it is on the host and where it goes in the image.
 #[derive(Debug, Clone)]
 pub struct CopyItem {
+    /// The file, directory or symlink on the host (in the context or a mounted stage).
     pub host: PathBuf,
+    /// Its absolute destination in the image and what it is, as hashed into the step id.
     pub entry: ManifestEntry,
+    /// Kept on copied files.
     pub mtime: i64,
 }
 
+/// Where a copy's sources land: OBuilder's rule, decided by `dst`'s trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// `dst` ends in `/`: each source goes to `DIR/NAME` (a directory with everything in
+    /// it), except a source named `.`, whose contents go straight into `DIR`.
+    Into(String),
+    /// `dst` does not end in `/`: the one source is copied as this path (a directory's
+    /// contents become this directory's).
+    As(String),
+}
+
+impl Placement {
+    /// Where `copy`'s sources go, a relative `dst` being joined onto `workdir`. `None` when
+    /// several sources would all be copied as one path (a `dst` without `/`), which
+    /// OBuilder refuses too.
+    pub fn of(copy: &Copy, workdir: &str) -> Option<Placement> {
+        let path = join_workdir(workdir, &copy.dst);
+        if copy.dst.ends_with('/') {
+            Some(Placement::Into(path))
+        } else if copy.src.len() <= 1 {
+            Some(Placement::As(path))
+        } else {
+            None
+        }
+    }
+
+    /// The absolute path in the image where source `src` (as written) lands.
+    pub fn target(&self, src: &str) -> String {
+        match self {
+            Placement::As(path) => path.clone(),
+            Placement::Into(dir) => match source_name(src) {
+                "." => dir.clone(),
+                name if dir == "/" => format!("/{name}"),
+                name => format!("{dir}/{name}"),
+            },
+        }
+    }
+
+    /// The destination as it enters the step id: `DIR/` or the path (`/` for the root).
+    pub fn hashed_dst(&self) -> String {
+        match self {
+            Placement::Into(dir) if dir == "/" => dir.clone(),
+            Placement::Into(dir) => format!("{dir}/"),
+            Placement::As(path) => path.clone(),
+        }
+    }
+}
+
+/// The name a source keeps inside a `dst/`: its last component, empty and `.` components
+/// ignored as OBuilder ignores them (`app/` and `app/.` are `app`), or `.` when none is
+/// left (`.`, `./`, `/`): the whole context or stage, whose contents go in.
+fn source_name(src: &str) -> &str {
+    src.split('/')
+        .rfind(|c| !c.is_empty() && *c != ".")
+        .unwrap_or(".")
+}
+
 /// Walks every source of `copy` under `src_root` (the context dir or a stage's mounted
-/// root) and lists what lands where; `entry.path` is the absolute destination in the image.
+/// root) and lists what lands where, as `placement` says; `what` names `src_root` in
+/// errors.
 pub fn plan(
     src_root: &Path,
     copy: &Copy,
-    dst: &str,
+    placement: &Placement,
     what: &str,
 ) -> Result<Vec<CopyItem>, BuildError> {
     let mut items = Vec::new();
-    let into_dir = dst.ends_with('/');
     for src in &copy.src {
         let host = resolve_in_root(src_root, src, false, None)
             .map_err(|e| BuildError::Copy(format!("source `{src}` in {what}: {e}")))?;
         let meta = host
             .symlink_metadata()
             .map_err(|_| BuildError::Copy(format!("source `{src}` not found in {what}")))?;
-        // As Dockerfile COPY (OBuilder specs translate to it one to one): a directory
-        // source copies its contents to dst; a file goes into dst/ or becomes dst.
-        let base = if meta.is_dir() || !into_dir {
-            dst.trim_end_matches('/').to_string()
-        } else {
-            let name = Path::new(src)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{}/{name}", dst.trim_end_matches('/'))
-        };
+        let dest = placement.target(src);
         if meta.is_dir() {
-            walk_dir(&host, &base, &copy.exclude, &mut items)?;
+            walk_dir(&host, &dest, &copy.exclude, &mut items)?;
         } else {
-            items.push(item(&host, &base, &meta)?);
+            items.push(item(&host, &dest, &meta)?);
         }
     }
     Ok(items)
@@ -262,46 +318,115 @@ mod tests {
         }
     }
 
+    /// Plans `copy` from `ctx` with the workdir `/`.
+    fn plan_in(ctx: &Path, copy: &Copy) -> Vec<CopyItem> {
+        let placement = Placement::of(copy, "/").expect("a valid placement");
+        plan(ctx, copy, &placement, "ctx").unwrap()
+    }
+
     fn paths(items: &[CopyItem]) -> Vec<&str> {
         items.iter().map(|i| i.entry.path.as_str()).collect()
     }
 
-    #[test]
-    fn plans_dirs_files_and_excludes() {
+    /// A context with a file, a directory with a subdirectory, and a symlink.
+    fn context() -> tempfile::TempDir {
         let ctx = tempfile::tempdir().unwrap();
-        fs::create_dir_all(ctx.path().join("app/.git")).unwrap();
-        fs::write(ctx.path().join("app/main.c"), "int main;").unwrap();
-        fs::write(ctx.path().join("app/.git/HEAD"), "x").unwrap();
-        fs::write(ctx.path().join("README"), "r").unwrap();
-        // A directory's contents go to dst; files go into dst/.
-        let items = plan(
-            ctx.path(),
-            &copy(&["app", "README"], "/src/", &[".git"]),
-            "/src/",
-            "ctx",
-        )
-        .unwrap();
-        assert_eq!(paths(&items), vec!["/src", "/src/main.c", "/src/README"]);
-        let items = plan(
-            ctx.path(),
-            &copy(&["app"], "/opt/app", &[]),
-            "/opt/app",
-            "ctx",
-        )
-        .unwrap();
+        fs::write(ctx.path().join("file"), "f").unwrap();
+        fs::create_dir_all(ctx.path().join("dir/sub")).unwrap();
+        fs::write(ctx.path().join("dir/sub/x"), "x").unwrap();
+        std::os::unix::fs::symlink("file", ctx.path().join("link")).unwrap();
+        ctx
+    }
+
+    #[test]
+    fn placement_follows_the_trailing_slash() {
+        let into =
+            |src: &[&str], dst: &str, workdir: &str| Placement::of(&copy(src, dst, &[]), workdir);
+        assert_eq!(
+            into(&["a", "b"], "/t/", "/"),
+            Some(Placement::Into("/t".into()))
+        );
+        assert_eq!(into(&["a"], "/t/", "/"), Some(Placement::Into("/t".into())));
+        assert_eq!(
+            into(&["a"], "bin/", "/srv"),
+            Some(Placement::Into("/srv/bin".into()))
+        );
+        assert_eq!(
+            into(&["a"], "./", "/srv"),
+            Some(Placement::Into("/srv".into()))
+        );
+        assert_eq!(into(&["a"], "/", "/srv"), Some(Placement::Into("/".into())));
+        assert_eq!(into(&["a"], "/d", "/"), Some(Placement::As("/d".into())));
+        assert_eq!(
+            into(&["a"], "www", "/srv"),
+            Some(Placement::As("/srv/www".into()))
+        );
+        assert_eq!(
+            into(&["a"], ".", "/srv"),
+            Some(Placement::As("/srv".into()))
+        );
+        // Several sources as one path: refused (the builder names the op's line:col).
+        assert_eq!(into(&["a", "b"], "/d", "/"), None);
+        assert_eq!(into(&["a", "b"], "www", "/srv"), None);
+    }
+
+    #[test]
+    fn a_source_keeps_its_last_name_and_dot_means_its_contents() {
+        let into = Placement::Into("/t".into());
+        assert_eq!(into.target("file"), "/t/file");
+        assert_eq!(into.target("a/b/dir"), "/t/dir");
+        assert_eq!(into.target("dir/"), "/t/dir");
+        assert_eq!(
+            into.target("dir/."),
+            "/t/dir",
+            "OBuilder drops `.` components"
+        );
+        assert_eq!(into.target("/out/lib"), "/t/lib");
+        for whole in [".", "./", "/", "./."] {
+            assert_eq!(into.target(whole), "/t", "{whole}");
+        }
+        assert_eq!(Placement::Into("/".into()).target("f"), "/f");
+        assert_eq!(Placement::As("/d".into()).target("x/y"), "/d");
+        assert_eq!(Placement::Into("/t".into()).hashed_dst(), "/t/");
+        assert_eq!(Placement::Into("/".into()).hashed_dst(), "/");
+        assert_eq!(Placement::As("/d".into()).hashed_dst(), "/d");
+    }
+
+    #[test]
+    fn into_a_dir_every_source_keeps_its_name_directories_too() {
+        let ctx = context();
+        let items = plan_in(ctx.path(), &copy(&["file", "dir", "link"], "/t/", &[]));
         assert_eq!(
             paths(&items),
-            vec![
-                "/opt/app",
-                "/opt/app/.git",
-                "/opt/app/.git/HEAD",
-                "/opt/app/main.c"
-            ]
+            vec!["/t/file", "/t/dir", "/t/dir/sub", "/t/dir/sub/x", "/t/link"]
         );
-        let items = plan(ctx.path(), &copy(&["."], "/src/", &["app"]), "/src/", "ctx").unwrap();
-        assert_eq!(paths(&items), vec!["/src", "/src/README"]);
-        let items = plan(ctx.path(), &copy(&["README"], "/doc", &[]), "/doc", "ctx").unwrap();
-        assert_eq!(paths(&items), vec!["/doc"]);
+        assert!(
+            matches!(&items[4].entry.kind, ManifestKind::Symlink { target } if target == "file")
+        );
+        assert!(matches!(items[1].entry.kind, ManifestKind::Dir { .. }));
+    }
+
+    #[test]
+    fn dot_into_a_dir_copies_the_contents() {
+        let ctx = context();
+        let items = plan_in(ctx.path(), &copy(&["."], "/src/", &["sub"]));
+        assert_eq!(
+            paths(&items),
+            vec!["/src", "/src/dir", "/src/file", "/src/link"],
+            "contents straight into /src, `sub` excluded at any depth"
+        );
+    }
+
+    #[test]
+    fn a_single_source_is_copied_as_dst() {
+        let ctx = context();
+        let items = plan_in(ctx.path(), &copy(&["dir"], "/d", &[]));
+        assert_eq!(paths(&items), vec!["/d", "/d/sub", "/d/sub/x"]);
+        let items = plan_in(ctx.path(), &copy(&["file"], "/etc/f.conf", &[]));
+        assert_eq!(paths(&items), vec!["/etc/f.conf"]);
+        let items = plan_in(ctx.path(), &copy(&["link"], "/l", &[]));
+        assert!(matches!(&items[0].entry.kind, ManifestKind::Symlink { .. }));
+        assert_eq!(paths(&items), vec!["/l"]);
     }
 
     #[test]
@@ -309,12 +434,12 @@ mod tests {
         let ctx = tempfile::tempdir().unwrap();
         fs::write(ctx.path().join("f"), "one").unwrap();
         let c = copy(&["f"], "/f", &[]);
-        let a = plan(ctx.path(), &c, "/f", "ctx").unwrap();
+        let a = plan_in(ctx.path(), &c);
         fs::write(ctx.path().join("f"), "two").unwrap();
-        let b = plan(ctx.path(), &c, "/f", "ctx").unwrap();
+        let b = plan_in(ctx.path(), &c);
         assert_ne!(a[0].entry, b[0].entry);
         fs::set_permissions(ctx.path().join("f"), fs::Permissions::from_mode(0o755)).unwrap();
-        let d = plan(ctx.path(), &c, "/f", "ctx").unwrap();
+        let d = plan_in(ctx.path(), &c);
         assert_ne!(b[0].entry, d[0].entry);
     }
 
@@ -333,43 +458,91 @@ mod tests {
     }
 
     #[test]
-    fn apply_sets_owner_mode_and_creates_parents() {
-        let ctx = tempfile::tempdir().unwrap();
-        let root = tempfile::tempdir().unwrap();
-        fs::write(ctx.path().join("run.sh"), "#!/bin/sh").unwrap();
-        fs::set_permissions(ctx.path().join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
-        std::os::unix::fs::symlink("run.sh", ctx.path().join("link")).unwrap();
-        let items = plan(
-            ctx.path(),
-            &copy(&["run.sh", "link"], "/opt/app/", &[]),
-            "/opt/app/",
-            "ctx",
+    fn apply_places_sets_owner_mode_and_creates_parents_for_the_user() {
+        let ctx = context();
+        fs::set_permissions(ctx.path().join("file"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(
+            ctx.path().join("dir/sub"),
+            fs::Permissions::from_mode(0o700),
         )
         .unwrap();
-        apply(root.path(), &items, 1000, 1001).unwrap();
-        let m = fs::metadata(root.path().join("opt/app/run.sh")).unwrap();
-        assert_eq!(
-            (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
-            (1000, 1001, 0o750)
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("opt")).unwrap();
+        let items = plan_in(
+            ctx.path(),
+            &copy(&["file", "dir", "link"], "/opt/app/t/", &[]),
         );
-        let d = fs::metadata(root.path().join("opt/app")).unwrap();
-        assert_eq!((d.uid(), d.permissions().mode() & 0o777), (1000, 0o755));
+        apply(root.path(), &items, 1000, 1001).unwrap();
+        let meta = |p: &str| fs::symlink_metadata(root.path().join(p)).unwrap();
+        let owner_mode = |p: &str| {
+            let m = meta(p);
+            (m.uid(), m.gid(), m.permissions().mode() & 0o7777)
+        };
+        assert_eq!(owner_mode("opt/app/t/file"), (1000, 1001, 0o750));
         assert_eq!(
-            fs::read_link(root.path().join("opt/app/link")).unwrap(),
-            Path::new("run.sh")
+            owner_mode("opt/app/t/dir/sub"),
+            (1000, 1001, 0o700),
+            "modes kept"
+        );
+        assert_eq!(
+            fs::read(root.path().join("opt/app/t/dir/sub/x")).unwrap(),
+            b"x"
+        );
+        // Missing parents of dst are made for the current user; existing ones are left alone.
+        assert_eq!(owner_mode("opt/app"), (1000, 1001, 0o755));
+        assert_eq!(owner_mode("opt/app/t"), (1000, 1001, 0o755));
+        assert_eq!((meta("opt").uid(), meta("opt").gid()), (0, 0));
+        assert!(meta("opt/app/t/link").file_type().is_symlink());
+        assert_eq!(
+            (meta("opt/app/t/link").uid(), meta("opt/app/t/link").gid()),
+            (1000, 1001)
+        );
+        assert_eq!(
+            fs::read_link(root.path().join("opt/app/t/link")).unwrap(),
+            Path::new("file")
+        );
+    }
+
+    #[test]
+    fn apply_as_dst_creates_its_parents_for_the_user() {
+        let ctx = context();
+        let root = tempfile::tempdir().unwrap();
+        apply(
+            root.path(),
+            &plan_in(ctx.path(), &copy(&["dir"], "/a/b/d", &[])),
+            7,
+            8,
+        )
+        .unwrap();
+        apply(
+            root.path(),
+            &plan_in(ctx.path(), &copy(&["file"], "/a/c/f", &[])),
+            7,
+            8,
+        )
+        .unwrap();
+        for dir in ["a", "a/b", "a/c"] {
+            let m = fs::metadata(root.path().join(dir)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.permissions().mode() & 0o777),
+                (7, 8, 0o755),
+                "{dir}"
+            );
+        }
+        assert_eq!(fs::read(root.path().join("a/b/d/sub/x")).unwrap(), b"x");
+        assert_eq!(fs::read(root.path().join("a/c/f")).unwrap(), b"f");
+        assert!(
+            !root.path().join("a/b/d/dir").exists(),
+            "contents become /a/b/d"
         );
     }
 
     #[test]
     fn missing_source_names_it() {
         let ctx = tempfile::tempdir().unwrap();
-        let err = plan(
-            ctx.path(),
-            &copy(&["nope"], "/x", &[]),
-            "/x",
-            "the build context",
-        )
-        .unwrap_err();
+        let c = copy(&["nope"], "/x", &[]);
+        let placement = Placement::of(&c, "/").unwrap();
+        let err = plan(ctx.path(), &c, &placement, "the build context").unwrap_err();
         assert!(
             err.to_string()
                 .contains("`nope` not found in the build context"),

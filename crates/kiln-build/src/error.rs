@@ -26,6 +26,17 @@ pub enum BuildError {
     UnknownStage(String),
     #[error("copy: {0}")]
     Copy(String),
+    /// OBuilder's rule: only a `dst` ending in `/` takes several sources.
+    #[error("{pos}: copy of {count} sources to `{dst}`: without a trailing `/` the one source is copied as `{dst}`, so several cannot be; write `(dst {dst}/)` to put each inside it, or copy them one by one")]
+    CopySourcesAsOnePath { pos: Pos, count: usize, dst: String },
+    /// A cache or secret target the namespace sandbox cannot mount at.
+    #[error("{pos}: {kind} `{id}` has target `{target}`, which is not an absolute path: kiln's namespace sandbox mounts at absolute Linux paths only; write it starting with `/`")]
+    MountTargetNotAbsolute {
+        pos: Pos,
+        kind: &'static str,
+        id: String,
+        target: String,
+    },
     #[error("{0}")]
     Tool(String),
     #[error("{path}: {source}")]
@@ -40,6 +51,16 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// The spec position this error's message starts with (`LINE:COL: …`), so a caller
+    /// that knows the spec's file can prefix it to read `FILE:LINE:COL: …`.
+    pub fn leading_pos(&self) -> Option<Pos> {
+        match self {
+            BuildError::CopySourcesAsOnePath { pos, .. }
+            | BuildError::MountTargetNotAbsolute { pos, .. } => Some(*pos),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         BuildError::Io {
             path: path.into(),

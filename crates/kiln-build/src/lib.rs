@@ -235,6 +235,7 @@ impl Builder<'_> {
         let header = step_header(ctx, op);
         let masks: Vec<Vec<u8>> = secret_values.iter().map(|(_, v)| v.clone()).collect();
         let body: StepBody = Box::new(move |root, output| {
+            check_mount_targets(op, run)?;
             let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
             let mut leases = Vec::new();
             let mut mounts = Vec::new();
@@ -328,12 +329,18 @@ impl Builder<'_> {
         stages: &BTreeMap<String, LayerId>,
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
-        let dst = destination(&ctx.workdir, &copy.dst);
+        let placement = copy::Placement::of(copy, &ctx.workdir).ok_or_else(|| {
+            BuildError::CopySourcesAsOnePath {
+                pos: op.pos,
+                count: copy.src.len(),
+                dst: copy.dst.clone(),
+            }
+        })?;
         // A stage's files are read through a read-only mount that must outlive the copy
         // (declared before the mount guard so it is dropped after it).
         let (_scratch, _stage_mount, _pin);
         let items = match &copy.from {
-            CopyFrom::Context => copy::plan(context, copy, &dst, "the build context")?,
+            CopyFrom::Context => copy::plan(context, copy, &placement, "the build context")?,
             CopyFrom::Build(name) => {
                 let stage = stages
                     .get(name)
@@ -344,13 +351,14 @@ impl Builder<'_> {
                     &self.store.chain(stage)?,
                     &_scratch.path.join("root"),
                 )?;
-                let items = copy::plan(src.path(), copy, &dst, &format!("build stage `{name}`"))?;
+                let what = format!("build stage `{name}`");
+                let items = copy::plan(src.path(), copy, &placement, &what)?;
                 _stage_mount = src;
                 items
             }
         };
         let manifest: Vec<_> = items.iter().map(|i| i.entry.clone()).collect();
-        let id = hash::copy_id(parent, &ctx.user, &dst, &manifest);
+        let id = hash::copy_id(parent, &ctx.user, &placement.hashed_dst(), &manifest);
         let header = step_header(ctx, op);
         let body: StepBody = Box::new(move |root, _output| {
             let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
@@ -498,13 +506,23 @@ impl Builder<'_> {
     }
 }
 
-/// A copy's destination: relative paths join onto the workdir; a trailing `/` is kept.
-fn destination(workdir: &str, dst: &str) -> String {
-    let joined = context::join_workdir(workdir, dst);
-    if dst.ends_with('/') && joined != "/" {
-        format!("{joined}/")
-    } else {
-        joined
+/// The namespace sandbox mounts caches and secrets at absolute paths of the image only.
+/// OBuilder's spec also admits Windows paths (`C:\cache`) and relative ones, for its other
+/// sandboxes, so they parse and are refused here, when the step runs.
+fn check_mount_targets(op: &Located<Op>, run: &Run) -> Result<(), BuildError> {
+    let caches = run.cache.iter().map(|m| ("cache", m));
+    let secrets = run.secrets.iter().map(|m| ("secret", m));
+    match caches
+        .chain(secrets)
+        .find(|(_, m)| !m.target.starts_with('/'))
+    {
+        Some((kind, m)) => Err(BuildError::MountTargetNotAbsolute {
+            pos: op.pos,
+            kind,
+            id: m.id.clone(),
+            target: m.target.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

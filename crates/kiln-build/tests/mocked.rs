@@ -96,6 +96,18 @@ fn build(
     spec: &str,
     options: BuildOptions,
 ) -> (Result<kiln_spec::LayerId, BuildError>, String) {
+    let ctx = tempfile::tempdir().unwrap();
+    build_in(store, sandbox, spec, ctx.path(), options)
+}
+
+/// [`build`] with `context` as the build context.
+fn build_in(
+    store: &FsStore,
+    sandbox: &ScriptedSandbox,
+    spec: &str,
+    context: &Path,
+    options: BuildOptions,
+) -> (Result<kiln_spec::LayerId, BuildError>, String) {
     let spec = kiln_spec::parse(spec).unwrap();
     let builder = Builder {
         store,
@@ -104,9 +116,18 @@ fn build(
         options,
     };
     let mut out = Vec::new();
-    let ctx = tempfile::tempdir().unwrap();
-    let result = builder.build(&spec, ctx.path(), &mut out);
+    let result = builder.build(&spec, context, &mut out);
     (result, String::from_utf8(out).unwrap())
+}
+
+/// A store for tests whose copy steps mount overlays: this thread moves to a private mount
+/// namespace (so nothing leaks to the host) and the store lives on the target dir's disk
+/// (overlayfs needs an upper dir on a real filesystem).
+fn store_for_copies() -> (tempfile::TempDir, FsStore) {
+    kiln_sandbox::mount::enter_private_mount_namespace().expect("tests run as root");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    (dir, store)
 }
 
 const SPEC: &str = r#"((from debian:bookworm)
@@ -366,4 +387,143 @@ fn two_concurrent_builds_share_each_step() {
     let ids: Vec<_> = results.into_iter().map(|(r, _)| r.unwrap()).collect();
     assert_eq!(ids[0], ids[1]);
     assert_eq!(sandbox.runs.lock().unwrap().len(), 2, "each step ran once");
+}
+
+/// The id kiln gave the copy step of this spec, with `f` as [`copy_rule_context`] writes
+/// it, on commit 48b8903: before copy ids carried the placement rule's version, when a
+/// directory source's contents went to `dst` (Dockerfile style). Stores filled then hold it.
+const OLD_RULE_COPY_ID: &str = "41f4c8a57435135eafb4663e317cbb7a6a17dac7f91fb2b95f221bffe112f210";
+const COPY_RULE_SPEC: &str = "((from debian:bookworm)\n (copy (src f) (dst /t/)))\n";
+
+fn copy_rule_context() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let ctx = tempfile::tempdir().unwrap();
+    let f = ctx.path().join("f");
+    std::fs::write(&f, "kiln copy rule\n").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    ctx
+}
+
+#[test]
+fn a_copy_layer_stored_under_the_old_rule_is_rebuilt() {
+    let (_dir, store) = store_for_copies();
+    let sandbox = ScriptedSandbox::default();
+    let ctx = copy_rule_context();
+    let base = build_in(
+        &store,
+        &sandbox,
+        "((from debian:bookworm))\n",
+        ctx.path(),
+        BuildOptions::default(),
+    )
+    .0
+    .unwrap();
+    // What an older kiln left: a layer under the old id, on the same base.
+    let old = kiln_spec::LayerId::parse(OLD_RULE_COPY_ID).unwrap();
+    {
+        let _lock = store.lock_step(&old).unwrap();
+        let tmp = store.begin(&old, Some(&base), false).unwrap();
+        std::fs::write(tmp.rootfs.join("made-by-the-old-rule"), "").unwrap();
+        store.commit(tmp, "copy under the old rule", None).unwrap();
+    }
+    let (id, out) = build_in(
+        &store,
+        &sandbox,
+        COPY_RULE_SPEC,
+        ctx.path(),
+        BuildOptions::default(),
+    );
+    let id = id.unwrap();
+    assert_ne!(id, old, "the copy step's id must change with the rule");
+    assert!(!out.contains(OLD_RULE_COPY_ID), "{out}");
+    assert_eq!(out.matches("---> saved as").count(), 1, "{out}");
+    let top = store.chain(&id).unwrap().into_iter().next().unwrap();
+    assert_eq!(std::fs::read(top.join("t/f")).unwrap(), b"kiln copy rule\n");
+    assert!(!top.join("made-by-the-old-rule").exists());
+    // And the new layer is reused from then on.
+    let (again, out) = build_in(
+        &store,
+        &sandbox,
+        COPY_RULE_SPEC,
+        ctx.path(),
+        BuildOptions::default(),
+    );
+    assert_eq!(again.unwrap(), id);
+    assert_eq!(out.matches("from cache").count(), 2, "{out}");
+}
+
+#[test]
+fn several_copy_sources_need_a_dst_ending_in_slash() {
+    let (_dir, store) = store_for_copies();
+    let sandbox = ScriptedSandbox::default();
+    let ctx = copy_rule_context();
+    std::fs::write(ctx.path().join("g"), "g").unwrap();
+    let spec = "((from debian:bookworm)\n (workdir /srv)\n  (copy (src f g) (dst www)))\n";
+    let (result, _) = build_in(&store, &sandbox, spec, ctx.path(), BuildOptions::default());
+    let err = result.unwrap_err();
+    assert_eq!(err.leading_pos().map(|p| (p.line, p.col)), Some((3, 3)));
+    let message = err.to_string();
+    assert!(
+        message.starts_with("3:3: copy of 2 sources to `www`") && message.contains("`(dst www/)`"),
+        "{message}"
+    );
+    assert_eq!(store.list().unwrap().len(), 1, "only the base");
+    // With the trailing `/` both go inside it.
+    let spec = spec.replace("(dst www)", "(dst www/)");
+    let (id, _) = build_in(&store, &sandbox, &spec, ctx.path(), BuildOptions::default());
+    let top = store
+        .chain(&id.unwrap())
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    assert!(top.join("srv/www/f").is_file() && top.join("srv/www/g").is_file());
+}
+
+#[test]
+fn relative_and_windows_mount_targets_are_refused_when_the_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let sandbox = ScriptedSandbox::default();
+    let options = || BuildOptions {
+        secrets: [("tok".to_string(), b"v".to_vec())].into(),
+        ..Default::default()
+    };
+    let cases = [
+        (
+            r#"(cache (c (target "C:\\cache")))"#,
+            "cache `c`",
+            r"`C:\cache`",
+        ),
+        ("(cache (c (target var/cache)))", "cache `c`", "`var/cache`"),
+        (
+            "(secrets (tok (target run/tok)))",
+            "secret `tok`",
+            "`run/tok`",
+        ),
+    ];
+    for (mount, kind, target) in cases {
+        let spec = format!(
+            "((from debian:bookworm)\n (run (shell \"ok\"))\n (run {mount} (shell \"use\")))\n"
+        );
+        let (result, _) = build(&store, &sandbox, &spec, options());
+        let err = result.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, BuildError::MountTargetNotAbsolute { pos, .. } if (pos.line, pos.col) == (3, 2)),
+            "{err:?}"
+        );
+        assert!(
+            message.starts_with(&format!("3:2: {kind} has target {target}"))
+                && message.contains("absolute"),
+            "{message}"
+        );
+    }
+    let runs = sandbox.runs.lock().unwrap();
+    assert!(
+        runs.iter().all(|r| r.argv.last().unwrap() == "ok"),
+        "a step with a bad target reached the sandbox"
+    );
+    // The steps before it were built once and reused.
+    assert_eq!(runs.len(), 1);
 }

@@ -74,7 +74,7 @@ pub struct StepContext {
 /// One entry of a copy's source manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
-    /// Path relative to the copy's destination, `/`-separated, no leading `/`.
+    /// Where the entry lands: an absolute, `/`-separated path in the image.
     pub path: String,
     pub kind: ManifestKind,
 }
@@ -170,9 +170,27 @@ pub fn run_id(
     h.finish()
 }
 
-/// The id of a `copy` step: parent, user, destination and the sources' manifest.
+/// The version of the rule that decides where `copy` puts its sources. It enters every
+/// copy id, so a layer built under an older rule is never reused: bump it whenever the
+/// placement changes. Ids of copies made before it existed (Dockerfile placement: a
+/// directory's contents went to `dst`) had no version; 2 is OBuilder's placement.
+pub const COPY_RULE_VERSION: u32 = 2;
+
+/// The id of a `copy` step: the placement rule's version, parent, user, destination and
+/// the sources' manifest.
 pub fn copy_id(parent: &LayerId, user: &User, dst: &str, manifest: &[ManifestEntry]) -> LayerId {
+    copy_id_with_rule(COPY_RULE_VERSION, parent, user, dst, manifest)
+}
+
+fn copy_id_with_rule(
+    rule: u32,
+    parent: &LayerId,
+    user: &User,
+    dst: &str,
+    manifest: &[ManifestEntry],
+) -> LayerId {
     let mut h = Hasher::new("copy");
+    h.field("rule", &rule.to_string());
     h.field("parent", parent.as_str());
     h.user(user);
     h.field("dst", dst);
@@ -262,6 +280,40 @@ mod tests {
         let b = run_id(&p, &ctx(), &r, &[("tok".into(), b"two".to_vec())]);
         assert_ne!(a, b);
     }
+
+    /// A file copied into `/t/`: the one case where the old and the new placement give the
+    /// same manifest, so only the rule's version tells their layers apart.
+    fn file_into_t() -> (LayerId, User, Vec<ManifestEntry>) {
+        let parent = base_id("debian", &[("suite", "bookworm")]);
+        let manifest = vec![ManifestEntry {
+            path: "/t/f".into(),
+            kind: ManifestKind::File {
+                sha256: [7; 32],
+                mode: 0o644,
+            },
+        }];
+        (parent, User::Unix { uid: 0, gid: 0 }, manifest)
+    }
+
+    #[test]
+    fn the_copy_rule_version_enters_the_id() {
+        let (parent, user, manifest) = file_into_t();
+        // copy_id of these inputs on commit 48b8903, before the version field: stores
+        // filled by that code hold layers under this id, built with Dockerfile placement.
+        const BEFORE_THE_VERSION: &str =
+            "5e3fccaf8ea92d158fb6be80e7b6f466f87d2d217822079eef803201c49e917c";
+        let id = copy_id(&parent, &user, "/t/", &manifest);
+        assert_ne!(id.as_str(), BEFORE_THE_VERSION);
+        assert_ne!(
+            id,
+            copy_id_with_rule(COPY_RULE_VERSION + 1, &parent, &user, "/t/", &manifest),
+            "a version bump must change every copy id"
+        );
+        // Pinned so that any change to copy hashing is noticed (and comes with a bump).
+        assert_eq!(id.as_str(), PINNED_V2);
+    }
+
+    const PINNED_V2: &str = "9341f24089db2a2a8b2712f0d1d6e106dce41103703c85862a6bf5b45d112de9";
 
     #[test]
     fn layer_id_parse_rejects_garbage() {

@@ -70,6 +70,11 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("kiln: {}: {e}", args.file.display());
                 return Ok(ExitCode::from(1));
             }
+            // The message starts with LINE:COL; with the file it reads as spec errors do.
+            Ok(e) if e.leading_pos().is_some() => {
+                eprintln!("kiln: {}:{e}", args.file.display());
+                return Ok(ExitCode::from(1));
+            }
             Ok(e) => return Err(e.into()),
             Err(e) => return Err(e),
         },
@@ -154,13 +159,25 @@ pub fn build_all(
                     })?;
                     let other = kiln_spec::parse_file(&text, &path.display().to_string())?;
                     let dir = path.parent().unwrap_or(Path::new("."));
-                    builder.build(&other, dir, out)?
+                    builder
+                        .build(&other, dir, out)
+                        .map_err(|e| in_spec_file(e, &path))?
                 }
             };
             partitions.insert(part.value.name.clone(), layer);
         }
     }
     Ok((id, partitions))
+}
+
+/// A build error of the spec in `file`: one whose message starts with LINE:COL gets the
+/// file in front (the caller would otherwise name the top-level spec).
+fn in_spec_file(e: BuildError, file: &Path) -> anyhow::Error {
+    if e.leading_pos().is_some() {
+        anyhow::anyhow!("{}:{e}", file.display())
+    } else {
+        e.into()
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -210,14 +210,14 @@ fn copy_honours_workdir_user_exclude_and_modes() {
     .unwrap();
     fs::write(dir.join("app/.git/HEAD"), "ref").unwrap();
     let spec = format!(
-        "({}\n (workdir /srv)\n (user (name builder))\n (copy (src app) (dst app/) (exclude .git))\n (copy (src app/run.sh) (dst app/tools/))\n (run (shell \"id -u > /tmp/x; ls -ln app > listing; cp /tmp/x uid\")))\n",
+        "({}\n (workdir /srv)\n (user (name builder))\n (copy (src app) (dst app) (exclude .git))\n (copy (src app/run.sh) (dst app/tools/))\n (run (shell \"id -u > /tmp/x; ls -ln app > listing; cp /tmp/x uid\")))\n",
         base()
     );
     let run = build(&store, &dir, &spec, &[]).ok();
     let tar = export_tar(&store, &dir, &run.got());
     let entries = tar_entries(&tar);
     let find = |p: &str| find_entry(&entries, p);
-    // A directory source copies its contents (as Dockerfile COPY); a file goes into dst/.
+    // One directory to a dst without `/` is copied as dst; a file goes into dst/.
     assert_eq!(find("srv/app/run.sh").1, 1000);
     assert_eq!(find("srv/app/run.sh").3, 0o750);
     assert_eq!(find("srv/app/tools/run.sh").3, 0o750);
@@ -250,14 +250,116 @@ fn copy_from_a_build_stage_with_exclude() {
         format!("{n}\n").as_bytes()
     );
     assert_eq!(
-        find("opt/a").1,
+        find("opt/lib/a").1,
         1000,
-        "a directory source copies its contents"
+        "into dst/ a directory source keeps its name"
     );
+    assert!(entries.iter().all(|e| e.0 != "opt/a"));
     assert!(entries.iter().all(|e| !e.0.contains(".cache")));
     assert!(
         entries.iter().all(|e| !e.0.starts_with("out")),
         "the stage's own tree stays in the stage"
+    );
+}
+
+/// The target of the symlink at `member` in `tar`, if it is one.
+fn tar_symlink(tar: &std::path::Path, member: &str) -> Option<String> {
+    let mut archive = tar::Archive::new(fs::File::open(tar).expect("open tar"));
+    let entries = archive.entries().expect("tar entries");
+    entries.map(|e| e.expect("tar entry")).find_map(|e| {
+        let path = e.path().expect("path").to_string_lossy().into_owned();
+        let is_link = e.header().entry_type() == tar::EntryType::Symlink;
+        (path.trim_start_matches("./") == member && is_link)
+            .then(|| e.link_name().ok().flatten())
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned())
+    })
+}
+
+#[test]
+fn copy_places_sources_as_obuilder_does() {
+    let dir = test_dir("copyplace");
+    let store = dir.join("store");
+    let ctx = dir.join("ctx");
+    fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+    let n = nonce();
+    fs::write(ctx.join("file"), &n).unwrap();
+    fs::write(ctx.join("dir/sub/x"), "x").unwrap();
+    std::os::unix::fs::symlink("file", ctx.join("link")).unwrap();
+    let spec = format!(
+        "((build stage\n  ({base}\n   (run (shell \"mkdir -p /out/tree/deep && echo y > /out/tree/deep/y && echo {n} > /out/note\"))))\n {base}\n (user (uid 1000) (gid 1000))\n (copy (src file dir link) (dst /t/))\n (copy (src .) (dst /src/))\n (copy (src dir) (dst /d))\n (copy (from (build stage)) (src /out/tree /out/note) (dst /s/))\n (copy (from (build stage)) (src /out/tree) (dst /made/for/as)))\n",
+        base = base()
+    );
+    let run = build(&store, &ctx, &spec, &[]).ok();
+    let tar = export_tar(&store, &dir, &run.got());
+    let entries = tar_entries(&tar);
+    let find = |p: &str| find_entry(&entries, p);
+    let has = |p: &str| entries.iter().any(|e| e.0 == p);
+    // Into dst/: files, directories and symlinks alike keep their names.
+    assert_eq!(tar_read(&tar, "t/file").unwrap(), n.as_bytes());
+    assert_eq!(find("t/dir").4, tar::EntryType::Directory);
+    assert_eq!(tar_read(&tar, "t/dir/sub/x").unwrap(), b"x");
+    assert_eq!(tar_symlink(&tar, "t/link").as_deref(), Some("file"));
+    assert!(
+        !has("t/sub"),
+        "a directory's contents went to dst (Docker's rule)"
+    );
+    assert_eq!((find("t").1, find("t").2, find("t").3), (1000, 1000, 0o755));
+    assert_eq!(find("t/dir/sub/x").1, 1000);
+    // `.` fills dst with the context's contents.
+    for member in ["src/file", "src/dir/sub/x", "src/link", "src/build.spec"] {
+        assert!(has(member), "{member} missing");
+    }
+    assert!(!has("src/ctx"));
+    // One directory to a dst without `/` is copied as dst.
+    assert_eq!(tar_read(&tar, "d/sub/x").unwrap(), b"x");
+    assert!(!has("d/dir"));
+    // From a build stage: the same rule; missing parents are made for the user.
+    assert_eq!(tar_read(&tar, "s/tree/deep/y").unwrap(), b"y\n");
+    assert_eq!(
+        tar_read(&tar, "s/note").unwrap(),
+        format!("{n}\n").as_bytes()
+    );
+    assert!(!has("s/deep"));
+    assert_eq!(tar_read(&tar, "made/for/as/deep/y").unwrap(), b"y\n");
+    assert!(!has("made/for/as/tree"));
+    for parent in ["made", "made/for"] {
+        let e = find(parent);
+        assert_eq!((e.1, e.2, e.3), (1000, 1000, 0o755), "{parent}");
+    }
+}
+
+#[test]
+fn copy_and_mount_targets_the_sandbox_cannot_take_fail_at_their_line_and_column() {
+    let dir = test_dir("copyplace-bad");
+    let store = dir.join("store");
+    fs::write(dir.join("a"), "a").unwrap();
+    fs::write(dir.join("b"), "b").unwrap();
+    let spec = format!(
+        "({}\n (workdir /srv)\n   (copy (src a b) (dst www)))\n",
+        base()
+    );
+    let run = build(&store, &dir, &spec, &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("build.spec:3:4: copy of 2 sources to `www`")
+            && run.stderr.contains("`(dst www/)`"),
+        "{}",
+        run.stderr
+    );
+    let spec = format!(
+        "({}\n (run (cache (c (target \"C:\\\\cache\"))) (shell \"true\")))\n",
+        base()
+    );
+    let run = build(&store, &dir, &spec, &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(r"build.spec:2:2: cache `c` has target `C:\cache`")
+            && run.stderr.contains("absolute"),
+        "{}",
+        run.stderr
     );
 }
 
