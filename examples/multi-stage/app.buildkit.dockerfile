@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.19
 FROM debian:bookworm as site
 WORKDIR /site
-COPY --exclude=**/drafts --exclude=**/.git site/ ./
+COPY --exclude=**/drafts --exclude=**/.git site .
 RUN find . -type f | sort > MANIFEST
 
 FROM debian:bookworm as tool
