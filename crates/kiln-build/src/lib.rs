@@ -203,12 +203,8 @@ impl Builder<'_> {
         })();
         match fetched.and_then(|c| self.check_cancelled().map(|()| c)) {
             Ok(config) => {
-                self.store.commit_base(
-                    tmp,
-                    &base.description,
-                    config.clone(),
-                    base.pin.clone(),
-                )?;
+                self.store
+                    .commit_base(tmp, &base.description, config.clone(), base.pin.clone())?;
                 writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
                 Ok((base.id.clone(), config, base))
             }

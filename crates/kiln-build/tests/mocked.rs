@@ -161,12 +161,22 @@ fn registry_bases_print_and_record_their_pin() {
         "---> busybox:latest resolved to sha256:{} (by 127.0.0.1:5000, the mirror)\n",
         "e".repeat(64)
     );
-    let (id, out) = build(&store, &sandbox, "((from busybox))\n", BuildOptions::default());
+    let (id, out) = build(
+        &store,
+        &sandbox,
+        "((from busybox))\n",
+        BuildOptions::default(),
+    );
     let id = id.unwrap();
     assert!(out.contains(&format!("(from busybox)\n{line}")), "{out}");
     assert_eq!(store.get(&id).unwrap().unwrap().meta.pin, Some(fake_pin()));
     // A cache hit still says what the tag resolved to.
-    let (again, out) = build(&store, &sandbox, "((from busybox))\n", BuildOptions::default());
+    let (again, out) = build(
+        &store,
+        &sandbox,
+        "((from busybox))\n",
+        BuildOptions::default(),
+    );
     assert_eq!(again.unwrap(), id);
     assert!(out.contains(&line) && out.contains("from cache"), "{out}");
     // Other bases print no such line.

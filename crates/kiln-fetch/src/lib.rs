@@ -58,7 +58,10 @@ impl ResolvedBase {
             .map(|r| r.familiar())
             .unwrap_or_else(|_| pin.reference.clone());
         let mirror = if pin.mirror { ", the mirror" } else { "" };
-        Some(format!("{name} resolved to {} (by {registry}{mirror})", pin.digest))
+        Some(format!(
+            "{name} resolved to {} (by {registry}{mirror})",
+            pin.digest
+        ))
     }
 }
 

@@ -88,7 +88,9 @@ async fn resolve_tag(
                     mirror: endpoint.role == Role::Mirror,
                 });
             }
-            Err(e) if i + 1 < endpoints.len() => passed.record(endpoint, registry.explain(&what, &e), &endpoints[i + 1]),
+            Err(e) if i + 1 < endpoints.len() => {
+                passed.record(endpoint, registry.explain(&what, &e), &endpoints[i + 1])
+            }
             Err(e) => return Err(passed.annotate(registry.error(text, &what, e))),
         }
     }
@@ -245,7 +247,12 @@ async fn first_manifest(
             Err(e) if i + 1 < endpoints.len() => {
                 let why = registry.explain("pulling the manifest", &e);
                 let next = &endpoints[i + 1];
-                let _ = writeln!(progress, "{}: {why}; trying {}", endpoint.describe(), next.describe());
+                let _ = writeln!(
+                    progress,
+                    "{}: {why}; trying {}",
+                    endpoint.describe(),
+                    next.describe()
+                );
                 passed.record(endpoint, why, next);
             }
             Err(e) => return Err(passed.annotate(registry.error(text, "pulling the manifest", e))),
@@ -497,7 +504,11 @@ mod tests {
         let pin = b.pin.unwrap();
         assert_eq!((pin.digest, pin.registry), (digest.clone(), None));
         // The same image by any Docker Hub spelling, with or without a mirror: one id.
-        let c = resolve(&format!("docker.io/library/busybox@{digest}"), &RegistrySettings::default()).unwrap();
+        let c = resolve(
+            &format!("docker.io/library/busybox@{digest}"),
+            &RegistrySettings::default(),
+        )
+        .unwrap();
         assert_eq!(c.id, b.id);
     }
 

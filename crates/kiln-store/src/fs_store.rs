@@ -10,8 +10,8 @@ use crate::layout::{is_safe_name, unique_suffix, Layout};
 use crate::lock::{self, HeldDirs, Mode, Wait};
 use crate::recover::Recovery;
 use crate::{
-    cache, layout, BaseConfig, BasePin, CacheLease, LayerId, LayerInfo, StepLock, Store, StoreError,
-    TmpLayer,
+    cache, layout, BaseConfig, BasePin, CacheLease, LayerId, LayerInfo, StepLock, Store,
+    StoreError, TmpLayer,
 };
 
 /// How hard a commit works to survive a power loss (process crashes are always survived).

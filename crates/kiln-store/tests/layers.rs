@@ -469,9 +469,16 @@ fn base_pins_are_recorded_and_old_meta_without_them_still_reads() {
         .unwrap();
     assert_eq!(info.meta.pin.as_ref(), Some(&pin));
     assert_eq!(store.get(&base).unwrap().unwrap().meta.pin, Some(pin));
-    let path = store.root().join("result").join(base.as_str()).join("meta.json");
+    let path = store
+        .root()
+        .join("result")
+        .join(base.as_str())
+        .join("meta.json");
     let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\"pin\"") && text.contains("\"mirror\": true"), "{text}");
+    assert!(
+        text.contains("\"pin\"") && text.contains("\"mirror\": true"),
+        "{text}"
+    );
 
     // A layer written before pins existed: its meta.json has no `pin`; a reopened store
     // indexes it (as an orphan directory) and reads it with no pin.

@@ -90,7 +90,14 @@ fn from_docker_config(
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(FetchError::io(base, "reading Docker's credentials file", path, e)),
+        Err(e) => {
+            return Err(FetchError::io(
+                base,
+                "reading Docker's credentials file",
+                path,
+                e,
+            ))
+        }
     };
     let config: DockerConfig = serde_json::from_slice(&text).map_err(|e| {
         FetchError::base(
@@ -185,22 +192,35 @@ mod tests {
 
     #[test]
     fn kiln_registry_auth_wins_and_is_checked() {
-        let (_dir, mut settings) = with_config(r#"{"auths": {"docker.io": {"auth": "aHViOnNlY3JldA=="}}}"#);
+        let (_dir, mut settings) =
+            with_config(r#"{"auths": {"docker.io": {"auth": "aHViOnNlY3JldA=="}}}"#);
         settings.auth = Some("env:pw".into());
         let hub = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings).unwrap();
-        assert_eq!((basic(&hub), hub.origin.as_str()), (Some(("env", "pw")), AUTH_ENV));
+        assert_eq!(
+            (basic(&hub), hub.origin.as_str()),
+            (Some(("env", "pw")), AUTH_ENV)
+        );
         settings.auth = Some("no-colon".into());
-        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings).err().unwrap();
+        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("user:password"), "{err}");
     }
 
     #[test]
     fn broken_config_files_are_named() {
         let (_dir, settings) = with_config("{ not json");
-        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings).err().unwrap();
-        assert!(err.to_string().contains("config.json is not valid JSON"), "{err}");
+        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("config.json is not valid JSON"),
+            "{err}"
+        );
         let (_dir, settings) = with_config(r#"{"auths": {"docker.io": {"auth": "!!"}}}"#);
-        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings).err().unwrap();
+        let err = for_endpoint("b", &endpoint("h", Role::DockerHub), &settings)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("`docker.io`"), "{err}");
         // No file at all is no credentials.
         let settings = RegistrySettings {

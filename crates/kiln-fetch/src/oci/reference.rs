@@ -272,26 +272,59 @@ mod tests {
     fn docker_hub_names_normalise_to_registry_1() {
         let digest = format!("sha256:{}", "a".repeat(64));
         for (text, want) in [
-            ("busybox", "registry-1.docker.io/library/busybox:latest".to_string()),
-            ("busybox:1.36", "registry-1.docker.io/library/busybox:1.36".into()),
-            ("docker.io/busybox", "registry-1.docker.io/library/busybox:latest".into()),
+            (
+                "busybox",
+                "registry-1.docker.io/library/busybox:latest".to_string(),
+            ),
+            (
+                "busybox:1.36",
+                "registry-1.docker.io/library/busybox:1.36".into(),
+            ),
+            (
+                "docker.io/busybox",
+                "registry-1.docker.io/library/busybox:latest".into(),
+            ),
             ("docker.io/x/y", "registry-1.docker.io/x/y:latest".into()),
-            ("index.docker.io/x/y:v2", "registry-1.docker.io/x/y:v2".into()),
-            (&format!("index.docker.io/x/y@{digest}"), format!("registry-1.docker.io/x/y@{digest}")),
-            ("registry-1.docker.io/library/busybox", "registry-1.docker.io/library/busybox:latest".into()),
-            ("ocaml/opam:debian-12-ocaml-5.2", "registry-1.docker.io/ocaml/opam:debian-12-ocaml-5.2".into()),
-            (&format!("busybox@{digest}"), format!("registry-1.docker.io/library/busybox@{digest}")),
+            (
+                "index.docker.io/x/y:v2",
+                "registry-1.docker.io/x/y:v2".into(),
+            ),
+            (
+                &format!("index.docker.io/x/y@{digest}"),
+                format!("registry-1.docker.io/x/y@{digest}"),
+            ),
+            (
+                "registry-1.docker.io/library/busybox",
+                "registry-1.docker.io/library/busybox:latest".into(),
+            ),
+            (
+                "ocaml/opam:debian-12-ocaml-5.2",
+                "registry-1.docker.io/ocaml/opam:debian-12-ocaml-5.2".into(),
+            ),
+            (
+                &format!("busybox@{digest}"),
+                format!("registry-1.docker.io/library/busybox@{digest}"),
+            ),
         ] {
             assert_eq!(normalised(text), want, "{text}");
             assert!(ok(text).is_docker_hub(), "{text}");
         }
         let r = ok("someone/tool:v1");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), (DOCKER_HUB_HOST, "someone/tool"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            (DOCKER_HUB_HOST, "someone/tool")
+        );
         assert_eq!(r.familiar(), "someone/tool:v1");
         assert_eq!(ok("docker.io/library/busybox").familiar(), "busybox:latest");
-        assert_eq!(ok("busybox").pinned(&digest), format!("registry-1.docker.io/library/busybox@{digest}"));
+        assert_eq!(
+            ok("busybox").pinned(&digest),
+            format!("registry-1.docker.io/library/busybox@{digest}")
+        );
         // A pinned reference reads back as the same image.
-        assert_eq!(ok(&ok("busybox").pinned(&digest)), ok(&format!("busybox@{digest}")));
+        assert_eq!(
+            ok(&ok("busybox").pinned(&digest)),
+            ok(&format!("busybox@{digest}"))
+        );
     }
 
     #[test]

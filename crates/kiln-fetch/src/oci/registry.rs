@@ -18,6 +18,8 @@ pub(crate) struct Registry {
     pub endpoint: Endpoint,
     pub client: Client,
     pub auth: RegistryAuth,
+    /// Where `auth` came from (`anonymous`, `KILN_REGISTRY_AUTH`, a config.json path).
+    credentials: String,
 }
 
 impl Registry {
@@ -47,6 +49,7 @@ impl Registry {
             endpoint: endpoint.clone(),
             client: Client::new(config),
             auth: credentials.auth,
+            credentials: credentials.origin,
         })
     }
 
@@ -73,22 +76,48 @@ impl Registry {
         }
     }
 
-    /// `what: why`, and for Docker Hub that cannot be reached, how to use a mirror instead.
+    /// `what: why` and how to fix it: for Docker Hub that cannot be reached, use a mirror;
+    /// when access is denied, log in or check the credentials that were refused.
     pub fn explain(&self, what: &str, e: &OciDistributionError) -> String {
-        let mut text = format!("{what}: {}", explain(e));
-        if self.endpoint.role == Role::DockerHub && is_network(e) {
-            text.push_str(&format!(
-                "; if Docker Hub cannot be reached from this machine, set {MIRROR_ENV} to a registry \
-                 mirror that holds the image (e.g. {MIRROR_ENV}=127.0.0.1:5000)"
-            ));
-        }
-        text
+        let unreachable = if self.endpoint.role == Role::DockerHub {
+            format!(
+                "Docker Hub ({}) cannot be reached from this machine: set {MIRROR_ENV} to a registry \
+                 mirror that holds the image (e.g. {MIRROR_ENV}=127.0.0.1:5000)",
+                self.host
+            )
+        } else {
+            format!(
+                "check that the registry is running and reachable (plain HTTP is used for loopback \
+                 addresses and the hosts in {INSECURE_ENV}, HTTPS for the others)"
+            )
+        };
+        let denied = if self.credentials == "anonymous" {
+            LOG_IN.to_string()
+        } else {
+            format!(
+                "the credentials from {} were refused or do not grant it; check them (or `docker login` again)",
+                self.credentials
+            )
+        };
+        format!(
+            "{what}: {}",
+            explain(
+                e,
+                &Hints {
+                    unreachable,
+                    denied
+                }
+            )
+        )
     }
 }
 
-/// True when the request never got an answer (no connection, timeout, TLS or DNS failure).
-fn is_network(e: &OciDistributionError) -> bool {
-    matches!(e, OciDistributionError::RequestError(re) if re.is_connect() || re.is_timeout())
+/// The fixes to suggest, which depend on the registry and the credentials used.
+struct Hints {
+    /// When no connection could be made.
+    unreachable: String,
+    /// When the registry refused access.
+    denied: String,
 }
 
 /// A current-thread runtime for one blocking call into `oci-client`.
@@ -116,44 +145,67 @@ fn plain_http(host_port: &str, insecure: &[String]) -> bool {
 }
 
 /// How to give kiln credentials.
-const LOG_IN: &str = "log in with `docker login` (kiln reads the `auths` of $DOCKER_CONFIG/config.json, \
+const LOG_IN: &str =
+    "log in with `docker login` (kiln reads the `auths` of $DOCKER_CONFIG/config.json, \
     default ~/.docker/config.json) or set KILN_REGISTRY_AUTH=user:password";
 
 /// A user-facing explanation of an `oci-client` error, with the fix when there is one.
-fn explain(e: &OciDistributionError) -> String {
+fn explain(e: &OciDistributionError, hints: &Hints) -> String {
+    let Hints {
+        unreachable,
+        denied,
+    } = hints;
     match e {
-        OciDistributionError::RequestError(re) if re.is_connect() => format!(
-            "cannot connect ({}); check that the registry is running and reachable (plain HTTP is used for \
-             loopback addresses and the hosts in {INSECURE_ENV}, HTTPS for the others)",
-            chain(re)
-        ),
-        OciDistributionError::RequestError(re) if re.is_timeout() => format!("the registry did not answer in time ({})", chain(re)),
+        OciDistributionError::RequestError(re) if re.is_connect() => {
+            format!("cannot connect ({}); {unreachable}", chain(re))
+        }
+        OciDistributionError::RequestError(re) if re.is_timeout() => {
+            format!(
+                "the registry did not answer in time ({}); {unreachable}",
+                chain(re)
+            )
+        }
         OciDistributionError::RequestError(re) => format!("request failed: {}", chain(re)),
         OciDistributionError::RegistryError { envelope, .. } => {
-            let said: Vec<String> = envelope.errors.iter().map(|err| err.message.clone()).collect();
+            let said: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|err| err.message.clone())
+                .collect();
             let said = said.join("; ");
             let not_found = envelope.errors.iter().any(|err| {
                 matches!(
                     err.code,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound | OciErrorCode::BlobUnknown
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
                 )
             });
-            let denied = envelope.errors.iter().any(|err| matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+            let denied = envelope
+                .errors
+                .iter()
+                .any(|err| matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
             if not_found {
                 format!("not found (registry said: {said}); check the image name and tag")
             } else if denied {
-                format!("access denied (registry said: {said}); {LOG_IN}")
+                format!("access denied (registry said: {said}); {denied}")
             } else {
                 format!("the registry refused the request: {said}")
             }
         }
-        OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
+        OciDistributionError::ServerError { code: 404, .. }
+        | OciDistributionError::ImageManifestNotFoundError(_) => {
             "not found; check the image name and tag".to_string()
         }
-        OciDistributionError::ServerError { code: 401 | 403, .. }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        }
         | OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => format!("access denied; {LOG_IN}"),
-        OciDistributionError::ServerError { code, message, .. } => format!("the registry answered HTTP {code}: {}", message.trim()),
+        | OciDistributionError::AuthenticationFailure(_) => format!("access denied; {denied}"),
+        OciDistributionError::ServerError { code, message, .. } => {
+            format!("the registry answered HTTP {code}: {}", message.trim())
+        }
         OciDistributionError::DigestError(d) => {
             format!("the downloaded content does not match its digest ({d}); the registry or the network corrupted it")
         }
@@ -189,7 +241,10 @@ mod tests {
         assert!(plain_http("[::1]:5000", &[]));
         assert!(!plain_http("registry.example:5000", &[]));
         assert!(!plain_http("10.0.0.1:5000", &[]));
-        assert!(plain_http("10.0.0.1:5000", &list(&["foo", "10.0.0.1:5000"])));
+        assert!(plain_http(
+            "10.0.0.1:5000",
+            &list(&["foo", "10.0.0.1:5000"])
+        ));
         assert!(plain_http("reg.lan:5000", &list(&["reg.lan"])));
         assert!(!plain_http("reg.lan:5000", &list(&["other.lan:5000"])));
     }

@@ -116,7 +116,9 @@ impl RegistrySettings {
             check_registry(mirror).map_err(|e| {
                 FetchError::base(
                     base,
-                    format!("{MIRROR_ENV}=`{mirror}` is not a registry: {e}; set it to HOST[:PORT]"),
+                    format!(
+                        "{MIRROR_ENV}=`{mirror}` is not a registry: {e}; set it to HOST[:PORT]"
+                    ),
                 )
             })?;
             endpoints.push(Endpoint {
@@ -169,13 +171,25 @@ mod tests {
         assert_eq!(
             endpoints,
             [
-                Endpoint { host: "127.0.0.1:5000".into(), role: Role::Mirror },
-                Endpoint { host: DOCKER_HUB_HOST.into(), role: Role::DockerHub },
+                Endpoint {
+                    host: "127.0.0.1:5000".into(),
+                    role: Role::Mirror
+                },
+                Endpoint {
+                    host: DOCKER_HUB_HOST.into(),
+                    role: Role::DockerHub
+                },
             ]
         );
         // Other registries are asked alone: the mirror stands in for Docker Hub only.
         let own = s.endpoints("x", &reference("ghcr.io/a/b:tag")).unwrap();
-        assert_eq!(own, [Endpoint { host: "ghcr.io".into(), role: Role::Own }]);
+        assert_eq!(
+            own,
+            [Endpoint {
+                host: "ghcr.io".into(),
+                role: Role::Own
+            }]
+        );
     }
 
     #[test]
@@ -191,13 +205,22 @@ mod tests {
 
     #[test]
     fn mirror_urls_and_bad_mirrors() {
-        let s = settings(&[("KILN_REGISTRY", "http://mirror.lan:5000/"), ("KILN_INSECURE_REGISTRIES", "a, b")]);
+        let s = settings(&[
+            ("KILN_REGISTRY", "http://mirror.lan:5000/"),
+            ("KILN_INSECURE_REGISTRIES", "a, b"),
+        ]);
         assert_eq!(s.mirror.as_deref(), Some("mirror.lan:5000"));
         assert_eq!(s.insecure, ["a", "b", "mirror.lan:5000"]);
         let s = settings(&[("KILN_REGISTRY", "https://mirror.lan")]);
-        assert_eq!((s.mirror.as_deref(), s.insecure.len()), (Some("mirror.lan"), 0));
+        assert_eq!(
+            (s.mirror.as_deref(), s.insecure.len()),
+            (Some("mirror.lan"), 0)
+        );
         let s = settings(&[("KILN_REGISTRY", "not a host")]);
-        let err = s.endpoints("busybox", &reference("busybox")).unwrap_err().to_string();
+        let err = s
+            .endpoints("busybox", &reference("busybox"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("KILN_REGISTRY=`not a host`"), "{err}");
         assert_eq!(settings(&[("KILN_REGISTRY", " ")]).mirror, None);
     }
