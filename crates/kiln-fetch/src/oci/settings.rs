@@ -221,7 +221,10 @@ mod tests {
             .endpoints("busybox", &reference("busybox"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("KILN_REGISTRY=`not a host`"), "{err}");
+        assert!(
+            err.contains("KILN_REGISTRY: `not a host` is not a valid registry host"),
+            "{err}"
+        );
         assert_eq!(settings(&[("KILN_REGISTRY", " ")]).mirror, None);
     }
 
