@@ -19,7 +19,8 @@ pub(crate) enum OnDisk {
     Missing,
     /// Present but unusable; the message says why.
     Invalid(String),
-    Valid(LayerMeta),
+    /// Boxed: a meta (with its config and pin) is much larger than the other variants.
+    Valid(Box<LayerMeta>),
 }
 
 impl FsStore {
@@ -175,7 +176,7 @@ impl FsStore {
         if !self.layout.layer_dir(id).join("rootfs").is_dir() {
             return Ok(OnDisk::Invalid("rootfs/ is missing".into()));
         }
-        Ok(OnDisk::Valid(meta))
+        Ok(OnDisk::Valid(Box::new(meta)))
     }
 
     /// Indexes a committed layer found on disk (its last use is taken to be its creation).
