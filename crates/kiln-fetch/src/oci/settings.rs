@@ -113,14 +113,8 @@ impl RegistrySettings {
         }
         let mut endpoints = Vec::with_capacity(2);
         if let Some(mirror) = &self.mirror {
-            check_registry(mirror).map_err(|e| {
-                FetchError::base(
-                    base,
-                    format!(
-                        "{MIRROR_ENV}=`{mirror}` is not a registry: {e}; set it to HOST[:PORT]"
-                    ),
-                )
-            })?;
+            check_registry(mirror)
+                .map_err(|e| FetchError::base(base, format!("{MIRROR_ENV}: {e}")))?;
             endpoints.push(Endpoint {
                 host: mirror.clone(),
                 role: Role::Mirror,
