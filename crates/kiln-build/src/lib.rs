@@ -178,6 +178,9 @@ impl Builder<'_> {
         let source = parse_base(&spec.from.value, bootstrap, context)?;
         let base = self.fetcher.resolve(&source)?;
         writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
+        if let Some(resolution) = base.resolution() {
+            writeln!(out, "---> {resolution}").map_err(BuildError::output)?;
+        }
         if let Some(config) = self.reuse(&base.id, out)? {
             return Ok((base.id.clone(), config.unwrap_or_default(), base));
         }
@@ -201,7 +204,7 @@ impl Builder<'_> {
         match fetched.and_then(|c| self.check_cancelled().map(|()| c)) {
             Ok(config) => {
                 self.store
-                    .commit(tmp, &base.description, Some(config.clone()))?;
+                    .commit_base(tmp, &base.description, config.clone(), base.pin.clone())?;
                 writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
                 Ok((base.id.clone(), config, base))
             }

@@ -5,7 +5,7 @@ use kiln_build::{BuildError, BuildOptions, Builder};
 use kiln_fetch::{BaseSource, FetchError, Fetcher, ResolvedBase};
 use kiln_sandbox::{Outcome, RootFs, RunSpec, Sandbox, SandboxError};
 use kiln_spec::hash::base_id;
-use kiln_store::{BaseConfig, FsStore, Store};
+use kiln_store::{BaseConfig, BasePin, FsStore, Store};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -62,10 +62,16 @@ struct FakeBase;
 
 impl Fetcher for FakeBase {
     fn resolve(&self, source: &BaseSource) -> Result<ResolvedBase, FetchError> {
+        // Registry images come back pinned, as the real fetcher's do.
+        let pin = match source {
+            BaseSource::Oci(_) => Some(fake_pin()),
+            _ => None,
+        };
         Ok(ResolvedBase {
             source: source.clone(),
             id: base_id("fake", &[("src", &format!("{source:?}"))]),
             description: "fake".into(),
+            pin,
         })
     }
     fn fetch(
@@ -87,6 +93,15 @@ impl Fetcher for FakeBase {
     fn seed_apt_lists(&self, _base: &ResolvedBase, into: &Path) -> Result<usize, FetchError> {
         std::fs::write(into.join("base_dists_InRelease"), "from the bootstrap").unwrap();
         Ok(1)
+    }
+}
+
+fn fake_pin() -> BasePin {
+    BasePin {
+        reference: "registry-1.docker.io/library/busybox:latest".into(),
+        digest: format!("sha256:{}", "e".repeat(64)),
+        registry: Some("127.0.0.1:5000".into()),
+        mirror: true,
     }
 }
 
@@ -156,6 +171,38 @@ fn second_build_runs_nothing_and_replays_logs() {
         "logs replayed:\n{out2}"
     );
     assert!(out2.ends_with(&format!("Got: \"{first}\"\n")));
+}
+
+#[test]
+fn registry_bases_print_and_record_their_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let sandbox = ScriptedSandbox::default();
+    let line = format!(
+        "---> busybox:latest resolved to sha256:{} (by 127.0.0.1:5000, the mirror)\n",
+        "e".repeat(64)
+    );
+    let (id, out) = build(
+        &store,
+        &sandbox,
+        "((from busybox))\n",
+        BuildOptions::default(),
+    );
+    let id = id.unwrap();
+    assert!(out.contains(&format!("(from busybox)\n{line}")), "{out}");
+    assert_eq!(store.get(&id).unwrap().unwrap().meta.pin, Some(fake_pin()));
+    // A cache hit still says what the tag resolved to.
+    let (again, out) = build(
+        &store,
+        &sandbox,
+        "((from busybox))\n",
+        BuildOptions::default(),
+    );
+    assert_eq!(again.unwrap(), id);
+    assert!(out.contains(&line) && out.contains("from cache"), "{out}");
+    // Other bases print no such line.
+    let (_, out) = build(&store, &sandbox, SPEC, BuildOptions::default());
+    assert!(!out.contains("resolved to"), "{out}");
 }
 
 #[test]

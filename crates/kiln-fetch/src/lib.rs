@@ -4,7 +4,8 @@
 //!   store's deb cache so a second bootstrap downloads no package ([`debian`]);
 //! - `file:PATH.tar[.gz|.zst]`: a rootfs tarball ([`tarball`]);
 //! - an OCI reference `NAME@sha256:…` or `REGISTRY/NAME:TAG`: pulled with `oci-client`,
-//!   layers applied with whiteouts honoured ([`oci`]).
+//!   layers applied with whiteouts honoured ([`oci`]); bare names come from Docker Hub
+//!   (through the `$KILN_REGISTRY` mirror first when one is set).
 //!
 //! A base's id is computed before anything is written, and fetching writes only into the
 //! temporary rootfs the builder hands over (OCI layer blobs are staged in hidden temporary
@@ -26,10 +27,11 @@ mod tools;
 mod unpack;
 
 pub use error::FetchError;
+pub use oci::RegistrySettings;
 pub use source::{parse_base, BaseSource, DEBIAN_VARIANTS};
 
 use kiln_spec::LayerId;
-use kiln_store::BaseConfig;
+use kiln_store::{BaseConfig, BasePin};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +44,25 @@ pub struct ResolvedBase {
     pub id: LayerId,
     /// Human description, e.g. `debian:bookworm (minbase)` or `registry/name@sha256:…`.
     pub description: String,
+    /// For registry images: the digest the reference was pinned to and who said so.
+    pub pin: Option<BasePin>,
+}
+
+impl ResolvedBase {
+    /// `busybox:latest resolved to sha256:… (by 127.0.0.1:5000, the mirror)` when a tag
+    /// was looked up in a registry; `None` for other bases and digest references.
+    pub fn resolution(&self) -> Option<String> {
+        let pin = self.pin.as_ref()?;
+        let registry = pin.registry.as_deref()?;
+        let name = oci::OciRef::parse(&pin.reference)
+            .map(|r| r.familiar())
+            .unwrap_or_else(|_| pin.reference.clone());
+        let mirror = if pin.mirror { ", the mirror" } else { "" };
+        Some(format!(
+            "{name} resolved to {} (by {registry}{mirror})",
+            pin.digest
+        ))
+    }
 }
 
 /// The seam between the builder and base sources; mocks implement it in unit tests.
@@ -78,8 +99,8 @@ pub trait Fetcher: Send + Sync {
 pub struct RealFetcher {
     /// Where downloaded `.deb`s are kept (`Store::deb_cache`).
     pub deb_cache: PathBuf,
-    /// `$KILN_REGISTRY`: registry used for bare Docker Hub names (e.g. `busybox`).
-    pub default_registry: Option<String>,
+    /// How registries are reached: the Docker Hub mirror, plain-HTTP hosts, credentials.
+    pub registries: RegistrySettings,
 }
 
 impl Fetcher for RealFetcher {
@@ -93,6 +114,7 @@ impl Fetcher for RealFetcher {
                     source: source.clone(),
                     id,
                     description,
+                    pin: None,
                 })
             }
             BaseSource::Tar(path) => {
@@ -103,9 +125,10 @@ impl Fetcher for RealFetcher {
                     source: source.clone(),
                     id,
                     description,
+                    pin: None,
                 })
             }
-            BaseSource::Oci(reference) => oci::resolve(reference, self.default_registry.as_deref()),
+            BaseSource::Oci(reference) => oci::resolve(reference, &self.registries),
         }
     }
 
@@ -128,7 +151,7 @@ impl Fetcher for RealFetcher {
                 debian.fetch(&self.deb_cache, rootfs, source_date_epoch, progress)
             }
             BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),
-            BaseSource::Oci(reference) => oci::fetch(reference, rootfs, progress),
+            BaseSource::Oci(reference) => oci::fetch(reference, rootfs, progress, &self.registries),
         };
         match fetched {
             Ok(config) => Ok(config),

@@ -7,68 +7,119 @@
 //! with OCI whiteouts. Layer blobs are staged in hidden temporary files next to the rootfs
 //! (same filesystem, removed when done) so nothing unverified is ever unpacked.
 //!
-//! Docker Hub is not reachable from kiln's machines: Docker Hub names (`busybox`) are served
-//! from `$KILN_REGISTRY`. Loopback registries and those in `$KILN_INSECURE_REGISTRIES` use
-//! plain HTTP; `$KILN_REGISTRY_AUTH=user:password` enables basic authentication.
+//! Docker Hub names (`busybox`, `ocaml/opam:tag`, `docker.io/…`) are pulled from Docker Hub
+//! (`registry-1.docker.io`) with its anonymous bearer-token flow, or with credentials from
+//! `$KILN_REGISTRY_AUTH` or `docker login`'s config.json. `$KILN_REGISTRY` names a mirror
+//! asked first; whatever it cannot serve (not found, denied, unreachable) is asked of
+//! Docker Hub, and the output says which one served. Loopback registries and those in
+//! `$KILN_INSECURE_REGISTRIES` use plain HTTP. See [`RegistrySettings`].
 
+mod credentials;
 mod reference;
 mod registry;
+mod settings;
 
-pub use reference::{OciRef, ReferenceError};
-pub use registry::{AUTH_ENV, INSECURE_ENV};
+pub use reference::{OciRef, ReferenceError, DOCKER_HUB_HOST};
+pub use settings::{
+    RegistrySettings, AUTH_ENV, DOCKER_CONFIG_ENV, DOCKER_HUB_HOST_ENV, INSECURE_ENV, MIRROR_ENV,
+};
 
 use crate::tarball::{Compression, DEFAULT_PATH};
 use crate::unpack::{self, Whiteouts};
 use crate::{BaseSource, FetchError, ResolvedBase};
 use kiln_spec::hash;
-use kiln_store::BaseConfig;
+use kiln_store::{BaseConfig, BasePin};
 use oci_client::manifest::{
     ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, OciManifest,
 };
 use registry::Registry;
+use settings::{Endpoint, Role};
 use std::io::{BufReader, Write};
 use std::path::Path;
 
-/// The environment variable naming the registry that serves Docker Hub names.
-pub const DEFAULT_REGISTRY_ENV: &str = "KILN_REGISTRY";
-
-/// Resolves `text` to a pinned reference and its id.
-pub(crate) fn resolve(
-    text: &str,
-    default_registry: Option<&str>,
-) -> Result<ResolvedBase, FetchError> {
+/// Resolves `text` to a pinned reference and its id. The id hashes the normalised
+/// reference pinned to its digest, so it does not depend on which mirror answered.
+pub(crate) fn resolve(text: &str, settings: &RegistrySettings) -> Result<ResolvedBase, FetchError> {
     let reference = parse(text)?;
-    let host = registry_for(text, &reference, default_registry)?;
-    let digest = match (&reference.digest, &reference.tag) {
-        (Some(digest), _) => digest.clone(),
-        (None, tag) => {
-            let tag = tag.as_deref().unwrap_or("latest");
-            let registry = Registry::new(text, &host)?;
-            let target = registry.by_tag(&reference.repository, tag);
-            let digest = registry::runtime(text)?
-                .block_on(
-                    registry
-                        .client
-                        .fetch_manifest_digest(&target, &registry.auth),
-                )
-                .map_err(|e| {
-                    registry.error(
-                        text,
-                        &format!("resolving {}:{tag}", reference.repository),
-                        e,
-                    )
-                })?;
-            check_digest(text, &host, &digest)?;
-            digest
-        }
+    let pin = match &reference.digest {
+        Some(digest) => BasePin {
+            reference: reference.to_string(),
+            digest: digest.clone(),
+            registry: None,
+            mirror: false,
+        },
+        None => registry::runtime(text)?.block_on(resolve_tag(text, &reference, settings))?,
     };
-    let pinned = reference.pinned(&host, &digest);
+    let pinned = reference.pinned(&pin.digest);
     let id = hash::base_id("oci", &[("ref", &pinned), ("platform", &platform_name())]);
     Ok(ResolvedBase {
         source: BaseSource::Oci(pinned.clone()),
         id,
         description: pinned,
+        pin: Some(pin),
     })
+}
+
+/// Looks the tag up in each registry that may serve it, in order, until one answers.
+async fn resolve_tag(
+    text: &str,
+    reference: &OciRef,
+    settings: &RegistrySettings,
+) -> Result<BasePin, FetchError> {
+    let tag = reference.tag.as_deref().unwrap_or("latest");
+    let what = format!("resolving {}:{tag}", reference.repository);
+    let endpoints = settings.endpoints(text, reference)?;
+    let mut passed = Passed::default();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let registry = Registry::new(text, endpoint, settings)?;
+        let target = registry.by_tag(&reference.repository, tag);
+        match registry
+            .client
+            .fetch_manifest_digest(&target, &registry.auth)
+            .await
+        {
+            Ok(digest) => {
+                check_digest(text, &registry.host, &digest)?;
+                tracing::info!(reference = %reference, %digest, registry = %endpoint.describe(), "resolved");
+                return Ok(BasePin {
+                    reference: reference.to_string(),
+                    digest,
+                    registry: Some(registry.host),
+                    mirror: endpoint.role == Role::Mirror,
+                });
+            }
+            Err(e) if i + 1 < endpoints.len() => {
+                passed.record(endpoint, registry.explain(&what, &e), &endpoints[i + 1])
+            }
+            Err(e) => return Err(passed.annotate(registry.error(text, &what, e))),
+        }
+    }
+    Err(no_registry(text))
+}
+
+/// The registries that could not serve an image before the one that did (or failed last).
+#[derive(Default)]
+struct Passed(Vec<String>);
+
+impl Passed {
+    /// Logs that `endpoint` failed with `why` and `next` is asked instead.
+    fn record(&mut self, endpoint: &Endpoint, why: String, next: &Endpoint) {
+        tracing::info!(registry = %endpoint.describe(), next = %next.describe(), "{why}; asking the next registry");
+        self.0.push(format!("{}: {why}", endpoint.describe()));
+    }
+
+    /// Adds to the last registry's error what the ones before it said.
+    fn annotate(&self, mut error: FetchError) -> FetchError {
+        if let (FetchError::Registry { message, .. }, false) = (&mut error, self.0.is_empty()) {
+            message.push_str(&format!(" (asked before it: {})", self.0.join("; ")));
+        }
+        error
+    }
+}
+
+/// [`RegistrySettings::endpoints`] never returns an empty list; this covers it anyway.
+fn no_registry(text: &str) -> FetchError {
+    FetchError::base(text, "internal error: no registry to ask for this image")
 }
 
 /// Pulls the image `text` (normally pinned by [`resolve`]) into `rootfs`.
@@ -76,43 +127,16 @@ pub(crate) fn fetch(
     text: &str,
     rootfs: &Path,
     progress: &mut dyn Write,
+    settings: &RegistrySettings,
 ) -> Result<BaseConfig, FetchError> {
     let reference = parse(text)?;
-    let Some(host) = reference.registry.clone() else {
-        return Err(FetchError::base(
-            text,
-            "the reference has no registry; resolve it before fetching",
-        ));
-    };
-    let registry = Registry::new(text, &host)?;
     let runtime = registry::runtime(text)?;
-    runtime.block_on(pull(text, &registry, &reference, rootfs, progress))
+    runtime.block_on(pull(text, settings, &reference, rootfs, progress))
 }
 
 fn parse(text: &str) -> Result<OciRef, FetchError> {
     OciRef::parse(text)
         .map_err(|e| FetchError::base(text, format!("not a valid OCI image reference: {e}")))
-}
-
-/// The registry serving `reference`: its own, or `$KILN_REGISTRY` for Docker Hub names.
-fn registry_for(
-    text: &str,
-    reference: &OciRef,
-    default_registry: Option<&str>,
-) -> Result<String, FetchError> {
-    match (&reference.registry, default_registry) {
-        (Some(host), _) => Ok(host.clone()),
-        (None, Some(host)) if !host.is_empty() => Ok(host.to_string()),
-        (None, _) => Err(FetchError::base(
-            text,
-            format!(
-                "this is a Docker Hub image ({}), but Docker Hub is not reachable from kiln; set \
-                 {DEFAULT_REGISTRY_ENV} to a registry that holds it (e.g. {DEFAULT_REGISTRY_ENV}=127.0.0.1:5000) \
-                 or write the registry in the reference (REGISTRY/NAME:TAG)",
-                reference.repository
-            ),
-        )),
-    }
 }
 
 fn check_digest(text: &str, host: &str, digest: &str) -> Result<(), FetchError> {
@@ -134,20 +158,14 @@ fn check_digest(text: &str, host: &str, digest: &str) -> Result<(), FetchError> 
 
 async fn pull(
     text: &str,
-    registry: &Registry,
+    settings: &RegistrySettings,
     reference: &OciRef,
     rootfs: &Path,
     progress: &mut dyn Write,
 ) -> Result<BaseConfig, FetchError> {
-    let target = match (&reference.digest, &reference.tag) {
-        (Some(digest), _) => registry.by_digest(&reference.repository, digest),
-        (None, tag) => registry.by_tag(&reference.repository, tag.as_deref().unwrap_or("latest")),
-    };
-    let (manifest, digest) = registry
-        .client
-        .pull_manifest(&target, &registry.auth)
-        .await
-        .map_err(|e| registry.error(text, "pulling the manifest", e))?;
+    let (registry, target, manifest, digest) =
+        first_manifest(text, settings, reference, progress).await?;
+    let registry = &registry;
     let image = match manifest {
         OciManifest::Image(image) => image,
         OciManifest::ImageIndex(index) => {
@@ -201,6 +219,46 @@ async fn pull(
         .await?;
     }
     Ok(config)
+}
+
+/// The image's manifest from the first registry that serves it, that registry, and the
+/// manifest's reference and digest there. Everything else is pulled from the same registry.
+async fn first_manifest(
+    text: &str,
+    settings: &RegistrySettings,
+    reference: &OciRef,
+    progress: &mut dyn Write,
+) -> Result<(Registry, oci_client::Reference, OciManifest, String), FetchError> {
+    let endpoints = settings.endpoints(text, reference)?;
+    let mut passed = Passed::default();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let registry = Registry::new(text, endpoint, settings)?;
+        let target = match (&reference.digest, &reference.tag) {
+            (Some(digest), _) => registry.by_digest(&reference.repository, digest),
+            (None, tag) => {
+                registry.by_tag(&reference.repository, tag.as_deref().unwrap_or("latest"))
+            }
+        };
+        match registry.client.pull_manifest(&target, &registry.auth).await {
+            Ok((manifest, digest)) => {
+                let _ = writeln!(progress, "pulling {reference} from {}", endpoint.describe());
+                return Ok((registry, target, manifest, digest));
+            }
+            Err(e) if i + 1 < endpoints.len() => {
+                let why = registry.explain("pulling the manifest", &e);
+                let next = &endpoints[i + 1];
+                let _ = writeln!(
+                    progress,
+                    "{}: {why}; trying {}",
+                    endpoint.describe(),
+                    next.describe()
+                );
+                passed.record(endpoint, why, next);
+            }
+            Err(e) => return Err(passed.annotate(registry.error(text, "pulling the manifest", e))),
+        }
+    }
+    Err(no_registry(text))
 }
 
 /// `linux/<arch>[/<variant>]` of this machine in OCI terms.
@@ -420,30 +478,38 @@ async fn apply_layer(
 mod tests {
     use super::*;
 
-    #[test]
-    fn docker_hub_names_need_a_default_registry() {
-        let err = resolve("busybox", None).unwrap_err().to_string();
-        assert!(
-            err.contains("Docker Hub") && err.contains(DEFAULT_REGISTRY_ENV),
-            "{err}"
-        );
+    fn no_network() -> RegistrySettings {
+        // Port 9 (discard) has nothing listening: a network call would fail.
+        RegistrySettings {
+            mirror: Some("127.0.0.1:9".into()),
+            docker_hub: Some("127.0.0.1:9".into()),
+            ..RegistrySettings::default()
+        }
     }
 
     #[test]
     fn digest_pinned_references_resolve_offline() {
         let digest = format!("sha256:{}", "b".repeat(64));
-        // Port 9 (discard) has nothing listening: a network call would fail.
-        let a = resolve(&format!("127.0.0.1:9/app@{digest}"), None).unwrap();
-        let b = resolve(&format!("busybox@{digest}"), Some("127.0.0.1:9")).unwrap();
+        let a = resolve(&format!("127.0.0.1:9/app@{digest}"), &no_network()).unwrap();
+        let b = resolve(&format!("busybox@{digest}"), &no_network()).unwrap();
         assert_eq!(
             a.source,
             BaseSource::Oci(format!("127.0.0.1:9/app@{digest}"))
         );
         assert_eq!(
             b.description,
-            format!("127.0.0.1:9/library/busybox@{digest}")
+            format!("registry-1.docker.io/library/busybox@{digest}")
         );
         assert_ne!(a.id, b.id);
+        let pin = b.pin.unwrap();
+        assert_eq!((pin.digest, pin.registry), (digest.clone(), None));
+        // The same image by any Docker Hub spelling, with or without a mirror: one id.
+        let c = resolve(
+            &format!("docker.io/library/busybox@{digest}"),
+            &RegistrySettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.id, b.id);
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn second_bootstrap_downloads_no_package() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = RealFetcher {
         deb_cache: work.path().join("deb-cache"),
-        default_registry: None,
+        registries: Default::default(),
     };
     let source = parse_base("debian:bookworm", None, work.path()).unwrap();
     let base = fetcher.resolve(&source).unwrap();
@@ -206,7 +206,7 @@ fn bootstrap_options_enter_the_id() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = RealFetcher {
         deb_cache: work.path().join("deb-cache"),
-        default_registry: None,
+        registries: Default::default(),
     };
     let id = |bootstrap: Option<Bootstrap>| {
         fetcher
@@ -301,7 +301,7 @@ fn a_skeleton_edited_after_the_id_was_computed_is_refused() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = RealFetcher {
         deb_cache: work.path().join("deb-cache"),
-        default_registry: None,
+        registries: Default::default(),
     };
     std::fs::create_dir_all(work.path().join("skel/etc")).unwrap();
     std::fs::write(work.path().join("skel/etc/a.conf"), "before").unwrap();
@@ -330,7 +330,7 @@ fn unreachable_mirror_is_a_clear_error_and_leaves_the_root_empty() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = RealFetcher {
         deb_cache: work.path().join("deb-cache"),
-        default_registry: None,
+        registries: Default::default(),
     };
     let bootstrap = Bootstrap {
         mirror: Some("http://127.0.0.1:9/debian".into()),

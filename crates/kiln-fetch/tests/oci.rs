@@ -1,10 +1,16 @@
 //! OCI bases against a real registry (`docker-registry`, Debian package `docker-registry`)
 //! started on a free loopback port, with images pushed by the test through `oci-client`.
+//! Docker Hub is played by such a registry too (`RegistrySettings::docker_hub`), one of
+//! them behind token authentication with the test's own token server: no test ever
+//! leaves loopback.
 
 mod common;
 
+use common::token_server::{TokenServer, ISSUER, SERVICE};
 use common::{gzip, tree, zstd, TarBuilder, ROOT_0644, ROOT_0755};
-use kiln_fetch::{parse_base, BaseSource, FetchError, Fetcher, RealFetcher, ResolvedBase};
+use kiln_fetch::{
+    parse_base, BaseSource, FetchError, Fetcher, RealFetcher, RegistrySettings, ResolvedBase,
+};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageIndex;
 use oci_client::secrets::RegistryAuth;
@@ -23,10 +29,33 @@ struct TestRegistry {
     child: Child,
     dir: tempfile::TempDir,
     host: String,
+    /// Holds the token certificate of a registry with token auth.
+    _bundle_dir: Option<tempfile::TempDir>,
 }
 
 impl TestRegistry {
+    /// A registry anyone may pull from and push to.
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A registry that wants bearer tokens from `tokens` (as Docker Hub does).
+    fn start_with_token_auth(tokens: &TokenServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("token-ca.pem");
+        std::fs::write(&bundle, &tokens.cert_pem).unwrap();
+        let auth = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            bundle.display()
+        );
+        let mut registry = Self::start_with(&auth);
+        registry._bundle_dir = Some(dir);
+        registry
+    }
+
+    /// A registry whose config ends with `extra` (YAML).
+    fn start_with(extra: &str) -> Self {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: apt-get install -y docker-registry"
@@ -38,7 +67,7 @@ impl TestRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -52,12 +81,17 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut registry = TestRegistry { child, dir, host };
+        let mut registry = TestRegistry {
+            child,
+            dir,
+            host,
+            _bundle_dir: None,
+        };
         registry.wait_ready();
         registry
     }
 
-    /// Polls `GET /v2/` until it answers 200, for at most 30 s.
+    /// Polls `GET /v2/` until it answers (200, or 401 when it wants a token), for at most 30 s.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -66,7 +100,7 @@ impl TestRegistry {
                     .unwrap_or_default();
                 panic!("docker-registry exited ({status}):\n{log}");
             }
-            if http_get_status(&self.host, "/v2/") == Some(200) {
+            if matches!(http_get_status(&self.host, "/v2/"), Some(200 | 401)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -157,6 +191,20 @@ fn push(
     workdir: &str,
     arch: &str,
 ) -> String {
+    let auth = RegistryAuth::Anonymous;
+    push_as(registry, &auth, repo_tag, layers, env, workdir, arch)
+}
+
+/// [`push`] with credentials (for a registry behind a token server).
+fn push_as(
+    registry: &TestRegistry,
+    auth: &RegistryAuth,
+    repo_tag: &str,
+    layers: Vec<(Vec<u8>, ImageLayer)>,
+    env: &[&str],
+    workdir: &str,
+    arch: &str,
+) -> String {
     let diff_ids: Vec<String> = layers.iter().map(|(tar, _)| sha256(tar)).collect();
     let config = serde_json::json!({
         "architecture": arch,
@@ -169,9 +217,9 @@ fn push(
     let reference: Reference = format!("{}/{repo_tag}", registry.host).parse().unwrap();
     let client = client();
     let rt = runtime();
-    rt.block_on(client.push(&reference, &blobs, config, &RegistryAuth::Anonymous, None))
+    rt.block_on(client.push(&reference, &blobs, config, auth, None))
         .unwrap();
-    rt.block_on(client.fetch_manifest_digest(&reference, &RegistryAuth::Anonymous))
+    rt.block_on(client.fetch_manifest_digest(&reference, auth))
         .unwrap()
 }
 
@@ -248,11 +296,27 @@ fn upper_layer(version: &[u8]) -> (Vec<u8>, ImageLayer) {
     layer(tar, true)
 }
 
-fn fetcher(default_registry: Option<&str>) -> RealFetcher {
+/// A fetcher with `mirror` in front of Docker Hub, played by `docker_hub` or, when `None`,
+/// by a loopback port nothing listens on (never the real Docker Hub). No config.json is read.
+fn settings(mirror: Option<&str>, docker_hub: Option<&str>) -> RegistrySettings {
+    RegistrySettings {
+        mirror: mirror.map(String::from),
+        docker_hub: Some(
+            docker_hub.map_or_else(|| format!("127.0.0.1:{}", free_port()), String::from),
+        ),
+        ..RegistrySettings::default()
+    }
+}
+
+fn fetcher_with(registries: RegistrySettings) -> RealFetcher {
     RealFetcher {
         deb_cache: std::env::temp_dir().join("kiln-fetch-unused-deb-cache"),
-        default_registry: default_registry.map(String::from),
+        registries,
     }
+}
+
+fn fetcher(mirror: Option<&str>) -> RealFetcher {
+    fetcher_with(settings(mirror, None))
 }
 
 fn resolve(fetcher: &RealFetcher, from: &str) -> Result<ResolvedBase, FetchError> {
@@ -423,38 +487,249 @@ fn layers_whiteouts_indexes_and_tags() {
     );
 }
 
-#[test]
-fn docker_hub_names_come_from_the_default_registry() {
-    let registry = TestRegistry::start();
+/// A one-layer image whose `/name` file says `content`.
+fn named_image(registry: &TestRegistry, repo_tag: &str, content: &str) -> String {
     let (host_arch, _) = arches();
     let tar = TarBuilder::new()
-        .dir("bin", ROOT_0755)
-        .file("bin/busybox", b"\x7fELF", ROOT_0644)
+        .file("name", content.as_bytes(), ROOT_0644)
         .finish();
-    let digest = push(
-        &registry,
-        "library/busybox:latest",
+    push(
+        registry,
+        repo_tag,
         vec![layer(tar, false)],
         &["PATH=/bin"],
         "",
         host_arch,
-    );
+    )
+}
 
-    let err = resolve(&fetcher(None), "busybox").unwrap_err().to_string();
-    assert!(
-        err.contains("Docker Hub is not reachable") && err.contains("KILN_REGISTRY"),
-        "{err}"
-    );
+#[test]
+fn docker_hub_names_ask_the_mirror_first_then_docker_hub() {
+    let mirror = TestRegistry::start();
+    let hub = TestRegistry::start();
+    let mirrored = named_image(&mirror, "library/busybox:latest", "mirror");
+    let upstream = named_image(&hub, "library/busybox:latest", "hub");
+    let only_hub = named_image(&hub, "someone/tool:v1", "tool");
+    let fetcher = fetcher_with(settings(Some(&mirror.host), Some(&hub.host)));
 
-    let fetcher = fetcher(Some(&registry.host));
+    // The mirror has it: it answers, and the pin says so.
     let base = resolve(&fetcher, "busybox").unwrap();
+    assert_ne!(mirrored, upstream);
     assert_eq!(
         base.description,
-        format!("{}/library/busybox@{digest}", registry.host)
+        format!("registry-1.docker.io/library/busybox@{mirrored}")
     );
-    let (tmp, config, _) = fetch(&fetcher, &base);
-    assert_eq!(config.unwrap().workdir, None);
-    assert!(tmp.path().join("rootfs/bin/busybox").is_file());
+    let pin = base.pin.clone().unwrap();
+    assert_eq!(
+        (pin.reference.as_str(), pin.registry.as_deref(), pin.mirror),
+        (
+            "registry-1.docker.io/library/busybox:latest",
+            Some(mirror.host.as_str()),
+            true
+        )
+    );
+    assert_eq!(
+        base.resolution().unwrap(),
+        format!(
+            "busybox:latest resolved to {mirrored} (by {}, the mirror)",
+            mirror.host
+        )
+    );
+    let (tmp, config, log) = fetch(&fetcher, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/name")).unwrap(),
+        b"mirror"
+    );
+    assert!(
+        log.contains(&format!("from {} (mirror", mirror.host)),
+        "{log}"
+    );
+
+    // The mirror lacks it: Docker Hub is asked next, for the tag and for the content.
+    let base = resolve(&fetcher, "docker.io/someone/tool:v1").unwrap();
+    let pin = base.pin.clone().unwrap();
+    assert_eq!(
+        (pin.digest.as_str(), pin.mirror),
+        (only_hub.as_str(), false)
+    );
+    assert_eq!(pin.registry.as_deref(), Some(hub.host.as_str()));
+    let (tmp, config, log) = fetch(&fetcher, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/name")).unwrap(),
+        b"tool"
+    );
+    assert!(
+        log.contains("not found") && log.contains(&format!("from {} (Docker Hub)", hub.host)),
+        "{log}"
+    );
+
+    // The id names the image, not who served it: without the mirror, Docker Hub's copy of
+    // the same digest is the same base.
+    let direct = fetcher_with(settings(None, Some(&hub.host)));
+    assert_eq!(resolve(&direct, "someone/tool:v1").unwrap().id, base.id);
+}
+
+#[test]
+fn docker_hub_down_is_a_clear_error() {
+    let mirror = TestRegistry::start();
+    let down = format!("127.0.0.1:{}", free_port());
+    let err = resolve(&fetcher_with(settings(None, Some(&down))), "busybox").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, FetchError::Registry { .. }), "{text}");
+    assert!(
+        text.contains("base `busybox`")
+            && text.contains(&format!("registry {down}"))
+            && text.contains("library/busybox:latest")
+            && text.contains("cannot connect")
+            && text.contains("set KILN_REGISTRY to a registry mirror"),
+        "{text}"
+    );
+    // With a mirror that lacks the image, the error says what the mirror said too.
+    let fetcher = fetcher_with(settings(Some(&mirror.host), Some(&down)));
+    let text = resolve(&fetcher, "busybox").unwrap_err().to_string();
+    assert!(
+        text.contains(&format!("registry {down}"))
+            && text.contains(&format!("asked before it: {} (mirror", mirror.host))
+            && text.contains("not found"),
+        "{text}"
+    );
+    // A mirror that is down itself is passed over, as Docker does.
+    let hub = TestRegistry::start();
+    let digest = named_image(&hub, "library/busybox:latest", "hub");
+    let fetcher = fetcher_with(settings(Some(&down), Some(&hub.host)));
+    assert_eq!(
+        resolve(&fetcher, "busybox").unwrap().pin.unwrap().digest,
+        digest
+    );
+}
+
+/// Credentials for the token server's users, as `docker login` writes them.
+fn docker_config(dir: &Path, key: &str, user_password: &str) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_password);
+    let json = serde_json::json!({ "auths": { key: { "auth": auth } } });
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+}
+
+#[test]
+fn docker_hub_token_flow_anonymous_and_logged_in() {
+    let tokens = TokenServer::start(&[("pusher", "push-pw"), ("reader", "read-pw")]);
+    let hub = TestRegistry::start_with_token_auth(&tokens);
+    let (host_arch, _) = arches();
+    let pusher = RegistryAuth::Basic("pusher".into(), "push-pw".into());
+    let env = ["PATH=/usr/bin:/bin"];
+    let public = push_as(
+        &hub,
+        &pusher,
+        "library/busybox:latest",
+        vec![lower_layer(), upper_layer(b"two")],
+        &env,
+        "/",
+        host_arch,
+    );
+    let private = push_as(
+        &hub,
+        &pusher,
+        "private/tool:v1",
+        vec![lower_layer(), upper_layer(b"secret")],
+        &env,
+        "/",
+        host_arch,
+    );
+
+    // Anonymous: the registry refuses, kiln gets an anonymous token from its realm and pulls.
+    let anonymous = fetcher_with(settings(None, Some(&hub.host)));
+    let base = resolve(&anonymous, "busybox").unwrap();
+    assert_eq!(base.pin.as_ref().unwrap().digest, public);
+    let (tmp, config, log) = fetch(&anonymous, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
+        b"two"
+    );
+    assert!(log.contains("layer 2/2"), "{log}");
+    let asked: Vec<_> = tokens
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.is_none())
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.scope == "repository:library/busybox:pull" && r.status == 200),
+        "{asked:?}"
+    );
+
+    // A private image needs a login.
+    let text = resolve(&anonymous, "private/tool:v1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("access denied")
+            && text.contains("docker login")
+            && text.contains("KILN_REGISTRY_AUTH"),
+        "{text}"
+    );
+
+    // `docker login`'s config.json, found through DOCKER_CONFIG's directory.
+    let config_dir = tempfile::tempdir().unwrap();
+    docker_config(
+        config_dir.path(),
+        "https://index.docker.io/v1/",
+        "reader:read-pw",
+    );
+    let logged_in = fetcher_with(RegistrySettings {
+        docker_config_dir: Some(config_dir.path().to_path_buf()),
+        ..settings(None, Some(&hub.host))
+    });
+    let base = resolve(&logged_in, "private/tool:v1").unwrap();
+    assert_eq!(base.pin.as_ref().unwrap().digest, private);
+    let (tmp, config, _) = fetch(&logged_in, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
+        b"secret"
+    );
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.user.as_deref() == Some("reader")
+                && r.scope == "repository:private/tool:pull"
+                && r.status == 200),
+        "{:?}",
+        tokens.requests()
+    );
+
+    // KILN_REGISTRY_AUTH wins over config.json; wrong credentials are refused.
+    let wrong = fetcher_with(RegistrySettings {
+        auth: Some("reader:wrong".into()),
+        docker_config_dir: Some(config_dir.path().to_path_buf()),
+        ..settings(None, Some(&hub.host))
+    });
+    let text = resolve(&wrong, "private/tool:v1").unwrap_err().to_string();
+    assert!(
+        text.contains("access denied") && text.contains("credentials from KILN_REGISTRY_AUTH"),
+        "{text}"
+    );
+    assert!(tokens
+        .requests()
+        .iter()
+        .any(|r| r.user.as_deref() == Some("reader") && r.status == 401));
+    let right = fetcher_with(RegistrySettings {
+        auth: Some("reader:read-pw".into()),
+        ..settings(None, Some(&hub.host))
+    });
+    assert_eq!(
+        resolve(&right, "private/tool:v1")
+            .unwrap()
+            .pin
+            .unwrap()
+            .digest,
+        private
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use tar::EntryType;
 fn fetcher(dir: &Path) -> RealFetcher {
     RealFetcher {
         deb_cache: dir.join("debs"),
-        default_registry: None,
+        registries: Default::default(),
     }
 }
 

@@ -10,8 +10,8 @@ use crate::layout::{is_safe_name, unique_suffix, Layout};
 use crate::lock::{self, HeldDirs, Mode, Wait};
 use crate::recover::Recovery;
 use crate::{
-    cache, layout, BaseConfig, CacheLease, LayerId, LayerInfo, StepLock, Store, StoreError,
-    TmpLayer,
+    cache, layout, BaseConfig, BasePin, CacheLease, LayerId, LayerInfo, StepLock, Store,
+    StoreError, TmpLayer,
 };
 
 /// How hard a commit works to survive a power loss (process crashes are always survived).
@@ -174,7 +174,17 @@ impl Store for FsStore {
         description: &str,
         config: Option<BaseConfig>,
     ) -> Result<LayerInfo, StoreError> {
-        self.commit_layer(tmp, description, config)
+        self.commit_layer(tmp, description, config, None)
+    }
+
+    fn commit_base(
+        &self,
+        tmp: TmpLayer,
+        description: &str,
+        config: BaseConfig,
+        pin: Option<BasePin>,
+    ) -> Result<LayerInfo, StoreError> {
+        self.commit_layer(tmp, description, Some(config), pin)
     }
 
     fn abort(&self, tmp: TmpLayer) -> Result<(), StoreError> {

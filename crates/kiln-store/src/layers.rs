@@ -9,7 +9,7 @@ use crate::fsutil::{
     self, fsync_dir, measure_tree, remove_tree, rename_noreplace, write_synced, Flush,
 };
 use crate::layout::{short_target, unique_suffix, unix_now};
-use crate::{BaseConfig, FsStore, LayerId, LayerInfo, LayerMeta, StoreError, TmpLayer};
+use crate::{BaseConfig, BasePin, FsStore, LayerId, LayerInfo, LayerMeta, StoreError, TmpLayer};
 
 /// A chain longer than this must contain a cycle (a corrupted meta.json).
 const MAX_CHAIN: usize = 100_000;
@@ -19,7 +19,8 @@ pub(crate) enum OnDisk {
     Missing,
     /// Present but unusable; the message says why.
     Invalid(String),
-    Valid(LayerMeta),
+    /// Boxed: a meta (with its config and pin) is much larger than the other variants.
+    Valid(Box<LayerMeta>),
 }
 
 impl FsStore {
@@ -77,6 +78,7 @@ impl FsStore {
         tmp: TmpLayer,
         description: &str,
         config: Option<BaseConfig>,
+        pin: Option<BasePin>,
     ) -> Result<LayerInfo, StoreError> {
         self.check_tmp(&tmp)?;
         let rootfs = tmp.dir.join("rootfs");
@@ -101,6 +103,7 @@ impl FsStore {
             created: now,
             description: description.to_string(),
             config,
+            pin,
         };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| StoreError::Other(format!("encoding meta.json: {e}")))?;
@@ -173,7 +176,7 @@ impl FsStore {
         if !self.layout.layer_dir(id).join("rootfs").is_dir() {
             return Ok(OnDisk::Invalid("rootfs/ is missing".into()));
         }
-        Ok(OnDisk::Valid(meta))
+        Ok(OnDisk::Valid(Box::new(meta)))
     }
 
     /// Indexes a committed layer found on disk (its last use is taken to be its creation).

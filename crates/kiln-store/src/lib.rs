@@ -54,6 +54,27 @@ pub struct LayerMeta {
     pub description: String,
     /// The image config a base brings (env, workdir, user); `None` for steps.
     pub config: Option<BaseConfig>,
+    /// For registry images: the reference and the manifest digest it was pinned to.
+    /// Absent in layers committed before kiln recorded it (and for other layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<BasePin>,
+}
+
+/// The exact image a registry base was built from, recorded so a tag that later moves
+/// still says what this layer holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BasePin {
+    /// The normalised reference as written, e.g. `registry-1.docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// The manifest digest it resolved to (`sha256:…`).
+    pub digest: String,
+    /// The registry host that answered the tag lookup (a mirror or the image's own
+    /// registry); `None` when the reference carried its digest and nothing was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// True when `registry` is the mirror (`$KILN_REGISTRY`) rather than the upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror: bool,
 }
 
 /// The runtime defaults a base image carries.
@@ -149,6 +170,15 @@ pub trait Store: Send + Sync {
         tmp: TmpLayer,
         description: &str,
         config: Option<BaseConfig>,
+    ) -> Result<LayerInfo, StoreError>;
+
+    /// [`Store::commit`] for a base layer, also recording which image it was pinned to.
+    fn commit_base(
+        &self,
+        tmp: TmpLayer,
+        description: &str,
+        config: BaseConfig,
+        pin: Option<BasePin>,
     ) -> Result<LayerInfo, StoreError>;
 
     /// Deletes the temp dir of a failed or cancelled step.

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{commit_files, commit_simple, id, names};
-use kiln_store::{BaseConfig, FsStore, Store, StoreError};
+use kiln_store::{BaseConfig, BasePin, FsStore, Store, StoreError};
 
 fn store() -> (tempfile::TempDir, FsStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -450,4 +450,51 @@ fn concurrent_builders_of_the_same_steps_commit_each_once() {
     let store = FsStore::open(&root).unwrap();
     assert_eq!(store.list().unwrap().len(), ids.len());
     assert_eq!(store.chain_depth(&ids[7]).unwrap(), 8);
+}
+
+#[test]
+fn base_pins_are_recorded_and_old_meta_without_them_still_reads() {
+    let (dir, store) = store();
+    let base = id(3, 0);
+    let pin = BasePin {
+        reference: "registry-1.docker.io/library/busybox:latest".into(),
+        digest: format!("sha256:{}", "e".repeat(64)),
+        registry: Some("127.0.0.1:5000".into()),
+        mirror: true,
+    };
+    let _lock = store.lock_step(&base).unwrap();
+    let tmp = store.begin(&base, None, true).unwrap();
+    let info = store
+        .commit_base(tmp, "busybox", BaseConfig::default(), Some(pin.clone()))
+        .unwrap();
+    assert_eq!(info.meta.pin.as_ref(), Some(&pin));
+    assert_eq!(store.get(&base).unwrap().unwrap().meta.pin, Some(pin));
+    let path = store
+        .root()
+        .join("result")
+        .join(base.as_str())
+        .join("meta.json");
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("\"pin\"") && text.contains("\"mirror\": true"),
+        "{text}"
+    );
+
+    // A layer written before pins existed: its meta.json has no `pin`; a reopened store
+    // indexes it (as an orphan directory) and reads it with no pin.
+    let old = id(3, 1);
+    let old_dir = store.root().join("result").join(old.as_str());
+    fs::create_dir_all(old_dir.join("rootfs")).unwrap();
+    fs::write(old_dir.join("log"), b"").unwrap();
+    let old_meta = format!(
+        r#"{{"id":"{}","parent":null,"flat":true,"created":1,"description":"old","config":null}}"#,
+        old.as_str()
+    );
+    fs::write(old_dir.join("meta.json"), old_meta).unwrap();
+    drop(_lock);
+    drop(store);
+    let store = FsStore::open(&dir.path().join("store")).unwrap();
+    let got = store.get(&old).unwrap().expect("old layer indexed");
+    assert_eq!((got.meta.description.as_str(), got.meta.pin), ("old", None));
+    assert!(store.get(&base).unwrap().unwrap().meta.pin.is_some());
 }

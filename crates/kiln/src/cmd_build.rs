@@ -125,9 +125,7 @@ pub fn build_all(
 ) -> anyhow::Result<(LayerId, BTreeMap<String, LayerId>)> {
     let fetcher = RealFetcher {
         deb_cache: store.deb_cache(),
-        default_registry: std::env::var("KILN_REGISTRY")
-            .ok()
-            .filter(|r| !r.is_empty()),
+        registries: kiln_fetch::RegistrySettings::from_env(),
     };
     // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
     let sandbox = NamespaceSandbox::new().with_cancel_flag(options.cancelled.clone());

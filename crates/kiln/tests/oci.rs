@@ -1,5 +1,6 @@
 //! The OBuilder-style busybox example on an OCI image pulled from a real registry
-//! (Debian's docker-registry, started on loopback by the test).
+//! (Debian's docker-registry, started on loopback by the test). Docker Hub is played by
+//! another such registry (`KILN_DOCKERHUB_HOST`), or by nothing at all: never the real one.
 
 mod common;
 
@@ -67,6 +68,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The manifest digest a registry serves for `image` (`HOST/REPO:TAG`), as skopeo sees it.
+fn registry_digest(image: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["Digest"].as_str().unwrap().to_string()
+}
+
+/// The pins recorded in the store's layers (`kiln ls --json`).
+fn pins(store: &Path, dir: &Path) -> Vec<serde_json::Value> {
+    let listed = kiln(store, dir, &["ls", "--json"]).ok();
+    let layers: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    layers
+        .iter()
+        .filter_map(|l| l["meta"].get("pin").cloned())
+        .collect()
 }
 
 /// Writes an OCI image layout with the busybox rootfs as layer 1 and a layer 2 that
@@ -147,12 +174,12 @@ fn push(layout: &Path, dest: &str) {
 fn obuilder_busybox_example_builds_from_a_registry() {
     let dir = test_dir("oci");
     let registry = Registry::start(&dir);
-    push(
-        &oci_layout(&dir),
-        &format!("{}/library/busybox:latest", registry.addr),
-    );
+    let image = format!("{}/library/busybox:latest", registry.addr);
+    push(&oci_layout(&dir), &image);
+    let digest = registry_digest(&image);
     let store = dir.join("store");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/busybox");
+    // KILN_REGISTRY is a mirror in front of Docker Hub (here: nothing, see NO_DOCKER_HUB).
     let run = Command::new(KILN)
         .args([
             "--store",
@@ -164,6 +191,7 @@ fn obuilder_busybox_example_builds_from_a_registry() {
         ])
         .current_dir(&example)
         .env("KILN_REGISTRY", &registry.addr)
+        .env(NO_DOCKER_HUB.0, NO_DOCKER_HUB.1)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -173,6 +201,28 @@ fn obuilder_busybox_example_builds_from_a_registry() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("hello world"), "{stdout}");
+    // The tag is pinned: printed, and recorded in the base layer's metadata.
+    assert!(
+        stdout.contains(&format!(
+            "(from busybox)\n---> busybox:latest resolved to {digest} (by {}, the mirror)\n",
+            registry.addr
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("from {} (mirror", registry.addr)),
+        "{stdout}"
+    );
+    let pins = pins(&store, &dir);
+    assert_eq!(
+        pins,
+        [serde_json::json!({
+            "reference": "registry-1.docker.io/library/busybox:latest",
+            "digest": digest,
+            "registry": registry.addr,
+            "mirror": true,
+        })]
+    );
     let id = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Got: \"").and_then(|r| r.strip_suffix('"')))
@@ -232,4 +282,90 @@ fn a_missing_image_or_registry_is_a_clear_error() {
         kiln(&store, &dir, &["ls", "--json"]).ok().stdout.trim(),
         "[]"
     );
+}
+
+#[test]
+fn docker_hub_after_the_mirror_and_a_clear_error_when_it_is_down() {
+    let dir = test_dir("oci-hub");
+    fs::create_dir_all(dir.join("mirror")).unwrap();
+    fs::create_dir_all(dir.join("hub")).unwrap();
+    let mirror = Registry::start(&dir.join("mirror"));
+    let hub = Registry::start(&dir.join("hub"));
+    let image = format!("{}/library/busybox:latest", hub.addr);
+    push(&oci_layout(&dir), &image);
+    let digest = registry_digest(&image);
+    let store = dir.join("store");
+    let spec = format!(
+        "((from docker.io/busybox)\n (run (shell \"echo {}\")))\n",
+        nonce()
+    );
+    fs::write(dir.join("build.spec"), &spec).unwrap();
+    let args = ["build", "-f", "build.spec", "."];
+
+    // The mirror lacks the image: Docker Hub serves it, and the output says so.
+    let env = [
+        ("KILN_REGISTRY", mirror.addr.as_str()),
+        ("KILN_DOCKERHUB_HOST", hub.addr.as_str()),
+    ];
+    let run = kiln_env(&store, &dir, &args, &env).ok();
+    assert!(
+        run.stdout.contains(&format!(
+            "---> busybox:latest resolved to {digest} (by {})\n",
+            hub.addr
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("not found")
+            && run.stdout.contains(&format!(
+                "pulling registry-1.docker.io/library/busybox@{digest} from {} (Docker Hub)",
+                hub.addr
+            )),
+        "{}",
+        run.stdout
+    );
+    let pins = pins(&store, &dir);
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(
+        (
+            &pins[0]["digest"],
+            &pins[0]["registry"],
+            pins[0].get("mirror")
+        ),
+        (
+            &serde_json::json!(digest),
+            &serde_json::json!(hub.addr),
+            None
+        )
+    );
+
+    // Docker Hub down and no mirror: exit 1, naming the host, the image and KILN_REGISTRY.
+    drop(hub);
+    let down = format!("127.0.0.1:{}", free_port());
+    let run = kiln_env(
+        &store,
+        &dir,
+        &args,
+        &[("KILN_DOCKERHUB_HOST", down.as_str())],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("registry {down}"))
+            && run.stderr.contains("docker.io/busybox")
+            && run.stderr.contains("library/busybox:latest")
+            && run
+                .stderr
+                .contains("set KILN_REGISTRY to a registry mirror"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,19 +1,23 @@
 //! OCI image references: `NAME[:TAG]`, `REGISTRY[:PORT]/NAME[:TAG]`, `…@sha256:HEX`.
 //!
 //! A first path component containing `.` or `:`, or equal to `localhost`, is a registry;
-//! otherwise the reference is a Docker Hub name (`busybox` is `library/busybox`). Docker Hub
-//! itself is never contacted: its names are served from `$KILN_REGISTRY`.
+//! otherwise the reference is a Docker Hub name. Docker Hub names are normalised as Docker
+//! does: `busybox` is `registry-1.docker.io/library/busybox:latest`, and the `docker.io/`
+//! and `index.docker.io/` spellings name the same images.
 
 use std::fmt;
 
-/// Docker Hub host names, all treated as "a Docker Hub name".
-const DOCKER_HUB_HOSTS: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io"];
+/// The host Docker Hub's registry API is served from; Docker Hub names normalise to it.
+pub const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
 
-/// A parsed reference.
+/// Docker Hub host names, all treated as "a Docker Hub name".
+const DOCKER_HUB_HOSTS: &[&str] = &["docker.io", "index.docker.io", DOCKER_HUB_HOST];
+
+/// A parsed, normalised reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciRef {
-    /// `host[:port]`; `None` for Docker Hub names.
-    pub registry: Option<String>,
+    /// `host[:port]`; [`DOCKER_HUB_HOST`] for Docker Hub names.
+    pub registry: String,
     /// Repository path, e.g. `library/busybox`.
     pub repository: String,
     /// The tag; `latest` when neither tag nor digest was written.
@@ -80,16 +84,48 @@ impl OciRef {
             (None, Some(_)) => None,
         };
         Ok(OciRef {
-            registry: if docker_hub { None } else { registry },
+            registry: match registry {
+                Some(host) if !docker_hub => host,
+                _ => DOCKER_HUB_HOST.to_string(),
+            },
             repository,
             tag,
             digest,
         })
     }
 
-    /// `REGISTRY/REPOSITORY@DIGEST` for the given registry (the digest must be known).
-    pub fn pinned(&self, registry: &str, digest: &str) -> String {
-        format!("{registry}/{}@{digest}", self.repository)
+    /// True for Docker Hub images (served by a mirror when one is set, then by Docker Hub).
+    pub fn is_docker_hub(&self) -> bool {
+        self.registry == DOCKER_HUB_HOST
+    }
+
+    /// `REGISTRY/REPOSITORY@DIGEST`: this image pinned to `digest`.
+    pub fn pinned(&self, digest: &str) -> String {
+        format!("{}/{}@{digest}", self.registry, self.repository)
+    }
+
+    /// The short name Docker prints: `busybox:latest` for Docker Hub's official images,
+    /// `someone/tool:v1` for its others, the full reference for other registries.
+    pub fn familiar(&self) -> String {
+        let full = self.to_string();
+        match full.strip_prefix(&format!("{DOCKER_HUB_HOST}/")) {
+            Some(hub) => hub.strip_prefix("library/").unwrap_or(hub).to_string(),
+            None => full,
+        }
+    }
+}
+
+impl fmt::Display for OciRef {
+    /// The normalised reference: `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
     }
 }
 
@@ -145,7 +181,7 @@ fn is_registry(first: &str) -> bool {
 }
 
 /// `host[:port]` where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
-fn check_registry(registry: &str) -> Result<(), ReferenceError> {
+pub(crate) fn check_registry(registry: &str) -> Result<(), ReferenceError> {
     let bad = || {
         invalid(format!(
             "`{registry}` is not a valid registry host (HOST or HOST:PORT)"
@@ -228,40 +264,96 @@ mod tests {
         OciRef::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
+    fn normalised(text: &str) -> String {
+        ok(text).to_string()
+    }
+
     #[test]
-    fn docker_hub_names_get_library() {
-        let r = ok("busybox");
-        assert_eq!(
-            (r.registry, r.repository.as_str(), r.tag.as_deref()),
-            (None, "library/busybox", Some("latest"))
-        );
-        let r = ok("docker.io/busybox:1.36");
-        assert_eq!(
-            (r.registry, r.repository.as_str(), r.tag.as_deref()),
-            (None, "library/busybox", Some("1.36"))
-        );
+    fn docker_hub_names_normalise_to_registry_1() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for (text, want) in [
+            (
+                "busybox",
+                "registry-1.docker.io/library/busybox:latest".to_string(),
+            ),
+            (
+                "busybox:1.36",
+                "registry-1.docker.io/library/busybox:1.36".into(),
+            ),
+            (
+                "docker.io/busybox",
+                "registry-1.docker.io/library/busybox:latest".into(),
+            ),
+            ("docker.io/x/y", "registry-1.docker.io/x/y:latest".into()),
+            (
+                "index.docker.io/x/y:v2",
+                "registry-1.docker.io/x/y:v2".into(),
+            ),
+            (
+                &format!("index.docker.io/x/y@{digest}"),
+                format!("registry-1.docker.io/x/y@{digest}"),
+            ),
+            (
+                "registry-1.docker.io/library/busybox",
+                "registry-1.docker.io/library/busybox:latest".into(),
+            ),
+            (
+                "ocaml/opam:debian-12-ocaml-5.2",
+                "registry-1.docker.io/ocaml/opam:debian-12-ocaml-5.2".into(),
+            ),
+            (
+                &format!("busybox@{digest}"),
+                format!("registry-1.docker.io/library/busybox@{digest}"),
+            ),
+        ] {
+            assert_eq!(normalised(text), want, "{text}");
+            assert!(ok(text).is_docker_hub(), "{text}");
+        }
         let r = ok("someone/tool:v1");
-        assert_eq!((r.registry, r.repository.as_str()), (None, "someone/tool"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            (DOCKER_HUB_HOST, "someone/tool")
+        );
+        assert_eq!(r.familiar(), "someone/tool:v1");
+        assert_eq!(ok("docker.io/library/busybox").familiar(), "busybox:latest");
+        assert_eq!(
+            ok("busybox").pinned(&digest),
+            format!("registry-1.docker.io/library/busybox@{digest}")
+        );
+        // A pinned reference reads back as the same image.
+        assert_eq!(
+            ok(&ok("busybox").pinned(&digest)),
+            ok(&format!("busybox@{digest}"))
+        );
+    }
+
+    #[test]
+    fn other_registries_are_kept() {
+        for (text, want) in [
+            ("localhost:5000/x", "localhost:5000/x:latest"),
+            ("ghcr.io/a/b:tag", "ghcr.io/a/b:tag"),
+            ("quay.io/x", "quay.io/x:latest"),
+        ] {
+            assert_eq!(normalised(text), want, "{text}");
+            assert!(!ok(text).is_docker_hub(), "{text}");
+            assert_eq!(ok(text).familiar(), want);
+        }
     }
 
     #[test]
     fn registries_with_ports() {
         let r = ok("127.0.0.1:5000/kiln/test:v1");
         assert_eq!(
-            (
-                r.registry.as_deref(),
-                r.repository.as_str(),
-                r.tag.as_deref()
-            ),
-            (Some("127.0.0.1:5000"), "kiln/test", Some("v1"))
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "kiln/test", Some("v1"))
         );
         let r = ok("localhost/app");
         assert_eq!(
-            (r.registry.as_deref(), r.tag.as_deref()),
-            (Some("localhost"), Some("latest"))
+            (r.registry.as_str(), r.tag.as_deref()),
+            ("localhost", Some("latest"))
         );
         let r = ok("[::1]:5000/app:x");
-        assert_eq!(r.registry.as_deref(), Some("[::1]:5000"));
+        assert_eq!(r.registry, "[::1]:5000");
         let digest = format!("sha256:{}", "a".repeat(64));
         let r = ok(&format!("reg.example:443/a/b@{digest}"));
         assert_eq!((r.tag, r.digest.as_deref()), (None, Some(digest.as_str())));

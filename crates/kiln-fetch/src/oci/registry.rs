@@ -1,5 +1,7 @@
 //! Talking to one registry with `oci-client`: protocol choice, credentials, error wording.
 
+use super::credentials;
+use super::settings::{Endpoint, RegistrySettings, Role, INSECURE_ENV, MIRROR_ENV};
 use crate::FetchError;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -8,24 +10,27 @@ use oci_client::{Client, Reference};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-/// Comma-separated registries (`host` or `host:port`) reached over plain HTTP.
-pub const INSECURE_ENV: &str = "KILN_INSECURE_REGISTRIES";
-/// `user:password` for HTTP basic authentication to registries.
-pub const AUTH_ENV: &str = "KILN_REGISTRY_AUTH";
-
 /// A client bound to one registry host.
 pub(crate) struct Registry {
     /// `host[:port]`.
     pub host: String,
+    /// Why this registry is asked (mirror, Docker Hub, the reference's own).
+    pub endpoint: Endpoint,
     pub client: Client,
     pub auth: RegistryAuth,
+    /// Where `auth` came from (`anonymous`, `KILN_REGISTRY_AUTH`, a config.json path).
+    credentials: String,
 }
 
 impl Registry {
-    /// A client for `host`, reading `$KILN_INSECURE_REGISTRIES` and `$KILN_REGISTRY_AUTH`.
-    pub fn new(base: &str, host: &str) -> Result<Self, FetchError> {
-        let insecure = std::env::var(INSECURE_ENV).unwrap_or_default();
-        let protocol = if plain_http(host, &insecure) {
+    /// A client for `endpoint`, with the protocol and credentials `settings` give it.
+    pub fn new(
+        base: &str,
+        endpoint: &Endpoint,
+        settings: &RegistrySettings,
+    ) -> Result<Self, FetchError> {
+        let host = endpoint.host.as_str();
+        let protocol = if plain_http(host, &settings.insecure) {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
@@ -37,10 +42,14 @@ impl Registry {
             read_timeout: Some(Duration::from_secs(120)),
             ..ClientConfig::default()
         };
+        let credentials = credentials::for_endpoint(base, endpoint, settings)?;
+        tracing::debug!(registry = host, credentials = %credentials.origin, "registry client");
         Ok(Registry {
             host: host.to_string(),
+            endpoint: endpoint.clone(),
             client: Client::new(config),
-            auth: auth_from_env(base, host)?,
+            auth: credentials.auth,
+            credentials: credentials.origin,
         })
     }
 
@@ -63,9 +72,52 @@ impl Registry {
         FetchError::Registry {
             base: base.to_string(),
             registry: self.host.clone(),
-            message: format!("{what}: {}", explain(&e)),
+            message: self.explain(what, &e),
         }
     }
+
+    /// `what: why` and how to fix it: for Docker Hub that cannot be reached, use a mirror;
+    /// when access is denied, log in or check the credentials that were refused.
+    pub fn explain(&self, what: &str, e: &OciDistributionError) -> String {
+        let unreachable = if self.endpoint.role == Role::DockerHub {
+            format!(
+                "Docker Hub ({}) cannot be reached from this machine: set {MIRROR_ENV} to a registry \
+                 mirror that holds the image (e.g. {MIRROR_ENV}=127.0.0.1:5000)",
+                self.host
+            )
+        } else {
+            format!(
+                "check that the registry is running and reachable (plain HTTP is used for loopback \
+                 addresses and the hosts in {INSECURE_ENV}, HTTPS for the others)"
+            )
+        };
+        let denied = if self.credentials == "anonymous" {
+            LOG_IN.to_string()
+        } else {
+            format!(
+                "the credentials from {} were refused or do not grant it; check them (or `docker login` again)",
+                self.credentials
+            )
+        };
+        format!(
+            "{what}: {}",
+            explain(
+                e,
+                &Hints {
+                    unreachable,
+                    denied
+                }
+            )
+        )
+    }
+}
+
+/// The fixes to suggest, which depend on the registry and the credentials used.
+struct Hints {
+    /// When no connection could be made.
+    unreachable: String,
+    /// When the registry refused access.
+    denied: String,
 }
 
 /// A current-thread runtime for one blocking call into `oci-client`.
@@ -77,7 +129,7 @@ pub(crate) fn runtime(base: &str) -> Result<tokio::runtime::Runtime, FetchError>
 }
 
 /// Loopback registries and those listed in `insecure` speak plain HTTP; others HTTPS.
-fn plain_http(host_port: &str, insecure: &str) -> bool {
+fn plain_http(host_port: &str, insecure: &[String]) -> bool {
     let host = if host_port.starts_with('[') {
         host_port.split_inclusive(']').next().unwrap_or(host_port)
     } else {
@@ -88,62 +140,72 @@ fn plain_http(host_port: &str, insecure: &str) -> bool {
         || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback());
     loopback
         || insecure
-            .split(',')
-            .map(str::trim)
+            .iter()
             .any(|entry| !entry.is_empty() && (entry == host_port || entry == host))
 }
 
-fn auth_from_env(base: &str, host: &str) -> Result<RegistryAuth, FetchError> {
-    match std::env::var(AUTH_ENV) {
-        Ok(value) if !value.is_empty() => match value.split_once(':') {
-            Some((user, password)) if !user.is_empty() => {
-                Ok(RegistryAuth::Basic(user.to_string(), password.to_string()))
-            }
-            _ => Err(FetchError::Registry {
-                base: base.to_string(),
-                registry: host.to_string(),
-                message: format!("{AUTH_ENV} must be `user:password`"),
-            }),
-        },
-        _ => Ok(RegistryAuth::Anonymous),
-    }
-}
+/// How to give kiln credentials.
+const LOG_IN: &str =
+    "log in with `docker login` (kiln reads the `auths` of $DOCKER_CONFIG/config.json, \
+    default ~/.docker/config.json) or set KILN_REGISTRY_AUTH=user:password";
 
 /// A user-facing explanation of an `oci-client` error, with the fix when there is one.
-fn explain(e: &OciDistributionError) -> String {
+fn explain(e: &OciDistributionError, hints: &Hints) -> String {
+    let Hints {
+        unreachable,
+        denied,
+    } = hints;
     match e {
-        OciDistributionError::RequestError(re) if re.is_connect() => format!(
-            "cannot connect ({}); check that the registry is running and reachable (plain HTTP is used for \
-             loopback addresses and the hosts in {INSECURE_ENV}, HTTPS for the others)",
-            chain(re)
-        ),
-        OciDistributionError::RequestError(re) if re.is_timeout() => format!("the registry did not answer in time ({})", chain(re)),
+        OciDistributionError::RequestError(re) if re.is_connect() => {
+            format!("cannot connect ({}); {unreachable}", chain(re))
+        }
+        OciDistributionError::RequestError(re) if re.is_timeout() => {
+            format!(
+                "the registry did not answer in time ({}); {unreachable}",
+                chain(re)
+            )
+        }
         OciDistributionError::RequestError(re) => format!("request failed: {}", chain(re)),
         OciDistributionError::RegistryError { envelope, .. } => {
-            let said: Vec<String> = envelope.errors.iter().map(|err| err.message.clone()).collect();
+            let said: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|err| err.message.clone())
+                .collect();
             let said = said.join("; ");
             let not_found = envelope.errors.iter().any(|err| {
                 matches!(
                     err.code,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound | OciErrorCode::BlobUnknown
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
                 )
             });
-            let denied = envelope.errors.iter().any(|err| matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+            let denied = envelope
+                .errors
+                .iter()
+                .any(|err| matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
             if not_found {
                 format!("not found (registry said: {said}); check the image name and tag")
             } else if denied {
-                format!("access denied (registry said: {said}); set {AUTH_ENV}=user:password")
+                format!("access denied (registry said: {said}); {denied}")
             } else {
                 format!("the registry refused the request: {said}")
             }
         }
-        OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
+        OciDistributionError::ServerError { code: 404, .. }
+        | OciDistributionError::ImageManifestNotFoundError(_) => {
             "not found; check the image name and tag".to_string()
         }
-        OciDistributionError::ServerError { code: 401 | 403, .. }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        }
         | OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => format!("access denied; set {AUTH_ENV}=user:password"),
-        OciDistributionError::ServerError { code, message, .. } => format!("the registry answered HTTP {code}: {}", message.trim()),
+        | OciDistributionError::AuthenticationFailure(_) => format!("access denied; {denied}"),
+        OciDistributionError::ServerError { code, message, .. } => {
+            format!("the registry answered HTTP {code}: {}", message.trim())
+        }
         OciDistributionError::DigestError(d) => {
             format!("the downloaded content does not match its digest ({d}); the registry or the network corrupted it")
         }
@@ -172,14 +234,18 @@ mod tests {
 
     #[test]
     fn plain_http_only_for_loopback_and_listed_hosts() {
-        assert!(plain_http("127.0.0.1:5000", ""));
-        assert!(plain_http("127.1.2.3", ""));
-        assert!(plain_http("localhost:5000", ""));
-        assert!(plain_http("[::1]:5000", ""));
-        assert!(!plain_http("registry.example:5000", ""));
-        assert!(!plain_http("10.0.0.1:5000", ""));
-        assert!(plain_http("10.0.0.1:5000", "foo, 10.0.0.1:5000"));
-        assert!(plain_http("reg.lan:5000", "reg.lan"));
-        assert!(!plain_http("reg.lan:5000", "other.lan:5000,"));
+        let list = |l: &[&str]| -> Vec<String> { l.iter().map(|s| s.to_string()).collect() };
+        assert!(plain_http("127.0.0.1:5000", &[]));
+        assert!(plain_http("127.1.2.3", &[]));
+        assert!(plain_http("localhost:5000", &[]));
+        assert!(plain_http("[::1]:5000", &[]));
+        assert!(!plain_http("registry.example:5000", &[]));
+        assert!(!plain_http("10.0.0.1:5000", &[]));
+        assert!(plain_http(
+            "10.0.0.1:5000",
+            &list(&["foo", "10.0.0.1:5000"])
+        ));
+        assert!(plain_http("reg.lan:5000", &list(&["reg.lan"])));
+        assert!(!plain_http("reg.lan:5000", &list(&["other.lan:5000"])));
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod token_server;
+
 use std::io::Write;
 use tar::{EntryType, Header};
 

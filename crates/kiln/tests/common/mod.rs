@@ -105,13 +105,24 @@ impl Run {
     }
 }
 
+/// Stands in for Docker Hub in every test: a loopback port nothing listens on (the
+/// discard port), so a Docker Hub name never sends a test's traffic off this machine.
+pub const NO_DOCKER_HUB: (&str, &str) = ("KILN_DOCKERHUB_HOST", "127.0.0.1:9");
+
 /// Runs `kiln --store STORE ARGS…` in `cwd`.
 pub fn kiln(store: &Path, cwd: &Path, args: &[&str]) -> Run {
+    kiln_env(store, cwd, args, &[])
+}
+
+/// [`kiln`] with extra environment variables (which may replace [`NO_DOCKER_HUB`]).
+pub fn kiln_env(store: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(KILN)
         .arg("--store")
         .arg(store)
         .args(args)
         .current_dir(cwd)
+        .env(NO_DOCKER_HUB.0, NO_DOCKER_HUB.1)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running kiln");
