@@ -1,12 +1,12 @@
 //! `kiln build`, `kiln export`, `kiln fmt`.
 
+use crate::builder::{build_all, sha256_hex};
 use crate::cli::{BuildArgs, ExportArgs, FmtArgs};
 use crate::cmd_image;
+use crate::layers::resolve_id;
 use anyhow::{bail, Context};
-use kiln_build::{BuildError, BuildOptions, Builder};
-use kiln_fetch::RealFetcher;
-use kiln_sandbox::chroot::NamespaceSandbox;
-use kiln_store::{FsStore, LayerId, Store};
+use kiln_build::{BuildError, BuildOptions};
+use kiln_store::{FsStore, Store};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -113,79 +113,6 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the spec and whatever its `(image …)` partitions need: its stages (already
-/// built with it) and other spec files (built here, each with its own directory as context).
-pub fn build_all(
-    store: &FsStore,
-    options: BuildOptions,
-    spec: &kiln_spec::Spec,
-    spec_file: &Path,
-    context: &Path,
-    out: &mut dyn Write,
-) -> anyhow::Result<(LayerId, BTreeMap<String, LayerId>)> {
-    let fetcher = RealFetcher {
-        deb_cache: store.deb_cache(),
-        registries: kiln_fetch::RegistrySettings::from_env(),
-    };
-    // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
-    let sandbox = NamespaceSandbox::new().with_cancel_flag(options.cancelled.clone());
-    let builder = Builder {
-        store,
-        sandbox: &sandbox,
-        fetcher: &fetcher,
-        options,
-    };
-    let (id, stages) = builder.build_with_stages(spec, context, out)?;
-    let mut partitions = BTreeMap::new();
-    if let Some(image) = &spec.image {
-        let spec_dir = spec_file.parent().unwrap_or(Path::new("."));
-        for part in &image.value.partitions {
-            let layer = match &part.value.source {
-                kiln_spec::PartitionSource::Build(stage) => {
-                    stages.get(stage).cloned().with_context(|| {
-                        format!("partition `{}`: no stage `{stage}`", part.value.name)
-                    })?
-                }
-                kiln_spec::PartitionSource::Spec(file) => {
-                    let path = spec_dir.join(file);
-                    let text = fs::read_to_string(&path).with_context(|| {
-                        format!(
-                            "partition `{}`: reading spec {}",
-                            part.value.name,
-                            path.display()
-                        )
-                    })?;
-                    let other = kiln_spec::parse_file(&text, &path.display().to_string())?;
-                    let dir = path.parent().unwrap_or(Path::new("."));
-                    builder
-                        .build(&other, dir, out)
-                        .map_err(|e| in_spec_file(e, &path))?
-                }
-            };
-            partitions.insert(part.value.name.clone(), layer);
-        }
-    }
-    Ok((id, partitions))
-}
-
-/// A build error of the spec in `file`: one whose message starts with LINE:COL gets the
-/// file in front (the caller would otherwise name the top-level spec).
-fn in_spec_file(e: BuildError, file: &Path) -> anyhow::Error {
-    if e.leading_pos().is_some() {
-        anyhow::anyhow!("{}:{e}", file.display())
-    } else {
-        e.into()
-    }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `ID:FILE` pairs into id → contents.
 fn read_secrets(pairs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let mut secrets = BTreeMap::new();
@@ -244,71 +171,13 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the tree at `root` as a tar next to `output` and renames it into place, so a
-/// failed export never leaves half a file. Shows progress on a terminal.
-pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow::Result<()> {
-    let tmp = output.with_extension("tar.kiln-tmp");
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let bar =
-        indicatif::ProgressBar::new_spinner().with_message(format!("exporting {}", id.short()));
-    let mut progress = |entries: u64, bytes: u64| {
-        if entries.is_multiple_of(256) {
-            bar.set_message(format!(
-                "exporting {}: {entries} entries, {}",
-                id.short(),
-                crate::size::human(bytes)
-            ));
-            bar.tick();
-        }
-    };
-    let written = kiln_image::tar_export::write_tar_with_progress(
-        root,
-        std::io::BufWriter::new(file),
-        &mut progress,
-    );
-    bar.finish_and_clear();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
-    Ok(())
-}
-
-/// Accepts a full id or a unique prefix of a stored one.
-pub fn resolve_id(store: &dyn Store, text: &str) -> anyhow::Result<LayerId> {
-    if let Ok(id) = LayerId::parse(text) {
-        if store.get(&id)?.is_some() {
-            return Ok(id);
-        }
-        bail!("layer {text} is not in the store (see `kiln ls`)");
-    }
-    if text.len() < 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("`{text}` is not a layer id or an id prefix of at least 4 hex digits");
-    }
-    let matches: Vec<LayerId> = store
-        .list()?
-        .into_iter()
-        .map(|l| l.meta.id)
-        .filter(|id| id.as_str().starts_with(text))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => bail!("no stored layer id starts with {text} (see `kiln ls`)"),
-        many => bail!(
-            "{} stored layers start with {text}; give more digits",
-            many.len()
-        ),
-    }
-}
-
 pub fn fmt(args: FmtArgs) -> anyhow::Result<ExitCode> {
     let text = fs::read_to_string(&args.file)
         .with_context(|| format!("reading spec {}", args.file.display()))?;
     let spec = kiln_spec::parse_file(&text, &args.file.display().to_string())?;
     // Every comment is kept, next to what it annotates.
     let canonical = kiln_spec::print_with_comments(&spec, &text)
-        .map_err(|e| e.in_file(&args.file.display().to_string()))?;
+        .map_err(|e| e.in_file(args.file.display().to_string()))?;
     if args.check {
         if canonical == text {
             return Ok(ExitCode::SUCCESS);

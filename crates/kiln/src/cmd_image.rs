@@ -101,7 +101,7 @@ fn produce_in(
     }
     match format {
         OutputFormat::Tar => {
-            crate::cmd_build::write_tar_atomically(main_root.path(), output, &source.layer)?;
+            crate::layers::write_tar_atomically(main_root.path(), output, &source.layer)?;
             return Ok(None);
         }
         OutputFormat::Dir => {

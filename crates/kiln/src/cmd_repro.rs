@@ -1,7 +1,7 @@
 //! `kiln build --check-reproducible`: two builds from scratch, compared bit for bit.
 
+use crate::builder::{build_all, sha256_hex};
 use crate::cli::{BuildArgs, ImageArgs, OutputFormat};
-use crate::cmd_build::{build_all, sha256_hex};
 use crate::cmd_image::{self, ImageSource};
 use anyhow::Context;
 use kiln_build::BuildOptions;

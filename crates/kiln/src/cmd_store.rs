@@ -1,7 +1,7 @@
 //! `kiln ls`, `delete`, `prune`, `clean`, `healthcheck`.
 
 use crate::cli::{CleanArgs, DeleteArgs, JsonArg, LsArgs, PruneArgs};
-use crate::cmd_build::resolve_id;
+use crate::layers::resolve_id;
 use crate::size::human;
 use kiln_store::{FsStore, LayerId, Store};
 use std::path::Path;

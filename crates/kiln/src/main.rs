@@ -3,6 +3,7 @@
 //! This binary only wires the library crates together: argument parsing, output,
 //! exit codes. Every command's logic lives in the crates.
 
+mod builder;
 mod cli;
 mod cmd_build;
 mod cmd_dockerfile;
@@ -10,6 +11,7 @@ mod cmd_image;
 mod cmd_repro;
 mod cmd_store;
 mod cmd_vm;
+mod layers;
 mod size;
 
 use clap::Parser;
