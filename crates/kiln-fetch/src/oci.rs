@@ -9,7 +9,8 @@
 //!
 //! Docker Hub names (`busybox`, `ocaml/opam:tag`, `docker.io/…`) are pulled from Docker Hub
 //! (`registry-1.docker.io`) with its anonymous bearer-token flow, or with credentials from
-//! `$KILN_REGISTRY_AUTH` or `docker login`'s config.json. `$KILN_REGISTRY` names a mirror
+//! `$KILN_REGISTRY_AUTH` or `docker login`'s config.json (its credential helpers, run as
+//! Docker runs them, else its `auths`). `$KILN_REGISTRY` names a mirror
 //! asked first; whatever it cannot serve (not found, denied, unreachable) is asked of
 //! Docker Hub, and the output says which one served. Loopback registries and those in
 //! `$KILN_INSECURE_REGISTRIES` use plain HTTP. See [`RegistrySettings`].

@@ -732,6 +732,159 @@ fn docker_hub_token_flow_anonymous_and_logged_in() {
     );
 }
 
+/// Writes `docker-credential-NAME` into `dir`: a script speaking the credential helpers'
+/// protocol that answers `(server URL, user, password)` from `answers`, says "not found" for
+/// any other server URL, and appends each server URL it is asked about to `dir/NAME.asked`.
+fn credential_helper(dir: &Path, name: &str, answers: &[(&str, &str, &str)]) {
+    use std::os::unix::fs::PermissionsExt;
+    let cases: String = answers
+        .iter()
+        .map(|(url, user, password)| {
+            let json =
+                serde_json::json!({ "ServerURL": url, "Username": user, "Secret": password });
+            format!("  '{url}') echo '{json}' ;;\n")
+        })
+        .collect();
+    let asked = dir.join(format!("{name}.asked"));
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r url\necho \"$url\" >> '{}'\ncase \"$url\" in\n{cases}  *) echo 'credentials not found in native keychain'; exit 1 ;;\nesac\n",
+        asked.display()
+    );
+    let file = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&file, script).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The server URLs helper `name` in `dir` was asked about, in order.
+fn helper_asked(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(format!("{name}.asked")))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `dir` in front of this process's `PATH` (which the test leaves alone).
+fn path_with(dir: &Path) -> std::ffi::OsString {
+    let mut dirs = vec![dir.to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
+#[test]
+fn docker_credential_helpers_log_in_or_leave_kiln_anonymous() {
+    let tokens = TokenServer::start(&[("pusher", "push-pw"), ("reader", "read-pw")]);
+    let hub = TestRegistry::start_with_token_auth(&tokens);
+    let (host_arch, _) = arches();
+    let pusher = RegistryAuth::Basic("pusher".into(), "push-pw".into());
+    let private = push_as(
+        &hub,
+        &pusher,
+        "private/tool:v1",
+        vec![lower_layer(), upper_layer(b"secret")],
+        &["PATH=/usr/bin:/bin"],
+        "/",
+        host_arch,
+    );
+    let helpers = tempfile::tempdir().unwrap();
+    credential_helper(
+        helpers.path(),
+        "kilntest",
+        &[
+            ("https://index.docker.io/v1/", "reader", "read-pw"),
+            (&hub.host, "reader", "read-pw"),
+        ],
+    );
+    credential_helper(helpers.path(), "kilntest-empty", &[]);
+    // `credsStore` names the helper; the `auths` entry is the empty stub Docker leaves.
+    let with_config = |json: serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let settings = RegistrySettings {
+            docker_config_dir: Some(dir.path().to_path_buf()),
+            helper_path: Some(path_with(helpers.path())),
+            ..settings(None, Some(&hub.host))
+        };
+        (dir, fetcher_with(settings))
+    };
+
+    // Docker Hub's credentials, from the `credsStore` helper asked with Docker Hub's URL.
+    let (_config, store) = with_config(serde_json::json!({
+        "credsStore": "kilntest",
+        "auths": { "https://index.docker.io/v1/": {} },
+    }));
+    let base = resolve(&store, "private/tool:v1").unwrap();
+    assert_eq!(base.pin.as_ref().unwrap().digest, private);
+    let (tmp, config, _) = fetch(&store, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
+        b"secret"
+    );
+    assert_eq!(
+        helper_asked(helpers.path(), "kilntest"),
+        ["https://index.docker.io/v1/"; 2],
+        "asked once to resolve, once to fetch"
+    );
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.user.as_deref() == Some("reader")
+                && r.scope == "repository:private/tool:pull"
+                && r.status == 200),
+        "{:?}",
+        tokens.requests()
+    );
+
+    // A `credHelpers` entry for the registry's host wins over `credsStore`, and is asked
+    // with the host.
+    let (_config, per_host) = with_config(serde_json::json!({
+        "credsStore": "kilntest-empty",
+        "credHelpers": { hub.host.clone(): "kilntest" },
+    }));
+    let pinned = resolve(&per_host, &format!("{}/private/tool:v1", hub.host)).unwrap();
+    assert_eq!(pinned.pin.unwrap().digest, private);
+    assert_eq!(
+        helper_asked(helpers.path(), "kilntest").last(),
+        Some(&hub.host)
+    );
+    assert!(helper_asked(helpers.path(), "kilntest-empty").is_empty());
+
+    // A helper without credentials for Docker Hub: kiln asks anonymously and is refused
+    // with the usual advice, saying which helper had nothing.
+    let (_config, empty) = with_config(serde_json::json!({ "credsStore": "kilntest-empty" }));
+    let text = resolve(&empty, "private/tool:v1").unwrap_err().to_string();
+    assert!(
+        text.contains("access denied")
+            && text.contains("docker-credential-kilntest-empty (`credsStore` of ")
+            && text.contains("has no credentials for https://index.docker.io/v1/")
+            && text.contains("docker login")
+            && text.contains("KILN_REGISTRY_AUTH"),
+        "{text}"
+    );
+    assert_eq!(
+        helper_asked(helpers.path(), "kilntest-empty"),
+        ["https://index.docker.io/v1/"]
+    );
+
+    // A helper that is not installed is an error naming it, before any request.
+    let asked_before = tokens.requests().len();
+    let (_config, missing) = with_config(serde_json::json!({ "credsStore": "kilntest-missing" }));
+    let err = resolve(&missing, "private/tool:v1").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, FetchError::Registry { .. }), "{text}");
+    assert!(
+        text.contains("`docker-credential-kilntest-missing`")
+            && text.contains("not installed")
+            && text.contains("remove `credsStore`"),
+        "{text}"
+    );
+    assert_eq!(tokens.requests().len(), asked_before);
+}
+
 #[test]
 fn missing_images_and_bad_layers_are_clear_errors() {
     let registry = TestRegistry::start();

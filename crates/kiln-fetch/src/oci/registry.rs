@@ -18,7 +18,8 @@ pub(crate) struct Registry {
     pub endpoint: Endpoint,
     pub client: Client,
     pub auth: RegistryAuth,
-    /// Where `auth` came from (`anonymous`, `KILN_REGISTRY_AUTH`, a config.json path).
+    /// Where `auth` came from (`anonymous`, `KILN_REGISTRY_AUTH`, a config.json entry, a
+    /// credential helper), or why there is none.
     credentials: String,
 }
 
@@ -43,7 +44,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let credentials = credentials::for_endpoint(base, endpoint, settings)?;
-        tracing::debug!(registry = host, credentials = %credentials.origin, "registry client");
+        tracing::info!(registry = host, credentials = %credentials.origin, "registry credentials");
         Ok(Registry {
             host: host.to_string(),
             endpoint: endpoint.clone(),
@@ -93,6 +94,8 @@ impl Registry {
         };
         let denied = if self.credentials == "anonymous" {
             LOG_IN.to_string()
+        } else if self.auth == RegistryAuth::Anonymous {
+            format!("kiln asked anonymously ({}); {LOG_IN}", self.credentials)
         } else {
             format!(
                 "the credentials from {} were refused or do not grant it; check them (or `docker login` again)",
@@ -145,9 +148,9 @@ fn plain_http(host_port: &str, insecure: &[String]) -> bool {
 }
 
 /// How to give kiln credentials.
-const LOG_IN: &str =
-    "log in with `docker login` (kiln reads the `auths` of $DOCKER_CONFIG/config.json, \
-    default ~/.docker/config.json) or set KILN_REGISTRY_AUTH=user:password";
+const LOG_IN: &str = "log in with `docker login` (kiln reads $DOCKER_CONFIG/config.json, default \
+    ~/.docker/config.json: its credential helpers, else its `auths`) or set \
+    KILN_REGISTRY_AUTH=user:password";
 
 /// A user-facing explanation of an `oci-client` error, with the fix when there is one.
 fn explain(e: &OciDistributionError, hints: &Hints) -> String {

@@ -4,6 +4,7 @@
 
 use super::reference::{check_registry, OciRef, DOCKER_HUB_HOST};
 use crate::FetchError;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// The environment variable naming a registry mirror for Docker Hub images.
@@ -31,6 +32,10 @@ pub struct RegistrySettings {
     pub auth: Option<String>,
     /// The directory whose `config.json` holds `docker login` credentials.
     pub docker_config_dir: Option<PathBuf>,
+    /// `$PATH`: where Docker's credential helpers (`docker-credential-NAME`, named by
+    /// config.json's `credsStore` and `credHelpers`) are looked for, and the `PATH` they
+    /// run with; `None` is this process's `PATH`.
+    pub helper_path: Option<OsString>,
 }
 
 /// Why a registry is asked for an image.
@@ -64,8 +69,8 @@ impl Endpoint {
 }
 
 impl RegistrySettings {
-    /// Reads `$KILN_REGISTRY`, `$KILN_INSECURE_REGISTRIES`, `$KILN_REGISTRY_AUTH` and
-    /// `$DOCKER_CONFIG` (else `$HOME/.docker`).
+    /// Reads `$KILN_REGISTRY`, `$KILN_INSECURE_REGISTRIES`, `$KILN_REGISTRY_AUTH`,
+    /// `$DOCKER_CONFIG` (else `$HOME/.docker`) and `$PATH`.
     pub fn from_env() -> Self {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -96,6 +101,7 @@ impl RegistrySettings {
             insecure,
             auth: set(AUTH_ENV),
             docker_config_dir,
+            helper_path: set("PATH").map(OsString::from),
         }
     }
 
@@ -229,5 +235,12 @@ mod tests {
         let s = settings(&[("HOME", "/home/u")]);
         assert_eq!(s.docker_config_dir, Some(PathBuf::from("/home/u/.docker")));
         assert_eq!(settings(&[]).docker_config_dir, None);
+    }
+
+    #[test]
+    fn credential_helpers_are_looked_for_in_path() {
+        let s = settings(&[("PATH", "/opt/helpers:/usr/bin")]);
+        assert_eq!(s.helper_path, Some(OsString::from("/opt/helpers:/usr/bin")));
+        assert_eq!(settings(&[]).helper_path, None);
     }
 }

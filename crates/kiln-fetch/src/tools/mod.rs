@@ -1,6 +1,7 @@
 //! External programs, one module each. Each checks that its program exists and turns a
 //! failure into a [`ToolError`] carrying the program's last output lines.
 
+pub(crate) mod credential_helper;
 pub(crate) mod debootstrap;
 pub(crate) mod dpkg;
 pub(crate) mod mmdebstrap;
