@@ -238,9 +238,7 @@ fn from_helper(
     };
     let timeout = credential_helper::TIMEOUT;
     match credential_helper::get(name, &url, settings.helper_path.as_deref(), timeout) {
-        Ok(Some(found)) if found.username == TOKEN_USER => {
-            Err(error(identity_token(&origin, endpoint)))
-        }
+        Ok(Some(found)) if found.username == TOKEN_USER => Ok(identity_token(&origin, endpoint)),
         Ok(Some(found)) => Ok(Credentials {
             auth: RegistryAuth::Basic(found.username, found.secret),
             origin,
@@ -263,15 +261,19 @@ fn from_helper(
     }
 }
 
-/// Why an identity token from `origin` cannot be used, and what to do instead.
-fn identity_token(origin: &str, endpoint: &Endpoint) -> String {
-    format!(
-        "the credentials from {origin} are an identity token (an OAuth refresh token, as \
-         some logins store), which kiln's registry client (oci-client) cannot use; log in \
-         with a user name and a password or personal access token instead (`{}`, entering \
-         the password or token), or set {AUTH_ENV}=user:password",
+/// Credentials from `origin` that are an identity token (an OAuth refresh token, as some
+/// logins store): kiln's registry client (oci-client) cannot use one, so kiln asks
+/// anonymously, which still pulls public images, and says so; a refused pull then names
+/// the token and what to do instead.
+fn identity_token(origin: &str, endpoint: &Endpoint) -> Credentials {
+    let why = format!(
+        "{origin} holds an identity token (an OAuth refresh token), which kiln's registry \
+         client cannot use; for private images log in with a user name and a password or \
+         personal access token instead (`{}`), or set {AUTH_ENV}=user:password",
         login_command(endpoint)
-    )
+    );
+    tracing::warn!(registry = %endpoint.host, "{why}; asking anonymously");
+    Credentials::anonymous(why)
 }
 
 /// The `auths` entry for `endpoint`, if there is one with credentials.
@@ -290,11 +292,7 @@ fn from_auths(
     let origin = format!("{} (`auths[\"{key}\"]`)", path.display());
     let set = |field: &Option<String>| field.clone().filter(|v| !v.trim().is_empty());
     if set(&entry.identitytoken).is_some() {
-        return Err(FetchError::Registry {
-            base: base.to_string(),
-            registry: endpoint.host.clone(),
-            message: identity_token(&origin, endpoint),
-        });
+        return Ok(Some(identity_token(&origin, endpoint)));
     }
     let (user, password) = match (set(&entry.auth), set(&entry.username)) {
         (Some(encoded), _) => {
@@ -552,14 +550,12 @@ esac"#,
             "{}",
             none.origin
         );
-        // An identity token is refused with what to do instead.
-        let err = for_endpoint("b", &endpoint("reg.lan:5000", Role::Own), &settings)
-            .err()
-            .unwrap()
-            .to_string();
+        // An identity token cannot be used: anonymous, saying why and what to do instead.
+        let token = for_endpoint("b", &endpoint("reg.lan:5000", Role::Own), &settings).unwrap();
+        assert!(matches!(token.auth, RegistryAuth::Anonymous));
+        let err = token.origin;
         assert!(
-            err.contains("registry reg.lan:5000")
-                && err.contains("identity token")
+            err.contains("identity token")
                 && err.contains("docker login reg.lan:5000 -u USER")
                 && err.contains("KILN_REGISTRY_AUTH")
                 && !err.contains("tok-1234"),
@@ -616,10 +612,9 @@ esac"#,
             "{}",
             hub.origin
         );
-        let err = for_endpoint("b", &endpoint("acr.lan", Role::Own), &settings)
-            .err()
-            .unwrap()
-            .to_string();
+        let token = for_endpoint("b", &endpoint("acr.lan", Role::Own), &settings).unwrap();
+        assert!(matches!(token.auth, RegistryAuth::Anonymous));
+        let err = token.origin;
         assert!(
             err.contains("identity token")
                 && err.contains(r#"auths["acr.lan"]"#)
