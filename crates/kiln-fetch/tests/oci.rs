@@ -340,6 +340,20 @@ fn fetch(
     (tmp, result, String::from_utf8_lossy(&log).into_owned())
 }
 
+/// Resolves `from` to `digest`, fetches it, checks its `/version` says `version` and
+/// returns the fetch log.
+fn assert_pulls(fetcher: &RealFetcher, from: &str, digest: &str, version: &[u8]) -> String {
+    let base = resolve(fetcher, from).unwrap();
+    assert_eq!(base.pin.as_ref().unwrap().digest, digest);
+    let (tmp, config, log) = fetch(fetcher, &base);
+    config.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
+        version
+    );
+    log
+}
+
 #[test]
 fn layers_whiteouts_indexes_and_tags() {
     let registry = TestRegistry::start();
@@ -641,14 +655,7 @@ fn docker_hub_token_flow_anonymous_and_logged_in() {
 
     // Anonymous: the registry refuses, kiln gets an anonymous token from its realm and pulls.
     let anonymous = fetcher_with(settings(None, Some(&hub.host)));
-    let base = resolve(&anonymous, "busybox").unwrap();
-    assert_eq!(base.pin.as_ref().unwrap().digest, public);
-    let (tmp, config, log) = fetch(&anonymous, &base);
-    config.unwrap();
-    assert_eq!(
-        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
-        b"two"
-    );
+    let log = assert_pulls(&anonymous, "busybox", &public, b"two");
     assert!(log.contains("layer 2/2"), "{log}");
     let asked: Vec<_> = tokens
         .requests()
@@ -684,14 +691,7 @@ fn docker_hub_token_flow_anonymous_and_logged_in() {
         docker_config_dir: Some(config_dir.path().to_path_buf()),
         ..settings(None, Some(&hub.host))
     });
-    let base = resolve(&logged_in, "private/tool:v1").unwrap();
-    assert_eq!(base.pin.as_ref().unwrap().digest, private);
-    let (tmp, config, _) = fetch(&logged_in, &base);
-    config.unwrap();
-    assert_eq!(
-        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
-        b"secret"
-    );
+    assert_pulls(&logged_in, "private/tool:v1", &private, b"secret");
     assert!(
         tokens
             .requests()
@@ -815,14 +815,7 @@ fn docker_credential_helpers_log_in_or_leave_kiln_anonymous() {
         "credsStore": "kilntest",
         "auths": { "https://index.docker.io/v1/": {} },
     }));
-    let base = resolve(&store, "private/tool:v1").unwrap();
-    assert_eq!(base.pin.as_ref().unwrap().digest, private);
-    let (tmp, config, _) = fetch(&store, &base);
-    config.unwrap();
-    assert_eq!(
-        std::fs::read(tmp.path().join("rootfs/version")).unwrap(),
-        b"secret"
-    );
+    assert_pulls(&store, "private/tool:v1", &private, b"secret");
     assert_eq!(
         helper_asked(helpers.path(), "kilntest"),
         ["https://index.docker.io/v1/"; 2],

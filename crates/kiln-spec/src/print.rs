@@ -317,24 +317,8 @@ impl Printer {
                 Some(width) if col + width + trail <= WIDTH => return self.flat(doc),
                 _ => broken_form_places(items, col),
             },
-            Kind::Spec(_) => (0..items.len())
-                .map(|i| {
-                    if i == 0 {
-                        Place::Inline(col + 1)
-                    } else {
-                        Place::Line(col + 1)
-                    }
-                })
-                .collect(),
-            Kind::Build(_) => (0..items.len())
-                .map(|i| {
-                    if i < 2 {
-                        Place::Inline(col + 2)
-                    } else {
-                        Place::Line(col + 2)
-                    }
-                })
-                .collect(),
+            Kind::Spec(_) => places(items.len(), &[Place::Inline(col + 1)], col + 1),
+            Kind::Build(_) => places(items.len(), &[Place::Inline(col + 2); 2], col + 2),
         };
         self.list(doc, &places, trail);
     }
@@ -422,24 +406,18 @@ fn broken_form_places(items: &[Doc], col: usize) -> Vec<Place> {
     match items.first().map(|d| &d.kind) {
         Some(Kind::Atom(head)) if items.len() > 1 => {
             let arg_col = col + 1 + head.chars().count() + 1;
-            (0..items.len())
-                .map(|i| match i {
-                    0 => Place::Inline(col + 1),
-                    1 => Place::Inline(arg_col),
-                    _ => Place::Line(arg_col),
-                })
-                .collect()
+            let inline = [Place::Inline(col + 1), Place::Inline(arg_col)];
+            places(items.len(), &inline, arg_col)
         }
-        _ => (0..items.len())
-            .map(|i| {
-                if i == 0 {
-                    Place::Inline(col + 1)
-                } else {
-                    Place::Line(col + 1)
-                }
-            })
-            .collect(),
+        _ => places(items.len(), &[Place::Inline(col + 1)], col + 1),
     }
+}
+
+/// `n` places: `inline` for the first items, then each on a line of its own at `col`.
+fn places(n: usize, inline: &[Place], col: usize) -> Vec<Place> {
+    (0..n)
+        .map(|i| inline.get(i).copied().unwrap_or(Place::Line(col)))
+        .collect()
 }
 
 fn spec_doc(spec: &Spec) -> Doc {
