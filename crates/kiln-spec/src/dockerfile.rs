@@ -9,12 +9,17 @@
 //! - `(run …)` is `RUN CMD`; each line of a multi-line command is trimmed and they are
 //!   joined by ` \`, a line break and four spaces, so Docker reads them as one line;
 //! - `(copy …)` is `COPY [--chown=U:G] [--from=NAME] SRC… DST`, with `--chown` when the
-//!   current user (root at the start of every stage) is not root;
+//!   current user (root at the start of every stage) is not root; but a `DST/` gets one
+//!   `COPY SRC DST/NAME` per source (see below);
 //! - with BuildKit, each secret then each cache of a run is a
 //!   `--mount=type=secret|cache,id=ID,target=PATH,uid=UID` before the command, followed
 //!   by the mount's `buildkit_options` pairs; without it, mounts are left out.
 //!
 //! Where OBuilder's text would build something else, or nothing, kiln writes more or refuses:
+//! - a copy into `DST/` is one `COPY SRC DST/NAME` per source, `NAME` being the source's
+//!   last component (`COPY . DST/` for `.`): kiln and OBuilder put a directory source under
+//!   its own name there, while Docker's `COPY DIR DST/` would copy only its contents, so
+//!   OBuilder's single `COPY SRC… DST/` builds something else whenever a source is a directory;
 //! - BuildKit output starts with `# syntax=docker/dockerfile:1` (the `--mount` flags need
 //!   it), or `…:1.19` when a `COPY --exclude` needs that version, where the flag became stable;
 //! - `(network host)` is `RUN --network=host` with BuildKit (OBuilder drops it);
@@ -220,16 +225,16 @@ impl Writer {
                  in a .dockerignore",
             ));
         }
-        let mut text = String::from("COPY ");
+        let mut flags = String::new();
         if let Some(owner) = chown(user) {
-            text.push_str(&format!("--chown={owner} "));
+            flags.push_str(&format!("--chown={owner} "));
         }
         if let CopyFrom::Build(name) = &copy.from {
-            text.push_str(&format!("--from={name} "));
+            flags.push_str(&format!("--from={name} "));
         }
         for name in &copy.exclude {
             check_word("(copy …) exclude", name, Word::Name, pos)?;
-            text.push_str(&format!("--exclude=**/{name} "));
+            flags.push_str(&format!("--exclude=**/{name} "));
         }
         for src in &copy.src {
             check_word("(copy …) source", src, Word::Path, pos)?;
@@ -239,13 +244,29 @@ impl Writer {
                     format!("(copy …) source `{src}` starts with `-`, which a Dockerfile COPY reads as a flag: write it as `./{src}`"),
                 ));
             }
-            text.push_str(src);
-            text.push(' ');
         }
         check_word("(copy …) destination", &copy.dst, Word::Arg, pos)?;
-        text.push_str(&copy.dst);
-        Ok(text)
+        if !copy.dst.ends_with('/') {
+            return Ok(format!("COPY {flags}{} {}", copy.src.join(" "), copy.dst));
+        }
+        // Into `dst/`, kiln (as OBuilder) puts a directory under its own name, where
+        // Docker would spill its contents into `dst/`: name each source's place.
+        let lines: Vec<String> = copy
+            .src
+            .iter()
+            .map(|src| match source_name(src) {
+                Some(name) => format!("COPY {flags}{src} {}{name}", copy.dst),
+                None => format!("COPY {flags}{src} {}", copy.dst),
+            })
+            .collect();
+        Ok(lines.join("\n"))
     }
+}
+
+/// The name a copy source gets inside a `dst/`: its last component, ignoring empty and
+/// `.` ones (`app/.` is `app`); `None` for `.` or `/`, whose contents fill `dst/`.
+fn source_name(src: &str) -> Option<&str> {
+    src.split('/').rev().find(|c| !c.is_empty() && *c != ".")
 }
 
 /// The kiln form of `spec` that comes first in its text, as a refusal.

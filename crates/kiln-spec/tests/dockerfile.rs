@@ -171,8 +171,21 @@ const OBUILDER_MULTI_STAGE_SPEC: &str = r#"
      ) "#;
 
 #[test]
+fn copies_into_a_directory_name_each_source_place() {
+    let spec =
+        "((from base) (copy (src app conf/. . /out/lib/) (dst /opt/)) (copy (src a b) (dst c)))";
+    assert_eq!(
+        convert(spec, PLAIN),
+        "FROM base\nCOPY app /opt/app\nCOPY conf/. /opt/conf\nCOPY . /opt/\nCOPY /out/lib/ /opt/lib\nCOPY a b c\n"
+    );
+}
+
+#[test]
 fn obuilder_case_multi_stage() {
-    let expected = "FROM base as tools\nRUN make tools\n\nFROM base\nCOPY --from=tools binary /usr/local/bin/\n";
+    // OBuilder writes `COPY --from=tools binary /usr/local/bin/`, which Docker would build
+    // differently were `binary` a directory (its contents, not itself, in bin/): kiln names
+    // the source's place.
+    let expected = "FROM base as tools\nRUN make tools\n\nFROM base\nCOPY --from=tools binary /usr/local/bin/binary\n";
     assert_eq!(convert(OBUILDER_MULTI_STAGE_SPEC, PLAIN), expected);
     assert_eq!(
         convert(OBUILDER_MULTI_STAGE_SPEC, BUILDKIT),

@@ -4,7 +4,7 @@ WORKDIR /src
 USER 1000:1000
 RUN sudo chown opam /src
 ENV OPAMYES="true"
-COPY --chown=1000:1000 app.opam ./
+COPY --chown=1000:1000 app.opam ./app.opam
 RUN --network=host --mount=type=cache,id=opam-archives,target=/home/opam/.opam/download-cache,uid=1000 opam pin add -yn . && opam install --deps-only .
 COPY --chown=1000:1000 --exclude=**/.git --exclude=**/_build --exclude=**/_opam . /src/
 RUN opam exec -- dune build @install

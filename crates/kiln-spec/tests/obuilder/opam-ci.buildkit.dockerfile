@@ -11,7 +11,7 @@ RUN uname -rs && opam exec -- ocaml -version && opam --version
 WORKDIR /src
 RUN sudo chown opam /src
 RUN --network=host --mount=type=cache,id=opam-archives,target=/home/opam/.opam/download-cache,uid=1000 cd ~/opam-repository && (git cat-file -e 2f9ba6a || git fetch origin master) && git reset -q --hard 2f9ba6a && git log --no-decorate -n1 --oneline && opam update -u
-COPY --chown=1000:1000 fmt.opam ./
+COPY --chown=1000:1000 fmt.opam ./fmt.opam
 RUN --network=host opam pin add -yn fmt.dev './'
 RUN --network=host --mount=type=cache,id=opam-archives,target=/home/opam/.opam/download-cache,uid=1000 opam install --cli=2.1 --depext-only -y fmt.dev $DEPS
 RUN --network=host --mount=type=cache,id=opam-archives,target=/home/opam/.opam/download-cache,uid=1000 opam install $DEPS

@@ -10,7 +10,7 @@ RUN uname -rs && opam exec -- ocaml -version && opam --version
 WORKDIR /src
 RUN sudo chown opam /src
 RUN cd ~/opam-repository && (git cat-file -e 2f9ba6a || git fetch origin master) && git reset -q --hard 2f9ba6a && git log --no-decorate -n1 --oneline && opam update -u
-COPY --chown=1000:1000 fmt.opam ./
+COPY --chown=1000:1000 fmt.opam ./fmt.opam
 RUN opam pin add -yn fmt.dev './'
 RUN opam install --cli=2.1 --depext-only -y fmt.dev $DEPS
 RUN opam install $DEPS

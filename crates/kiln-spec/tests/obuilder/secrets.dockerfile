@@ -4,5 +4,6 @@ RUN apk add --no-cache curl ca-certificates
 RUN curl -fsS -H "Authorization: Bearer $(cat /run/secrets/token)" https://example.invalid/ping
 USER deploy
 WORKDIR relative/dir
-COPY --chown=deploy a.txt b.txt /etc/app/
+COPY --chown=deploy a.txt /etc/app/a.txt
+COPY --chown=deploy b.txt /etc/app/b.txt
 RUN true
