@@ -59,10 +59,10 @@ impl Placement {
     pub fn target(&self, src: &str) -> String {
         match self {
             Placement::As(path) => path.clone(),
-            Placement::Into(dir) => match source_name(src) {
-                "." => dir.clone(),
-                name if dir == "/" => format!("/{name}"),
-                name => format!("{dir}/{name}"),
+            Placement::Into(dir) => match Copy::source_name(src) {
+                None => dir.clone(),
+                Some(name) if dir == "/" => format!("/{name}"),
+                Some(name) => format!("{dir}/{name}"),
             },
         }
     }
@@ -75,15 +75,6 @@ impl Placement {
             Placement::As(path) => path.clone(),
         }
     }
-}
-
-/// The name a source keeps inside a `dst/`: its last component, empty and `.` components
-/// ignored as OBuilder ignores them (`app/` and `app/.` are `app`), or `.` when none is
-/// left (`.`, `./`, `/`): the whole context or stage, whose contents go in.
-fn source_name(src: &str) -> &str {
-    src.split('/')
-        .rfind(|c| !c.is_empty() && *c != ".")
-        .unwrap_or(".")
 }
 
 /// Walks every source of `copy` under `src_root` (the context dir or a stage's mounted

@@ -135,6 +135,15 @@ pub struct Copy {
     pub exclude: Vec<String>,
 }
 
+impl Copy {
+    /// The name source `src` keeps inside a `dst` ending in `/` (OBuilder's rule): its last
+    /// component, empty and `.` components ignored (`app/` and `app/.` are `app`). `None`
+    /// for a source with no name left (`.`, `./`, `/`): its contents go straight into `dst`.
+    pub fn source_name(src: &str) -> Option<&str> {
+        src.split('/').rfind(|c| !c.is_empty() && *c != ".")
+    }
+}
+
 /// Where a copy reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyFrom {

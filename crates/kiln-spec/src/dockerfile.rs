@@ -254,19 +254,13 @@ impl Writer {
         let lines: Vec<String> = copy
             .src
             .iter()
-            .map(|src| match source_name(src) {
+            .map(|src| match Copy::source_name(src) {
                 Some(name) => format!("COPY {flags}{src} {}{name}", copy.dst),
                 None => format!("COPY {flags}{src} {}", copy.dst),
             })
             .collect();
         Ok(lines.join("\n"))
     }
-}
-
-/// The name a copy source gets inside a `dst/`: its last component, ignoring empty and
-/// `.` ones (`app/.` is `app`); `None` for `.` or `/`, whose contents fill `dst/`.
-fn source_name(src: &str) -> Option<&str> {
-    src.split('/').rev().find(|c| !c.is_empty() && *c != ".")
 }
 
 /// The kiln form of `spec` that comes first in its text, as a refusal.
