@@ -5,7 +5,7 @@
 //!   line; nested builds come before the build that holds them; the main stage is last;
 //! - `(comment T)` is `# T`, `(workdir P)` is `WORKDIR P`, `(shell A B)` is
 //!   `SHELL [ "A", "B" ]`, `(user (uid U) (gid G))` is `USER U:G`, `(user (name N))` is
-//!   `USER N`, `(env K V)` is `ENV K="V"` with `"` and `\` escaped by `\`;
+//!   `USER N`, `(env K V)` is `ENV K="V"` with `"` and the escape character escaped by it;
 //! - `(run …)` is `RUN CMD`; each line of a multi-line command is trimmed and they are
 //!   joined by ` \`, a line break and four spaces, so Docker reads them as one line;
 //! - `(copy …)` is `COPY [--chown=U:G] [--from=NAME] SRC… DST`, with `--chown` when the
@@ -15,31 +15,45 @@
 //!   `--mount=type=secret|cache,id=ID,target=PATH,uid=UID` before the command, followed
 //!   by the mount's `buildkit_options` pairs; without it, mounts are left out.
 //!
+//! With [`Escape::Windows`] (OBuilder's `--escape windows`) the text starts with the parser
+//! directive `` #escape=` ``: the backtick is Docker's escape character and joins the lines
+//! of a command (a space, a backtick, a line break and four spaces), `\` may end Windows
+//! paths, every stage starts as Windows' `ContainerAdministrator`, and no copy gets
+//! `--chown` (Docker has none for Windows containers; OBuilder writes none for Windows users).
+//!
 //! Where OBuilder's text would build something else, or nothing, kiln writes more or refuses:
 //! - a copy into `DST/` is one `COPY SRC DST/NAME` per source, `NAME` being the source's
 //!   last component (`COPY . DST/` for `.`): kiln and OBuilder put a directory source under
 //!   its own name there, while Docker's `COPY DIR DST/` would copy only its contents, so
 //!   OBuilder's single `COPY SRC… DST/` builds something else whenever a source is a directory;
 //! - BuildKit output starts with `# syntax=docker/dockerfile:1` (the `--mount` flags need
-//!   it), or `…:1.19` when a `COPY --exclude` needs that version, where the flag became stable;
-//! - `(network host)` is `RUN --network=host` with BuildKit (OBuilder drops it);
+//!   it), or `…:1.19` when a `COPY --exclude` needs that version, where the flag became
+//!   stable; with `--escape windows`, `` #escape=` `` follows it (both are parser directives);
+//! - `(network host)` is `RUN --network=host` with BuildKit (OBuilder drops it); with
+//!   `--escape windows` it is dropped, as Windows containers have no host network (their
+//!   default network reaches out);
 //! - `(exclude NAME…)` is `COPY --exclude=**/NAME…` with BuildKit (kiln, like OBuilder,
 //!   leaves out files and directories of that name at any depth); a plain Dockerfile cannot
 //!   exclude, so without BuildKit such a copy is refused (OBuilder drops the excludes);
-//! - a named user's copies get `--chown=NAME` (kiln owns them by that user; OBuilder's
-//!   named users are Windows accounts and get none), and a BuildKit mount under a named user
-//!   other than `root` is refused, as `--mount` takes only a numeric uid;
+//! - with `--escape unix`, a named user's copies get `--chown=NAME` (kiln owns them by that
+//!   user; OBuilder's named users are Windows accounts and get none), and a BuildKit mount
+//!   under a named user other than `root` is refused, as `--mount` takes only a numeric uid;
+//! - with `--escape windows`, a BuildKit mount has no `uid=` (OBuilder's converter stops
+//!   at a mount under a Windows user; BuildKit's Windows support ignores the owner), and
+//!   `(user (uid …) (gid …))` is refused, as Windows accounts have names, not ids;
 //! - `$` in an `ENV` value is escaped too (env values are literal, Docker would expand it),
 //!   `SHELL` arguments are JSON strings, a multi-line comment is one `#` line per line,
 //!   blank or `#` lines at either end of a run command are left out (Docker would otherwise
 //!   join the next instruction into the `RUN`, or comment out the whole command), and a
-//!   command line's own trailing `\` continuation gives way to the Dockerfile's;
+//!   command line's own trailing continuation (an odd run of the escape character) gives
+//!   way to the Dockerfile's;
 //! - kiln forms (`bootstrap`, `test`, `image`) and `file:` bases are refused, as are values
 //!   Docker would read differently: a line break outside comments and commands, a command
-//!   ending in `\` or holding a here-document (`<<EOF`, whose body Docker reads from the
-//!   Dockerfile), a space, `\`, `$` or quote in a path, user, base or exclude, a wildcard in
-//!   a copy source or exclude (kiln reads them as written), a stage name
-//!   Docker does not accept or that repeats (stage names are global in a Dockerfile).
+//!   ending in the escape character or holding a here-document (`<<EOF`, whose body Docker
+//!   reads from the Dockerfile), a space, the escape character, `$` or quote in a path,
+//!   user, base or exclude, a wildcard in a copy source or exclude (kiln reads them as
+//!   written), a stage name Docker does not accept or that repeats (stage names are global
+//!   in a Dockerfile).
 //!
 //! As in OBuilder, the lines of a multi-line command become one shell line: write them as
 //! one command (`a &&` / `b`), not as separate commands. Runs without `(network host)` get
@@ -54,12 +68,55 @@ use crate::{Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, SpecError, User}
 pub struct DockerfileOptions {
     /// Use BuildKit syntax: cache and secret mounts, `--network=host`, `COPY --exclude`.
     pub buildkit: bool,
+    /// The escape character, and the user every stage starts as (OBuilder's `--escape`).
+    pub escape: Escape,
+}
+
+/// The Dockerfile's escape style, as OBuilder's `--escape unix|windows`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Escape {
+    /// `\` escapes and continues lines; stages start as uid 0.
+    #[default]
+    Unix,
+    /// `` ` `` escapes and continues lines (the output starts with `` #escape=` ``), so `\`
+    /// can end Windows paths; stages start as `ContainerAdministrator`.
+    Windows,
+}
+
+impl Escape {
+    /// The character Docker reads as its escape and line continuation.
+    pub fn char(self) -> char {
+        match self {
+            Escape::Unix => '\\',
+            Escape::Windows => '`',
+        }
+    }
+
+    /// The escape character as error messages name it.
+    fn named(self) -> &'static str {
+        match self {
+            Escape::Unix => "`\\`",
+            Escape::Windows => "a backtick",
+        }
+    }
+
+    /// The user every stage starts as: uid 0, or Windows' administrator account.
+    fn root(self) -> User {
+        match self {
+            Escape::Unix => User::Unix { uid: 0, gid: 0 },
+            Escape::Windows => User::Name(WINDOWS_ROOT.to_string()),
+        }
+    }
 }
 
 /// The first line of BuildKit output: the Dockerfile syntax `RUN --mount` needs.
 pub const BUILDKIT_SYNTAX: &str = "# syntax=docker/dockerfile:1";
 /// The first line of BuildKit output with a `COPY --exclude` (stable since this version).
 pub const BUILDKIT_EXCLUDE_SYNTAX: &str = "# syntax=docker/dockerfile:1.19";
+/// The parser directive that starts `--escape windows` output (after any syntax line).
+pub const WINDOWS_ESCAPE_DIRECTIVE: &str = "#escape=`";
+/// The account Windows stages start as, as in OBuilder.
+const WINDOWS_ROOT: &str = "ContainerAdministrator";
 
 /// Writes `spec` as a Dockerfile (see the module docs for the rules).
 ///
@@ -68,6 +125,7 @@ pub const BUILDKIT_EXCLUDE_SYNTAX: &str = "# syntax=docker/dockerfile:1.19";
 pub fn dockerfile(spec: &Spec, options: DockerfileOptions) -> Result<String, SpecError> {
     let mut writer = Writer {
         buildkit: options.buildkit,
+        escape: options.escape,
         out: String::new(),
         stages: Vec::new(),
     };
@@ -78,6 +136,9 @@ pub fn dockerfile(spec: &Spec, options: DockerfileOptions) -> Result<String, Spe
             BUILDKIT_SYNTAX
         };
         writer.line(syntax);
+    }
+    if options.escape == Escape::Windows {
+        writer.line(WINDOWS_ESCAPE_DIRECTIVE);
     }
     writer.stage(spec, None)?;
     Ok(writer.out)
@@ -95,11 +156,9 @@ fn uses_exclude(spec: &Spec) -> bool {
         .any(|b| uses_exclude(&b.value.spec))
 }
 
-/// The root user every stage starts as.
-const ROOT: User = User::Unix { uid: 0, gid: 0 };
-
 struct Writer {
     buildkit: bool,
+    escape: Escape,
     out: String,
     /// Stage names written so far, lowercased as Docker compares them, with their `(build`.
     stages: Vec<(String, Pos)>,
@@ -124,7 +183,7 @@ impl Writer {
         let from = self.stage_header(&spec.from, name)?;
         self.line(&from);
         let kiln_form = first_kiln_form(spec);
-        let mut user = ROOT;
+        let mut user = self.escape.root();
         for op in &spec.ops {
             if let Some(refusal) = kiln_form.as_ref().filter(|k| k.pos < op.pos) {
                 return Err(refusal.clone());
@@ -141,7 +200,7 @@ impl Writer {
         base: &Located<String>,
         name: Option<(&str, Pos)>,
     ) -> Result<String, SpecError> {
-        check_base(base)?;
+        check_base(base, self.escape)?;
         if let Some(at) = self.stage_at(&base.value) {
             return Err(SpecError::new(
                 base.pos,
@@ -183,18 +242,18 @@ impl Writer {
         match &op.value {
             Op::Comment(text) => Ok(comment(text)),
             Op::Workdir(path) => {
-                check_word("(workdir …)", path, Word::Line, pos)?;
+                check_word("(workdir …)", path, Word::Line, self.escape, pos)?;
                 Ok(format!("WORKDIR {path}"))
             }
             Op::Shell(args) => Ok(shell(args)),
             Op::Run(run) => self.run(run, user, pos),
             Op::Copy(copy) => self.copy(copy, user, pos),
             Op::User(new) => {
-                let text = user_line(new, pos)?;
+                let text = user_line(new, self.escape, pos)?;
                 *user = new.clone();
                 Ok(text)
             }
-            Op::Env(name, value) => env(name, value, pos),
+            Op::Env(name, value) => env(name, value, self.escape, pos),
         }
     }
 
@@ -202,16 +261,18 @@ impl Writer {
     fn run(&self, run: &Run, user: &User, pos: Pos) -> Result<String, SpecError> {
         let mut text = String::from("RUN ");
         if self.buildkit {
-            if run.network.iter().any(|n| n == "host") {
+            // Windows containers have no host network; their default one reaches out.
+            let host = run.network.iter().any(|n| n == "host");
+            if host && self.escape == Escape::Unix {
                 text.push_str("--network=host ");
             }
             let mounts = run.secrets.iter().map(|m| ("secret", m));
             for (kind, mount) in mounts.chain(run.cache.iter().map(|m| ("cache", m))) {
-                text.push_str(&mount_flag(kind, mount, user, pos)?);
+                text.push_str(&mount_flag(kind, mount, user, self.escape, pos)?);
                 text.push(' ');
             }
         }
-        text.push_str(&command(&run.shell, pos)?);
+        text.push_str(&command(&run.shell, self.escape, pos)?);
         Ok(text)
     }
 
@@ -226,18 +287,18 @@ impl Writer {
             ));
         }
         let mut flags = String::new();
-        if let Some(owner) = chown(user) {
+        if let Some(owner) = chown(user).filter(|_| self.escape == Escape::Unix) {
             flags.push_str(&format!("--chown={owner} "));
         }
         if let CopyFrom::Build(name) = &copy.from {
             flags.push_str(&format!("--from={name} "));
         }
         for name in &copy.exclude {
-            check_word("(copy …) exclude", name, Word::Name, pos)?;
+            check_word("(copy …) exclude", name, Word::Name, self.escape, pos)?;
             flags.push_str(&format!("--exclude=**/{name} "));
         }
         for src in &copy.src {
-            check_word("(copy …) source", src, Word::Path, pos)?;
+            check_word("(copy …) source", src, Word::Path, self.escape, pos)?;
             if src.starts_with('-') {
                 return Err(SpecError::new(
                     pos,
@@ -245,7 +306,13 @@ impl Writer {
                 ));
             }
         }
-        check_word("(copy …) destination", &copy.dst, Word::Arg, pos)?;
+        check_word(
+            "(copy …) destination",
+            &copy.dst,
+            Word::Arg,
+            self.escape,
+            pos,
+        )?;
         if !copy.dst.ends_with('/') {
             return Ok(format!("COPY {flags}{} {}", copy.src.join(" "), copy.dst));
         }
@@ -297,7 +364,7 @@ fn first_kiln_form(spec: &Spec) -> Option<SpecError> {
 }
 
 /// Refuses bases Docker cannot pull, or would read differently.
-fn check_base(base: &Located<String>) -> Result<(), SpecError> {
+fn check_base(base: &Located<String>, escape: Escape) -> Result<(), SpecError> {
     if let Some(rest) = base.value.strip_prefix("file:") {
         let path = rest.strip_prefix("//").unwrap_or(rest);
         return Err(SpecError::new(
@@ -309,7 +376,7 @@ fn check_base(base: &Located<String>) -> Result<(), SpecError> {
             ),
         ));
     }
-    check_word("(from …) base", &base.value, Word::Arg, base.pos)
+    check_word("(from …) base", &base.value, Word::Arg, escape, base.pos)
 }
 
 /// Docker lowercases a stage name, then wants `[a-z][a-z0-9_.-]*`.
@@ -344,31 +411,22 @@ enum Word {
 /// Refuses an empty value, and characters Docker reads specially in instruction arguments: it expands `$`
 /// variables, takes `\` as its escape, removes quotes, splits at spaces, expands wildcards
 /// in sources and patterns, and a line break ends the instruction.
-fn check_word(what: &str, text: &str, word: Word, pos: Pos) -> Result<(), SpecError> {
+fn check_word(
+    what: &str,
+    text: &str,
+    word: Word,
+    escape: Escape,
+    pos: Pos,
+) -> Result<(), SpecError> {
     if text.is_empty() {
         return Err(SpecError::new(
             pos,
             format!("{what} is empty, and the Dockerfile needs a value there: write one"),
         ));
     }
-    let glob = matches!(word, Word::Path | Word::Name);
-    let why = |c: char| match c {
-        '\n' | '\r' => Some("a line break, which ends a Dockerfile instruction"),
-        '$' => Some("`$`, which Docker expands as a variable"),
-        '\\' => Some("`\\`, Docker's escape character"),
-        '"' | '\'' => Some("a quote, which Docker removes"),
-        ' ' | '\t' if word != Word::Line => Some("a space, which separates Dockerfile arguments"),
-        '*' | '?' | '[' if glob => {
-            Some("a wildcard, which Docker expands where kiln reads it as written")
-        }
-        '/' if word == Word::Name => {
-            Some("`/`: kiln compares excludes with file names, which never hold one")
-        }
-        c if c.is_control() => Some("a control character"),
-        _ => None,
-    };
     let bang = (word == Word::Name && text.starts_with('!'))
         .then_some("a leading `!`, which makes a Docker pattern an exception");
+    let why = |c| special_in_word(c, word, escape);
     match bang.or_else(|| text.chars().find_map(why)) {
         None => Ok(()),
         Some(reason) => Err(SpecError::new(
@@ -379,6 +437,32 @@ fn check_word(what: &str, text: &str, word: Word, pos: Pos) -> Result<(), SpecEr
                 shown(text)
             ),
         )),
+    }
+}
+
+/// Why Docker reads `c` specially in a `word`, if it does.
+fn special_in_word(c: char, word: Word, escape: Escape) -> Option<&'static str> {
+    let glob = matches!(word, Word::Path | Word::Name);
+    match c {
+        '\n' | '\r' => Some("a line break, which ends a Dockerfile instruction"),
+        '$' => Some("`$`, which Docker expands as a variable"),
+        c if c == escape.char() => Some(match escape {
+            Escape::Unix => "`\\`, Docker's escape character (a Windows spec converts with --escape windows, whose escape is a backtick)",
+            Escape::Windows => "a backtick, Docker's escape character with --escape windows",
+        }),
+        '"' | '\'' => Some("a quote, which Docker removes"),
+        ' ' | '\t' if word != Word::Line => Some("a space, which separates Dockerfile arguments"),
+        '*' | '?' | '[' if glob => {
+            Some("a wildcard, which Docker expands where kiln reads it as written")
+        }
+        '/' if word == Word::Name => {
+            Some("`/`: kiln compares excludes with file names, which never hold one")
+        }
+        '\\' if word == Word::Name => Some(
+            "`\\`, a path separator on Windows: kiln compares excludes with file names, which never hold one",
+        ),
+        c if c.is_control() => Some("a control character"),
+        _ => None,
     }
 }
 
@@ -426,11 +510,19 @@ fn json_string(s: &str) -> String {
 }
 
 /// `USER UID:GID` or `USER NAME`.
-fn user_line(user: &User, pos: Pos) -> Result<String, SpecError> {
+fn user_line(user: &User, escape: Escape, pos: Pos) -> Result<String, SpecError> {
     match user {
+        User::Unix { uid, gid } if escape == Escape::Windows => Err(SpecError::new(
+            pos,
+            format!(
+                "(user (uid {uid}) (gid {gid})) has no Windows equivalent: Windows containers run as \
+                 named accounts, not ids; write (user (name {WINDOWS_ROOT})) or another account \
+                 name, or convert with --escape unix"
+            ),
+        )),
         User::Unix { uid, gid } => Ok(format!("USER {uid}:{gid}")),
         User::Name(name) => {
-            check_word("(user …) name", name, Word::Arg, pos)?;
+            check_word("(user …) name", name, Word::Arg, escape, pos)?;
             Ok(format!("USER {name}"))
         }
     }
@@ -438,7 +530,7 @@ fn user_line(user: &User, pos: Pos) -> Result<String, SpecError> {
 
 /// Names OBuilder (`ContainerAdministrator`, on Windows) and kiln (`root`) take as root.
 fn is_root_name(name: &str) -> bool {
-    name == "root" || name == "ContainerAdministrator"
+    name == "root" || name == WINDOWS_ROOT
 }
 
 /// The `--chown` value for copies made as `user`; `None` for root.
@@ -451,8 +543,9 @@ fn chown(user: &User) -> Option<String> {
     }
 }
 
-/// `ENV NAME="VALUE"`, with `"`, `\` and `$` escaped so Docker keeps the value as written.
-fn env(name: &str, value: &str, pos: Pos) -> Result<String, SpecError> {
+/// `ENV NAME="VALUE"`, with `"`, the escape character and `$` escaped by the escape
+/// character, so Docker keeps the value as written.
+fn env(name: &str, value: &str, escape: Escape, pos: Pos) -> Result<String, SpecError> {
     if value.contains(['\n', '\r']) {
         return Err(SpecError::new(
             pos,
@@ -464,65 +557,95 @@ fn env(name: &str, value: &str, pos: Pos) -> Result<String, SpecError> {
     }
     let mut escaped = String::with_capacity(value.len());
     for c in value.chars() {
-        if matches!(c, '"' | '\\' | '$') {
-            escaped.push('\\');
+        if matches!(c, '"' | '$') || c == escape.char() {
+            escaped.push(escape.char());
         }
         escaped.push(c);
     }
     Ok(format!("ENV {name}=\"{escaped}\""))
 }
 
-/// `--mount=type=KIND,id=ID,target=PATH,uid=UID[,K=V…]` for a secret or cache mount.
-fn mount_flag(kind: &str, mount: &Mount, user: &User, pos: Pos) -> Result<String, SpecError> {
-    let uid = match user {
-        User::Unix { uid, .. } => uid.to_string(),
-        User::Name(name) if name == "root" => "0".to_string(),
-        User::Name(name) => {
-            return Err(SpecError::new(
-                pos,
-                format!(
-                    "(run …): the {kind} mount `{}` is used as (user (name {name})), but BuildKit's --mount \
-                     takes only a numeric uid: write the user as (user (uid N) (gid N)), or convert \
-                     without --buildkit",
-                    mount.id
-                ),
-            ))
-        }
-    };
-    let fixed = [
-        ("id", mount.id.as_str()),
-        ("target", &mount.target),
-        ("uid", &uid),
-    ];
+/// `--mount=type=KIND,id=ID,target=PATH[,uid=UID][,K=V…]` for a secret or cache mount.
+fn mount_flag(
+    kind: &str,
+    mount: &Mount,
+    user: &User,
+    escape: Escape,
+    pos: Pos,
+) -> Result<String, SpecError> {
+    let uid = mount_uid(kind, mount, user, escape, pos)?;
+    let fixed = [("id", mount.id.as_str()), ("target", &mount.target)];
+    let owner = uid.as_deref().map(|uid| ("uid", uid));
     let extra = mount
         .buildkit_options
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()));
     let mut text = format!("--mount=type={kind}");
-    for (key, value) in fixed.into_iter().chain(extra) {
-        check_mount_field(kind, &mount.id, key, pos)?;
-        check_mount_field(kind, &mount.id, value, pos)?;
+    for (key, value) in fixed.into_iter().chain(owner).chain(extra) {
+        check_mount_field(kind, &mount.id, key, escape, pos)?;
+        check_mount_field(kind, &mount.id, value, escape, pos)?;
         text.push_str(&format!(",{key}={value}"));
     }
     Ok(text)
 }
 
-/// Refuses what would break `--mount`'s comma-separated `key=value` list.
-fn check_mount_field(kind: &str, id: &str, text: &str, pos: Pos) -> Result<(), SpecError> {
-    let bad =
-        |c: char| c.is_whitespace() || c.is_control() || matches!(c, ',' | '"' | '\'' | '$' | '\\');
-    if text.is_empty() || text.contains(bad) {
-        return Err(SpecError::new(
+/// The `uid=` of a mount used as `user`: none on Windows, whose accounts have no uid (and
+/// BuildKit's Windows support ignores it); a named user other than `root` is refused.
+fn mount_uid(
+    kind: &str,
+    mount: &Mount,
+    user: &User,
+    escape: Escape,
+    pos: Pos,
+) -> Result<Option<String>, SpecError> {
+    match user {
+        _ if escape == Escape::Windows => Ok(None),
+        User::Unix { uid, .. } => Ok(Some(uid.to_string())),
+        User::Name(name) if name == "root" => Ok(Some("0".to_string())),
+        User::Name(name) => Err(SpecError::new(
             pos,
             format!(
-                "(run …): the {kind} mount `{}` has `{}`, which BuildKit's --mount=… list cannot hold (it must \
-                 be non-empty, with no space, comma, quote, `$` or `\\`): change it, or convert without --buildkit",
-                shown(id),
-                shown(text)
+                "(run …): the {kind} mount `{}` is used as (user (name {name})), but BuildKit's --mount \
+                 takes only a numeric uid: write the user as (user (uid N) (gid N)), or convert \
+                 without --buildkit (or with --escape windows, if this is a Windows spec)",
+                mount.id
             ),
-        ));
+        )),
     }
-    Ok(())
+}
+
+/// Refuses what would break `--mount`'s comma-separated `key=value` list.
+fn check_mount_field(
+    kind: &str,
+    id: &str,
+    text: &str,
+    escape: Escape,
+    pos: Pos,
+) -> Result<(), SpecError> {
+    let bad = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, ',' | '"' | '\'' | '$')
+            || c == escape.char()
+    };
+    if !text.is_empty() && !text.contains(bad) {
+        return Ok(());
+    }
+    let windows = if escape == Escape::Unix && text.contains('\\') {
+        ", or with --escape windows if this is a Windows spec"
+    } else {
+        ""
+    };
+    Err(SpecError::new(
+        pos,
+        format!(
+            "(run …): the {kind} mount `{}` has `{}`, which BuildKit's --mount=… list cannot hold (it must \
+             be non-empty, with no space, comma, quote, `$` or {}): change it, or convert without --buildkit{windows}",
+            shown(id),
+            shown(text),
+            escape.named()
+        ),
+    ))
 }
 
 /// The characters OBuilder trims from each command line (OCaml's `String.trim`).
@@ -530,8 +653,9 @@ fn is_trimmed(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c')
 }
 
-/// A run command as `RUN` text: lines trimmed and joined with ` \` continuations.
-fn command(shell: &str, pos: Pos) -> Result<String, SpecError> {
+/// A run command as `RUN` text: lines trimmed and joined with continuations (` \`, or
+/// `` ` `` with `--escape windows`).
+fn command(shell: &str, escape: Escape, pos: Pos) -> Result<String, SpecError> {
     let lines: Vec<&str> = shell
         .split('\n')
         .map(|l| l.trim_matches(is_trimmed))
@@ -548,12 +672,8 @@ fn command(shell: &str, pos: Pos) -> Result<String, SpecError> {
         ));
     };
     let lines = &lines[first..=last];
-    if lines[lines.len() - 1].ends_with('\\') {
-        return Err(SpecError::new(
-            pos,
-            "(run …): the command ends with `\\`, which a Dockerfile reads as a line continuation (the \
-             next instruction would join the command): remove the trailing backslash",
-        ));
+    if lines[lines.len() - 1].ends_with(escape.char()) {
+        return Err(trailing_escape(escape, pos));
     }
     if let Some(word) = shell.split_whitespace().find(|w| is_heredoc(w)) {
         return Err(SpecError::new(
@@ -569,20 +689,40 @@ fn command(shell: &str, pos: Pos) -> Result<String, SpecError> {
     let joined: Vec<&str> = (lines.iter().enumerate())
         .map(|(i, line)| {
             if i < last {
-                without_continuation(line)
+                without_continuation(line, escape.char())
             } else {
                 line
             }
         })
         .collect();
-    Ok(joined.join(" \\\n    "))
+    Ok(joined.join(&format!(" {}\n    ", escape.char())))
 }
 
-/// `line` without a final shell line continuation (an odd run of `\` at its end): the
+/// The refusal of a command whose last line ends with the escape character.
+fn trailing_escape(escape: Escape, pos: Pos) -> SpecError {
+    let fix = match escape {
+        Escape::Unix => {
+            "remove the trailing backslash (or, for a Windows spec, convert with --escape windows, \
+             where `\\` is no escape)"
+        }
+        Escape::Windows => "remove the trailing backtick",
+    };
+    SpecError::new(
+        pos,
+        format!(
+            "(run …): the command ends with {}, which a Dockerfile reads as a line continuation (the \
+             next instruction would join the command): {fix}",
+            escape.named()
+        ),
+    )
+}
+
+/// `line` without a final line continuation of its own (an odd run of the escape character
+/// `esc` at its end, as `\` continues a shell line and `` ` `` a PowerShell one): the
 /// Dockerfile continuation that replaces the line break joins the lines as the shell would.
-fn without_continuation(line: &str) -> &str {
-    let backslashes = line.len() - line.trim_end_matches('\\').len();
-    if backslashes % 2 == 1 {
+fn without_continuation(line: &str, esc: char) -> &str {
+    let run = line.len() - line.trim_end_matches(esc).len();
+    if run % 2 == 1 {
         &line[..line.len() - 1]
     } else {
         line

@@ -1,20 +1,38 @@
 //! `kiln_spec::dockerfile`: specs written as Dockerfiles, as `obuilder dockerfile` writes them.
 //!
-//! - OBuilder's own expectations (its `test/test.ml`, `test_docker_unix`) reproduced case
-//!   by case; where kiln's text differs, the test says where and why.
+//! - OBuilder's own expectations (its `test/test.ml`, `test_docker_unix` and
+//!   `test_docker_windows`) reproduced case by case; where kiln's text differs, the test
+//!   says where and why.
 //! - Fixtures: every spec of `tests/obuilder/` and `examples/` that has expectations next to
-//!   it (`NAME.dockerfile`, `NAME.buildkit.dockerfile`, or `….err` for a refusal) is compared
-//!   exactly; the expected texts were checked by hand against OBuilder's rules.
+//!   it (`NAME[.windows][.buildkit].dockerfile`, or `….err` for a refusal) is compared
+//!   exactly; every `upstream-*` spec has both Unix ones. The expected texts were checked by
+//!   hand against OBuilder's rules.
 //! - Refusals: kiln forms, `file:` bases, excludes without BuildKit and values a Dockerfile
 //!   would read differently, each at its `line:col`.
 
-use kiln_spec::dockerfile::{BUILDKIT_EXCLUDE_SYNTAX, BUILDKIT_SYNTAX};
+use kiln_spec::dockerfile::{
+    Escape, BUILDKIT_EXCLUDE_SYNTAX, BUILDKIT_SYNTAX, WINDOWS_ESCAPE_DIRECTIVE,
+};
 use kiln_spec::{dockerfile, parse, DockerfileOptions, Spec};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const PLAIN: DockerfileOptions = DockerfileOptions { buildkit: false };
-const BUILDKIT: DockerfileOptions = DockerfileOptions { buildkit: true };
+const PLAIN: DockerfileOptions = DockerfileOptions {
+    buildkit: false,
+    escape: Escape::Unix,
+};
+const BUILDKIT: DockerfileOptions = DockerfileOptions {
+    buildkit: true,
+    escape: Escape::Unix,
+};
+const WINDOWS: DockerfileOptions = DockerfileOptions {
+    buildkit: false,
+    escape: Escape::Windows,
+};
+const WINDOWS_BUILDKIT: DockerfileOptions = DockerfileOptions {
+    buildkit: true,
+    escape: Escape::Windows,
+};
 
 fn spec(text: &str) -> Spec {
     parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -222,6 +240,91 @@ RUN --mount=type=secret,id=a,target=/secrets/a,uid=0 --mount=type=secret,id=b,ta
     );
 }
 
+// ---- OBuilder's test.ml, test_docker_windows -----------------------------------------
+
+/// test.ml's Windows "Dockerfile" spec, with the copy that has an exclude.
+const OBUILDER_WINDOWS_SPEC: &str = r#"
+     ((from base)
+      (comment "A test comment")
+      (workdir C:/src)
+      (run (shell "command1"))
+      (shell C:/Windows/System32/cmd.exe /c)
+      (run
+       (cache (a (target /data))
+              (b (target /srv)))
+       (shell "command2 &&
+               command3"))
+      (copy (src a b) (dst c))
+      (copy (src a b) (dst c) (exclude .git _build))
+      (env DEBUG 1)
+      (user (name Zaphod))
+      (copy (src a b) (dst c))
+     ) "#;
+
+/// OBuilder's expected text for it (`--escape windows`, no BuildKit), with the exclude
+/// copy's line.
+const OBUILDER_WINDOWS: &str = r#"#escape=`
+FROM base
+# A test comment
+WORKDIR C:/src
+RUN command1
+SHELL [ "C:/Windows/System32/cmd.exe", "/c" ]
+RUN command2 && `
+    command3
+COPY a b c
+COPY a b c
+ENV DEBUG="1"
+USER Zaphod
+COPY a b c
+"#;
+
+#[test]
+fn obuilder_windows_case_dockerfile_without_the_exclude_is_obuilders_text() {
+    // As in Unix mode: OBuilder drops the excludes, kiln refuses them without BuildKit.
+    let without =
+        OBUILDER_WINDOWS_SPEC.replace("      (copy (src a b) (dst c) (exclude .git _build))\n", "");
+    let expected = OBUILDER_WINDOWS.replacen("COPY a b c\nCOPY a b c\n", "COPY a b c\n", 1);
+    assert_eq!(convert(&without, WINDOWS), expected);
+    assert_refused(
+        &refusal(OBUILDER_WINDOWS_SPEC, WINDOWS),
+        "13:7",
+        "(copy …) has (exclude …)",
+    );
+}
+
+#[test]
+fn obuilder_windows_case_dockerfile_with_buildkit_has_mounts_without_uid() {
+    // OBuilder stops at a mount under a Windows user (it has no uid to give); kiln writes
+    // the mount without one, after its syntax line, and adds the excludes.
+    let expected = r#"# syntax=docker/dockerfile:1.19
+#escape=`
+FROM base
+# A test comment
+WORKDIR C:/src
+RUN command1
+SHELL [ "C:/Windows/System32/cmd.exe", "/c" ]
+RUN --mount=type=cache,id=a,target=/data --mount=type=cache,id=b,target=/srv command2 && `
+    command3
+COPY a b c
+COPY --exclude=**/.git --exclude=**/_build a b c
+ENV DEBUG="1"
+USER Zaphod
+COPY a b c
+"#;
+    assert_eq!(convert(OBUILDER_WINDOWS_SPEC, WINDOWS_BUILDKIT), expected);
+}
+
+#[test]
+fn obuilder_windows_case_multi_stage() {
+    // As in unix mode, the copy into bin/ names the source's place (OBuilder: `bin/`).
+    let expected = "#escape=`\nFROM base as tools\nRUN make tools\n\nFROM base\nCOPY --from=tools binary /usr/local/bin/binary\n";
+    assert_eq!(convert(OBUILDER_MULTI_STAGE_SPEC, WINDOWS), expected);
+    assert_eq!(
+        convert(OBUILDER_MULTI_STAGE_SPEC, WINDOWS_BUILDKIT),
+        format!("{BUILDKIT_SYNTAX}\n{expected}")
+    );
+}
+
 // ---- fixtures ---------------------------------------------------------------------------
 
 fn root() -> PathBuf {
@@ -234,7 +337,7 @@ fn check_fixture(spec_path: &Path, options: DockerfileOptions) -> Result<bool, S
     let text =
         fs::read_to_string(spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
     let stem = spec_path.with_extension("");
-    let mode = if options.buildkit { ".buildkit" } else { "" };
+    let mode = mode_suffix(options);
     let expected_text = PathBuf::from(format!("{}{mode}.dockerfile", stem.display()));
     let expected_err = PathBuf::from(format!("{}{mode}.dockerfile.err", stem.display()));
     let got = parse(&text)
@@ -262,6 +365,17 @@ fn check_fixture(spec_path: &Path, options: DockerfileOptions) -> Result<bool, S
     }
 }
 
+/// How fixture names say the mode: `.windows` and `.buildkit`, in that order.
+fn mode_suffix(options: DockerfileOptions) -> String {
+    let windows = if options.escape == Escape::Windows {
+        ".windows"
+    } else {
+        ""
+    };
+    let buildkit = if options.buildkit { ".buildkit" } else { "" };
+    format!("{windows}{buildkit}")
+}
+
 /// The `.spec` files directly in `dir` and one level below, sorted.
 fn specs_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -282,16 +396,16 @@ fn specs_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Checks every fixture under `dir`; returns the `NAME[.buildkit]` of those checked.
+/// Checks every fixture under `dir`; returns the `NAME[.windows][.buildkit]` of those checked.
 fn check_fixtures(dir: &Path) -> Vec<String> {
     let mut checked = Vec::new();
     let mut failures = Vec::new();
     for spec_path in specs_under(dir) {
-        for (options, mode) in [(PLAIN, ""), (BUILDKIT, ".buildkit")] {
+        for options in [PLAIN, BUILDKIT, WINDOWS, WINDOWS_BUILDKIT] {
             match check_fixture(&spec_path, options) {
                 Ok(true) => {
                     let name = spec_path.file_stem().expect("stem").to_string_lossy();
-                    checked.push(format!("{name}{mode}"));
+                    checked.push(format!("{name}{}", mode_suffix(options)));
                 }
                 Ok(false) => {}
                 Err(e) => failures.push(e),
@@ -302,24 +416,43 @@ fn check_fixtures(dir: &Path) -> Vec<String> {
     checked
 }
 
+/// The specs of `tests/obuilder/` written for Windows, which have `.windows` fixtures too.
+const WINDOWS_SPECS: [&str; 8] = [
+    "windows-style",
+    "upstream-09-doc-qemu-md",
+    "upstream-10-doc-windows-md",
+    "upstream-11-doc-windows-mld",
+    "upstream-13-example-windows-hcs-spec",
+    "upstream-14-example-windows-spec",
+    "upstream-22-test-test-ml",
+    "upstream-23-test-test-ml",
+];
+
 #[test]
 fn obuilder_fixtures_convert_to_the_expected_text() {
-    let checked = check_fixtures(&root().join("crates/kiln-spec/tests/obuilder"));
-    for name in [
-        "multi-stage",
-        "opam-ci",
-        "secrets",
-        "windows-style",
-        "upstream-12-example-spec",
-    ] {
-        for mode in ["", ".buildkit"] {
-            let want = format!("{name}{mode}");
-            assert!(
-                checked.contains(&want),
-                "no expectation for {want}: {checked:?}"
-            );
-        }
-    }
+    let dir = root().join("crates/kiln-spec/tests/obuilder");
+    let checked = check_fixtures(&dir);
+    // Every upstream spec (OBuilder's own 21) has a Unix expectation in both modes.
+    let upstream: Vec<String> = specs_under(&dir)
+        .iter()
+        .map(|p| p.file_stem().expect("stem").to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("upstream-"))
+        .collect();
+    assert_eq!(upstream.len(), 21, "{upstream:?}");
+    let ours = ["multi-stage", "opam-ci", "secrets", "windows-style"];
+    let unix = ours.iter().map(|n| n.to_string()).chain(upstream);
+    let unix_modes = unix.flat_map(|n| [n.clone(), format!("{n}.buildkit")]);
+    let windows_modes = WINDOWS_SPECS
+        .iter()
+        .flat_map(|n| [format!("{n}.windows"), format!("{n}.windows.buildkit")]);
+    let missing: Vec<String> = unix_modes
+        .chain(windows_modes)
+        .filter(|want| !checked.contains(want))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no .dockerfile or .dockerfile.err for {missing:?}"
+    );
 }
 
 #[test]
@@ -623,4 +756,114 @@ fn stage_names_docker_would_not_take_are_refused() {
         "2:8",
         "(from …) base `tools` has the name of the build stage at 1:2",
     );
+}
+
+// ---- --escape windows -------------------------------------------------------------------
+
+#[test]
+fn windows_escape_is_a_backtick_in_env_values_continuations_and_paths() {
+    let text = r#"((from mcr.microsoft.com/windows/nanoserver:ltsc2022)
+      (env PS "a`b \"c\" $d C:\\e\\")
+      (workdir "C:\\work")
+      (run (shell "powershell -Command `
+                   Write-Host hi
+                   dir C:\\"))
+      (copy (src "a\\b") (dst "C:\\x\\")))"#;
+    // A line's own trailing backtick (PowerShell's continuation) gives way to the
+    // Dockerfile's; `\` is an ordinary character, even at the end of a line.
+    let expected = "#escape=`
+FROM mcr.microsoft.com/windows/nanoserver:ltsc2022
+ENV PS=\"a``b `\"c`\" `$d C:\\e\\\"
+WORKDIR C:\\work
+RUN powershell -Command  `
+    Write-Host hi `
+    dir C:\\
+COPY a\\b C:\\x\\
+";
+    assert_eq!(convert(text, WINDOWS), expected);
+    assert_eq!(
+        convert(text, WINDOWS_BUILDKIT),
+        format!("{BUILDKIT_SYNTAX}\n{expected}")
+    );
+}
+
+#[test]
+fn windows_stages_start_as_container_administrator_and_copies_get_no_chown() {
+    let text = r#"((build b ((from base) (user (name app)) (copy (src a) (dst C:/a))))
+      (from base)
+      (copy (src a) (dst C:/a))
+      (user (name app))
+      (run (network host)
+           (secrets (s (target "C:\\s")))
+           (cache (c (target "C:\\c") (buildkit_options ((sharing locked)))))
+           (shell x))
+      (copy (from (build b)) (src C:/a) (dst C:/b)))"#;
+    // Mounts have no uid (Windows accounts have none), (network host) is dropped (Windows
+    // containers have no host network), and no copy gets --chown.
+    let expected = format!(
+        "{BUILDKIT_SYNTAX}\n{WINDOWS_ESCAPE_DIRECTIVE}
+FROM base as b
+USER app
+COPY a C:/a
+
+FROM base
+COPY a C:/a
+USER app
+RUN --mount=type=secret,id=s,target=C:\\s --mount=type=cache,id=c,target=C:\\c,sharing=locked x
+COPY --from=b C:/a C:/b
+"
+    );
+    assert_eq!(convert(text, WINDOWS_BUILDKIT), expected);
+    // Without BuildKit the mounts are left out, as in Unix mode.
+    assert!(convert(text, WINDOWS).contains("\nUSER app\nRUN x\n"));
+}
+
+#[test]
+fn windows_refusals_name_the_backtick_and_unix_users() {
+    let cases = [
+        (
+            "(workdir \"C:\\\\a`b\")",
+            "contains a backtick, Docker's escape character",
+        ),
+        ("(copy (src a) (dst \"C:\\\\x`\"))", "contains a backtick"),
+        (
+            "(run (shell \"Write-Host a `\"))",
+            "the command ends with a backtick",
+        ),
+        (
+            "(copy (src a) (dst /x) (exclude \"a\\\\b\"))",
+            "a path separator on Windows",
+        ),
+        (
+            "(user (uid 1) (gid 2))",
+            "(user (uid 1) (gid 2)) has no Windows equivalent",
+        ),
+        (
+            "(run (cache (c (target \"C:\\\\c`\"))) (shell x))",
+            "the cache mount `c` has `C:\\c``",
+        ),
+    ];
+    for (op, needle) in cases {
+        let text = format!("((from base)\n {op})");
+        assert_refused(&refusal(&text, WINDOWS_BUILDKIT), "2:2", needle);
+    }
+    let err = refusal("((from base)\n (user (uid 0) (gid 0)))", WINDOWS);
+    assert!(
+        err.contains("(user (name ContainerAdministrator))") && err.contains("--escape unix"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unix_refusals_of_windows_paths_point_at_escape_windows() {
+    for op in [
+        "(run (shell \"dir C:\\\\\"))",
+        "(workdir \"C:\\\\src\")",
+        "(run (cache (c (target \"C:\\\\c\"))) (shell x))",
+    ] {
+        let text = format!("((from base)\n {op})");
+        let err = refusal(&text, BUILDKIT);
+        assert!(err.contains("--escape windows"), "{err}");
+        convert(&text, WINDOWS_BUILDKIT);
+    }
 }

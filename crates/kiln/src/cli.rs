@@ -216,9 +216,22 @@ pub struct DockerfileArgs {
     /// BuildKit syntax: cache and secret mounts, `RUN --network=host`, `COPY --exclude`.
     #[arg(long)]
     pub buildkit: bool,
+    /// Dockerfile escape style, as OBuilder's --escape; windows output starts with an
+    /// #escape directive for the backtick.
+    #[arg(long, value_enum, value_name = "STYLE", default_value_t = EscapeArg::Unix)]
+    pub escape: EscapeArg,
     /// Write the Dockerfile here instead of to stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// `kiln dockerfile --escape`: the Dockerfile's escape character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EscapeArg {
+    /// `\` escapes and continues lines; stages start as uid 0.
+    Unix,
+    /// A backtick escapes and continues lines; stages start as ContainerAdministrator.
+    Windows,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,8 @@
 //! `kiln dockerfile`: reads a spec and prints it as a Dockerfile ([`kiln_spec::dockerfile()`]).
 
-use crate::cli::DockerfileArgs;
+use crate::cli::{DockerfileArgs, EscapeArg};
 use anyhow::Context;
+use kiln_spec::dockerfile::Escape;
 use kiln_spec::DockerfileOptions;
 use std::fs;
 use std::io::Write;
@@ -13,8 +14,13 @@ pub fn dockerfile(args: DockerfileArgs) -> anyhow::Result<ExitCode> {
     let name = args.file.display().to_string();
     let text = fs::read_to_string(&args.file).with_context(|| format!("reading spec {name}"))?;
     let spec = kiln_spec::parse_file(&text, &name)?;
+    let escape = match args.escape {
+        EscapeArg::Unix => Escape::Unix,
+        EscapeArg::Windows => Escape::Windows,
+    };
     let options = DockerfileOptions {
         buildkit: args.buildkit,
+        escape,
     };
     let out = kiln_spec::dockerfile(&spec, options).map_err(|e| e.in_file(&name))?;
     match &args.output {

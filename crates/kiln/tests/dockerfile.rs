@@ -11,6 +11,10 @@ fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
+fn obuilder_specs() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-spec/tests/obuilder")
+}
+
 #[test]
 fn dockerfile_prints_the_expected_text_and_refuses_kiln_forms_at_file_line_col() {
     let dir = test_dir("dockerfile");
@@ -75,4 +79,38 @@ fn dockerfile_prints_the_expected_text_and_refuses_kiln_forms_at_file_line_col()
         "{}",
         refused.stderr
     );
+}
+
+#[test]
+fn dockerfile_escape_windows_converts_what_unix_escapes_refuse() {
+    let dir = test_dir("dockerfile-windows");
+    let spec = obuilder_specs().join("windows-style.spec");
+    let spec = spec.to_str().expect("utf-8 path");
+
+    // `dir C:\` ends a command with Docker's Unix escape: refused, pointing at --escape.
+    let refused = kiln(&dir, &dir, &["dockerfile", "-f", spec]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stderr
+            .contains("windows-style.spec:6:2: (run …): the command ends with `\\`")
+            && refused.stderr.contains("--escape windows"),
+        "{}",
+        refused.stderr
+    );
+
+    let out = kiln(
+        &dir,
+        &dir,
+        &["dockerfile", "--escape", "windows", "-f", spec],
+    )
+    .ok();
+    let want = fs::read_to_string(obuilder_specs().join("windows-style.windows.dockerfile"))
+        .expect("fixture");
+    assert!(out.stdout.starts_with("#escape=`\n"), "{}", out.stdout);
+    assert_eq!(out.stdout, want);
+
+    let bad = kiln(&dir, &dir, &["dockerfile", "--escape", "dos", "-f", spec]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("windows"), "{}", bad.stderr);
 }

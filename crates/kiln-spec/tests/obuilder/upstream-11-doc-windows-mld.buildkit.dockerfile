@@ -1,0 +1,4 @@
+# syntax=docker/dockerfile:1
+FROM mcr.microsoft.com/windows/servercore:ltsc2022
+RUN echo hello > world
+RUN type world

@@ -1,0 +1,2 @@
+FROM patricoferris/macos-opam:macos-homebrew-ocaml-4.12
+RUN ./local/bin/opam --version

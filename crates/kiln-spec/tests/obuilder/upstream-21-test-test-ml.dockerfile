@@ -1,0 +1,5 @@
+FROM base as tools
+RUN make tools
+
+FROM base
+RUN command1

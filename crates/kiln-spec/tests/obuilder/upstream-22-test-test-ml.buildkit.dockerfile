@@ -1,0 +1,13 @@
+# syntax=docker/dockerfile:1.19
+FROM base
+# A test comment
+WORKDIR C:/src
+RUN command1
+SHELL [ "C:/Windows/System32/cmd.exe", "/c" ]
+RUN --mount=type=cache,id=a,target=/data,uid=0 --mount=type=cache,id=b,target=/srv,uid=0 command2 && \
+    command3
+COPY a b c
+COPY --exclude=**/.git --exclude=**/_build a b c
+ENV DEBUG="1"
+USER Zaphod
+COPY --chown=Zaphod a b c

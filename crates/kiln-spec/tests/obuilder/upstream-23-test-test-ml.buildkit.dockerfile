@@ -1,0 +1,6 @@
+# syntax=docker/dockerfile:1
+FROM base as tools
+RUN make tools
+
+FROM base
+COPY --from=tools binary /usr/local/bin/binary

@@ -1,0 +1,7 @@
+# syntax=docker/dockerfile:1
+#escape=`
+FROM base as tools
+RUN make tools
+
+FROM base
+COPY --from=tools binary /usr/local/bin/binary
