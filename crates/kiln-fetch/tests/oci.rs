@@ -354,6 +354,20 @@ fn assert_pulls(fetcher: &RealFetcher, from: &str, digest: &str, version: &[u8])
     log
 }
 
+/// The token server handed `reader` a pull token for the private image.
+fn assert_reader_got_a_token(tokens: &TokenServer) {
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.user.as_deref() == Some("reader")
+                && r.scope == "repository:private/tool:pull"
+                && r.status == 200),
+        "{:?}",
+        tokens.requests()
+    );
+}
+
 #[test]
 fn layers_whiteouts_indexes_and_tags() {
     let registry = TestRegistry::start();
@@ -692,16 +706,7 @@ fn docker_hub_token_flow_anonymous_and_logged_in() {
         ..settings(None, Some(&hub.host))
     });
     assert_pulls(&logged_in, "private/tool:v1", &private, b"secret");
-    assert!(
-        tokens
-            .requests()
-            .iter()
-            .any(|r| r.user.as_deref() == Some("reader")
-                && r.scope == "repository:private/tool:pull"
-                && r.status == 200),
-        "{:?}",
-        tokens.requests()
-    );
+    assert_reader_got_a_token(&tokens);
 
     // KILN_REGISTRY_AUTH wins over config.json; wrong credentials are refused.
     let wrong = fetcher_with(RegistrySettings {
@@ -821,16 +826,7 @@ fn docker_credential_helpers_log_in_or_leave_kiln_anonymous() {
         ["https://index.docker.io/v1/"; 2],
         "asked once to resolve, once to fetch"
     );
-    assert!(
-        tokens
-            .requests()
-            .iter()
-            .any(|r| r.user.as_deref() == Some("reader")
-                && r.scope == "repository:private/tool:pull"
-                && r.status == 200),
-        "{:?}",
-        tokens.requests()
-    );
+    assert_reader_got_a_token(&tokens);
 
     // A `credHelpers` entry for the registry's host wins over `credsStore`, and is asked
     // with the host.
