@@ -11,6 +11,8 @@
 #      it (median of 3 boots of the --boot kernel raw image, with kiln's boot initramfs;
 #      the accelerator probe before it takes ~0.1 s where KVM fails fast, at most 3 s);
 #      the same with the image's own initramfs (--initrd image) for comparison. goal ≤ 12 s
+#   4. kiln test of examples/webserver (a UEFI qcow2) booted direct (IMAGE.boot/, the
+#      default) vs --firmware uefi (OVMF + systemd-boot): median of 3 each
 # Row 1 alternates kiln and by hand for $ROUNDS rounds (default 3) and compares medians:
 # this host's timings vary by ±20% from one run to the next.
 # Usage: bench/image.sh [--no-dib]   (--no-dib skips row 2 and DIB's ~1 GB of set-up)
@@ -119,11 +121,11 @@ fi
 
 # Boot: the same build as a raw --boot kernel image (cached, so this only exports).
 kiln_build "$work/store" "$work/kiln.raw" --boot kernel
-boot_median() { # [kiln test ARGS…]: median of 3 "boot to first passing check" times
-  local boots=() boot
+boot_median() { # IMAGE SPEC [kiln test ARGS…]: median of 3 "boot to first passing check" times
+  local image=$1 spec=$2 boots=() boot; shift 2
   for _ in 1 2 3; do
     sync # untimed: no earlier run's write-back (DIB leaves gigabytes) under the boot
-    "$kiln" --store "$work/store" test "$work/kiln.raw" -f "$example/memcached.spec" "$@" >"$work/test.out" 2>&1 ||
+    "$kiln" --store "$work/store" test "$image" -f "$spec" "$@" >"$work/test.out" 2>&1 ||
       { cat "$work/test.out" >&2; exit 1; }
     # The port check passes when memcached answers; its end is "start + boot time".
     boot=$(sed -n 's/^boot to first passing check: \([0-9.]*\) s.*/\1/p' "$work/test.out")
@@ -132,8 +134,18 @@ boot_median() { # [kiln test ARGS…]: median of 3 "boot to first passing check"
   echo "  boots: ${boots[*]}" >&2
   median "${boots[@]}"
 }
-b=$(boot_median)
+b=$(boot_median "$work/kiln.raw" "$example/memcached.spec")
 accel=$(sed -n 's/^boot to first passing check: [0-9.]* s (\(.*\))/\1/p' "$work/test.out")
 row "kiln test: VM start to memcached answering (s, $accel)" "$b" "12.0 goal" "$(ratio "$b" 12)"
-o=$(boot_median --initrd image)
+o=$(boot_median "$work/kiln.raw" "$example/memcached.spec" --initrd image)
 row "  the same with the image's own initramfs (s)" "$o" "" ""
+
+# A UEFI image (examples/webserver, qcow2) both ways: kiln test's default enters the
+# kernel staged in web.qcow2.boot/ (PVH vmlinux + kiln-init); --firmware uefi goes
+# through OVMF and the image's systemd-boot. The first check is the console's "login:".
+web=$repo/examples/webserver
+"$kiln" --store "$work/store" build -f "$web/web.spec" "$web" -o "$work/web.qcow2" >/dev/null 2>&1
+w=$(boot_median "$work/web.qcow2" "$web/web.spec")
+grep -q '^boot: kernel' "$work/test.out" || { echo "web.qcow2 did not boot direct" >&2; exit 1; }
+u=$(boot_median "$work/web.qcow2" "$web/web.spec" --firmware uefi)
+row "kiln test webserver (uefi qcow2): direct vs OVMF (s)" "$w" "$u" "$(ratio "$w" "$u")"

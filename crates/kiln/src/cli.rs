@@ -87,6 +87,9 @@ pub struct BuildArgs {
     /// With --test: write a JUnit XML report here.
     #[arg(long, value_name = "FILE", requires = "test")]
     pub junit: Option<PathBuf>,
+    /// With --test: how to boot the image; auto enters IMAGE.boot/ directly when it exists.
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Auto, requires = "test")]
+    pub firmware: FirmwareArg,
     /// Build twice from scratch (fresh stores) and compare the outputs bit for bit;
     /// on a difference, name the first differing file.
     #[arg(long)]
@@ -158,6 +161,22 @@ pub struct RunArgs {
     /// the image's own (initrd.img).
     #[arg(long, value_enum, default_value_t = InitrdArg::Kiln)]
     pub initrd: InitrdArg,
+    /// How to boot the image; auto enters IMAGE.boot/ directly when it exists (fastest).
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Auto)]
+    pub firmware: FirmwareArg,
+}
+
+/// How `kiln run`/`kiln test` boot an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirmwareArg {
+    /// `IMAGE.boot/` directly when it exists (fastest), else the image's own firmware.
+    Auto,
+    /// OVMF and the image's ESP (systemd-boot), even when `IMAGE.boot/` exists.
+    Uefi,
+    /// `IMAGE.boot/` (kernel, kiln-initrd.img, cmdline) directly; it must exist.
+    Kernel,
+    /// Refused: kiln images have no legacy (BIOS) boot loader, only an ESP.
+    Bios,
 }
 
 /// Which initramfs boots a `--boot kernel` image.
@@ -188,6 +207,9 @@ pub struct TestArgs {
     /// Initramfs of a --boot kernel image: kiln's (kiln-initrd.img) or the image's own.
     #[arg(long, value_enum, default_value_t = InitrdArg::Kiln)]
     pub initrd: InitrdArg,
+    /// How to boot the image; auto enters IMAGE.boot/ directly when it exists (fastest).
+    #[arg(long, value_enum, default_value_t = FirmwareArg::Auto)]
+    pub firmware: FirmwareArg,
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,7 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
             None,
             false,
             crate::cli::InitrdArg::Kiln,
+            args.firmware,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -300,7 +300,8 @@ impl Drop for BackgroundRemoval {
 
 /// What is made from the partitions' trees alone, beside the disk.
 struct SideOutputs {
-    /// A staged `IMAGE.boot/` (kernel, initrds) of a `--boot kernel` image.
+    /// A staged `IMAGE.boot/` (kernel, initrds) of a `--boot kernel` image, or of a
+    /// `--boot uefi` image of kiln-init's architecture.
     boot_dir: Option<PathBuf>,
     /// One OS descriptor per partition.
     os: Vec<kiln_image::OsDescriptor>,
@@ -320,13 +321,21 @@ fn side_outputs(
         .iter()
         .map(|p| kiln_image::osinfo::os_descriptor(&p.rootfs))
         .collect::<Result<Vec<_>, _>>()?;
-    let boot_dir = match boot {
-        BootMode::Kernel => {
+    let image_arch = &os[request.default].arch;
+    // A UEFI image gets IMAGE.boot/ too when kiln-init can boot it: `kiln run`/`kiln
+    // test` then enter its kernel directly, about twice as fast under TCG as OVMF.
+    let direct = match boot {
+        BootMode::Kernel => true,
+        BootMode::Uefi => kiln_image::boot_initrd::init_architecture() == Some(image_arch.as_str()),
+        BootMode::None => false,
+    };
+    let boot_dir = match direct {
+        true => {
             let staged = tmp_sibling(&boot_dir(output), "staged");
             let _ = fs::remove_dir_all(&staged);
             let made = stage_boot_dir(
                 default,
-                &os[request.default].arch,
+                image_arch,
                 &staged,
                 &boot_dir(output),
                 request.source_date_epoch,
@@ -337,7 +346,7 @@ fn side_outputs(
             made?;
             Some(staged)
         }
-        _ => None,
+        false => None,
     };
     let sbom = kiln_image::spdx::sbom(default, image_name, seed, request.source_date_epoch)?;
     Ok(SideOutputs { boot_dir, os, sbom })
@@ -477,7 +486,8 @@ fn extract_kernel(rootfs: &Path, dir: &Path, shown: &Path, epoch: i64) -> anyhow
 /// kiln's boot initramfs in `IMAGE.boot/` (kiln-init; see `kiln_image::boot_initrd`).
 pub const KILN_INITRD: &str = "kiln-initrd.img";
 
-/// `IMAGE.boot/`: kernel, initrd and cmdline of a `--boot kernel` image.
+/// `IMAGE.boot/`: kernel, initrds and cmdline of a `--boot kernel` image, or of a
+/// `--boot uefi` image of kiln-init's architecture (its loader entry's cmdline).
 pub fn boot_dir(image: &Path) -> PathBuf {
     let mut name = image.as_os_str().to_owned();
     name.push(".boot");

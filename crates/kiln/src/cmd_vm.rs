@@ -1,63 +1,131 @@
 //! `kiln run` and `kiln test`: boot an image under QEMU, interactively or against the
 //! spec's `(test …)` checks.
 
-use crate::cli::{InitrdArg, RunArgs, TestArgs};
+use crate::cli::{FirmwareArg, InitrdArg, RunArgs, TestArgs};
 use anyhow::{bail, Context};
 use kiln_vm::{Boot, ConsoleMode, Forward, VmConfig};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// How an image boots, from its manifest (`IMAGE.manifest.json`) and, for
-/// `--boot kernel` images, the kernel, initrd and cmdline in `IMAGE.boot/` (the
-/// uncompressed `vmlinux` when QEMU can enter it directly: it starts seconds sooner
-/// under TCG than `vmlinuz`, which decompresses itself first), booted with kiln's
+/// The two ways `kiln run`/`kiln test` start an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootKind {
+    /// The kernel, initramfs and cmdline staged in `IMAGE.boot/`, entered directly.
+    Kernel,
+    /// OVMF, then the image's own ESP (systemd-boot).
+    Uefi,
+}
+
+/// Which boot `flag` picks for an image whose manifest says `manifest_boot`, with or
+/// without an `IMAGE.boot/` (`boot_dir`) beside it. Pure: the caller looks at the files.
+fn choose_boot(
+    image: &Path,
+    manifest_boot: &str,
+    boot_dir: &Path,
+    has_boot_dir: bool,
+    flag: FirmwareArg,
+) -> anyhow::Result<BootKind> {
+    let missing = || {
+        anyhow::anyhow!(
+            "{} does not exist: it holds the kernel, initramfs and cmdline a direct boot \
+             of {} needs. `kiln build -o IMAGE` and `kiln export` write it for --boot \
+             kernel images and for --boot uefi images of kiln-init's architecture; \
+             rebuild the image, or use --firmware auto",
+            boot_dir.display(),
+            image.display()
+        )
+    };
+    match (flag, manifest_boot) {
+        (FirmwareArg::Bios, _) => bail!(
+            "--firmware bios: kiln images have no legacy (BIOS) boot loader, only an ESP \
+             with systemd-boot (--boot uefi) or none; use --firmware auto, uefi or kernel"
+        ),
+        (FirmwareArg::Uefi, "uefi") => Ok(BootKind::Uefi),
+        (FirmwareArg::Uefi, other) => bail!(
+            "{}: --firmware uefi needs an ESP, and this is a --boot {other} image, which \
+             has none; use --firmware auto, or rebuild it with --boot uefi",
+            image.display()
+        ),
+        (FirmwareArg::Kernel | FirmwareArg::Auto, _) if has_boot_dir => Ok(BootKind::Kernel),
+        (FirmwareArg::Kernel, _) | (FirmwareArg::Auto, "kernel") => Err(missing()),
+        (FirmwareArg::Auto, "uefi") => Ok(BootKind::Uefi),
+        (FirmwareArg::Auto, other) => bail!(
+            "{}: an image with boot `{other}` cannot be booted (it has neither an ESP nor \
+             {}); rebuild it with --boot uefi or --boot kernel",
+            image.display(),
+            boot_dir.display()
+        ),
+    }
+}
+
+/// How an image boots, from its manifest (`IMAGE.manifest.json`), the `IMAGE.boot/`
+/// beside it and `firmware`; and a one-line description of that boot for the output.
+/// A direct boot enters the uncompressed `vmlinux` when QEMU can (it starts seconds
+/// sooner under TCG than `vmlinuz`, which decompresses itself first), with kiln's
 /// initramfs unless `initrd` asks for the image's own.
-fn boot_of(image: &Path, initrd: InitrdArg) -> anyhow::Result<Boot> {
+fn boot_of(
+    image: &Path,
+    initrd: InitrdArg,
+    firmware: FirmwareArg,
+) -> anyhow::Result<(Boot, String)> {
     let manifest_path = kiln_image::manifest::manifest_path(image);
-    let boot = if manifest_path.exists() {
+    let manifest_boot = if manifest_path.exists() {
         kiln_image::manifest::read_manifest(&manifest_path)?.boot
     } else {
         // Not made by kiln: assume a UEFI disk, the most common kind today.
         "uefi".to_string()
     };
-    Ok(match boot.as_str() {
-        "kernel" => {
-            let dir = crate::cmd_image::boot_dir(image);
-            let cmdline = std::fs::read_to_string(dir.join("cmdline")).with_context(|| {
-                format!(
-                    "{}: the kernel command line of this --boot kernel image",
-                    dir.display()
-                )
-            })?;
-            let kiln = dir.join(crate::cmd_image::KILN_INITRD);
-            let own = dir.join("initrd.img");
-            let initrd = match initrd {
-                InitrdArg::Kiln if kiln.exists() => Some(kiln),
-                _ => own.exists().then_some(own),
-            };
-            Boot::Kernel {
-                kernel: kiln_vm::qemu::pvh::fastest_kernel(&dir),
-                initrd,
-                cmdline: cmdline.trim().to_string(),
-            }
-        }
-        "uefi" => Boot::Uefi,
-        other => bail!(
-            "{}: an image with boot `{other}` cannot be booted",
-            image.display()
-        ),
-    })
+    let dir = crate::cmd_image::boot_dir(image);
+    match choose_boot(image, &manifest_boot, &dir, dir.is_dir(), firmware)? {
+        BootKind::Uefi => Ok((Boot::Uefi, "uefi (OVMF, the image's systemd-boot)".into())),
+        BootKind::Kernel => direct_boot(&dir, initrd),
+    }
 }
 
-fn config(image: &Path, initrd: InitrdArg) -> anyhow::Result<VmConfig> {
+/// The direct boot from `dir` (`IMAGE.boot/`) and its description.
+fn direct_boot(dir: &Path, initrd: InitrdArg) -> anyhow::Result<(Boot, String)> {
+    let cmdline = std::fs::read_to_string(dir.join("cmdline")).with_context(|| {
+        format!(
+            "{}: the kernel command line of a direct boot",
+            dir.display()
+        )
+    })?;
+    let kiln = dir.join(crate::cmd_image::KILN_INITRD);
+    let own = dir.join("initrd.img");
+    let (initrd, init) = match initrd {
+        InitrdArg::Kiln if kiln.exists() => (Some(kiln), "kiln-init"),
+        _ if own.exists() => (Some(own), "the image's initrd"),
+        _ => (None, "no initrd"),
+    };
+    let kernel = kiln_vm::qemu::pvh::fastest_kernel(dir);
+    let entry = match kernel.file_name().and_then(|n| n.to_str()) {
+        Some("vmlinux") => "PVH vmlinux",
+        _ => "vmlinuz",
+    };
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let described = format!("kernel ({name}, {entry}, {init})");
+    let boot = Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline: cmdline.trim().to_string(),
+    };
+    Ok((boot, described))
+}
+
+fn config(
+    image: &Path,
+    initrd: InitrdArg,
+    firmware: FirmwareArg,
+) -> anyhow::Result<(VmConfig, String)> {
     if !image.exists() {
         bail!("{} does not exist", image.display());
     }
-    Ok(VmConfig::with_image(boot_of(image, initrd)?, image))
+    let (boot, described) = boot_of(image, initrd, firmware)?;
+    Ok((VmConfig::with_image(boot, image), described))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = config(&args.image, args.initrd)?;
+    let (mut cfg, described) = config(&args.image, args.initrd, args.firmware)?;
     cfg.memory_mb = args.memory;
     cfg.cpus = args.cpus;
     cfg.snapshot = args.snapshot;
@@ -74,6 +142,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "kiln: booting {} (serial console below; Ctrl-A X quits)",
         args.image.display()
     );
+    eprintln!("boot: {described}");
     let vm = kiln_vm::Vm::start(cfg)?;
     let status = vm.wait();
     Ok(if status.success() {
@@ -100,6 +169,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         args.serial_log.as_deref(),
         args.json,
         args.initrd,
+        args.firmware,
     )
 }
 
@@ -111,8 +181,9 @@ pub fn run_checks(
     serial_log: Option<&Path>,
     json: bool,
     initrd: InitrdArg,
+    firmware: FirmwareArg,
 ) -> anyhow::Result<ExitCode> {
-    let mut cfg = config(image, initrd)?;
+    let (mut cfg, described) = config(image, initrd, firmware)?;
     cfg.snapshot = true;
     cfg.serial_log = serial_log.map(Path::to_path_buf);
     let report = kiln_vm::run_test(cfg, test)?;
@@ -124,8 +195,13 @@ pub fn run_checks(
         kiln_vm::junit::write_junit(&report, &suite, path)?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("boot".into(), described.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
+        println!("boot: {described}");
         print_report(&report);
     }
     Ok(if report.passed() {
@@ -163,5 +239,60 @@ fn print_report(report: &kiln_vm::TestReport) {
             "--- last lines of the serial console ---\n{}",
             report.serial_log_tail
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The choice for an image booting `manifest_boot`, with or without IMAGE.boot/.
+    fn choice(manifest_boot: &str, has_dir: bool, flag: FirmwareArg) -> Result<BootKind, String> {
+        let (image, dir) = (Path::new("web.qcow2"), Path::new("web.qcow2.boot"));
+        choose_boot(image, manifest_boot, dir, has_dir, flag).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn auto_boots_the_staged_kernel_when_there_is_one() {
+        use BootKind::*;
+        assert_eq!(choice("uefi", true, FirmwareArg::Auto), Ok(Kernel));
+        assert_eq!(choice("uefi", false, FirmwareArg::Auto), Ok(Uefi));
+        assert_eq!(choice("kernel", true, FirmwareArg::Auto), Ok(Kernel));
+    }
+
+    #[test]
+    fn explicit_firmware_is_obeyed_or_refused_with_the_reason() {
+        use BootKind::*;
+        assert_eq!(choice("uefi", true, FirmwareArg::Uefi), Ok(Uefi));
+        assert_eq!(choice("uefi", true, FirmwareArg::Kernel), Ok(Kernel));
+        assert_eq!(choice("kernel", true, FirmwareArg::Kernel), Ok(Kernel));
+        let no_esp = choice("kernel", true, FirmwareArg::Uefi).unwrap_err();
+        assert!(
+            no_esp.contains("--boot kernel image, which has none"),
+            "{no_esp}"
+        );
+        let no_esp = choice("none", false, FirmwareArg::Uefi).unwrap_err();
+        assert!(no_esp.contains("--boot none image"), "{no_esp}");
+        for manifest_boot in ["uefi", "kernel"] {
+            let bios = choice(manifest_boot, true, FirmwareArg::Bios).unwrap_err();
+            assert!(bios.contains("no legacy (BIOS) boot loader"), "{bios}");
+        }
+    }
+
+    #[test]
+    fn a_missing_boot_dir_is_named_with_how_to_get_it() {
+        for (manifest_boot, flag) in [
+            ("uefi", FirmwareArg::Kernel),
+            ("kernel", FirmwareArg::Kernel),
+            ("kernel", FirmwareArg::Auto),
+        ] {
+            let e = choice(manifest_boot, false, flag).unwrap_err();
+            assert!(
+                e.starts_with("web.qcow2.boot does not exist") && e.contains("kiln build -o"),
+                "{e}"
+            );
+        }
+        let none = choice("none", false, FirmwareArg::Auto).unwrap_err();
+        assert!(none.contains("cannot be booted"), "{none}");
     }
 }

@@ -43,6 +43,13 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
         ],
     )
     .ok();
+    // The export staged web.qcow2.boot/, so --test entered its kernel directly.
+    assert!(
+        run.stdout
+            .contains("boot: kernel (web.qcow2.boot, PVH vmlinux, kiln-init)"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("PASS cloud-page"), "{}", run.stdout);
     assert!(run.stdout.contains("2 passed, 0 failed"), "{}", run.stdout);
     let xml = std::fs::read_to_string(&junit).unwrap();
@@ -57,6 +64,13 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
     assert_eq!(m["boot"], "uefi");
     assert_eq!(m["partitions"][0]["os"]["id"], "debian");
     assert_eq!(m["partitions"][0]["os"]["version"], "12");
+    // The direct boot's cmdline is the loader entry's: root by the partition's PARTUUID.
+    let cmdline = std::fs::read_to_string(dir.join("web.qcow2.boot/cmdline")).unwrap();
+    let partuuid = m["partitions"][0]["partuuid"].as_str().unwrap();
+    assert!(
+        cmdline.starts_with(&format!("root=PARTUUID={partuuid} rw ")),
+        "{cmdline}"
+    );
     let sha = std::process::Command::new("sha256sum")
         .arg(&image)
         .output()
@@ -71,6 +85,27 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
+    );
+
+    // The same image through OVMF and its own systemd-boot still passes the checks.
+    let uefi = kiln(
+        &store,
+        &ex,
+        &[
+            "test",
+            image.to_str().unwrap(),
+            "-f",
+            "web.spec",
+            "--firmware",
+            "uefi",
+        ],
+    );
+    assert_eq!(uefi.code, 0, "{}\n{}", uefi.stdout, uefi.stderr);
+    assert!(uefi.stdout.contains("boot: uefi (OVMF"), "{}", uefi.stdout);
+    assert!(
+        uefi.stdout.contains("2 passed, 0 failed"),
+        "{}",
+        uefi.stdout
     );
 
     // A broken expectation fails with a clear report and exit status 1.

@@ -151,7 +151,8 @@ pub struct DiskLayout {
     pub esp: Option<PartitionReport>,
     /// Index in `partitions` of the default one.
     pub default: usize,
-    /// Kernel command line of the default partition.
+    /// Kernel command line of the default partition: for a UEFI disk, its loader entry's
+    /// options (the same string), so a direct boot of the disk passes the same.
     pub cmdline: String,
     /// The default partition's kernel and initrd: host paths in its (source) tree.
     pub kernel: Option<KernelFiles>,
@@ -465,12 +466,21 @@ fn report(
         partitions,
         esp: esp_report,
         default: req.default,
-        cmdline: default_cmdline(&part_ids[req.default].partuuid),
+        cmdline: default_entry_cmdline(esp)
+            .unwrap_or_else(|| default_cmdline(&part_ids[req.default].partuuid)),
         kernel: kernels[req.default].clone(),
         boot_entries: esp
             .map(|c| c.entries.iter().map(|e| e.name.clone()).collect())
             .unwrap_or_default(),
     }
+}
+
+/// The options of the ESP's default loader entry: what a UEFI boot passes the kernel,
+/// and so what `DiskLayout::cmdline` (and a direct boot of the image) must use too.
+fn default_entry_cmdline(esp: Option<&EspContent>) -> Option<String> {
+    let esp = esp?;
+    let entry = esp.entries.iter().find(|e| e.name == esp.default)?;
+    Some(entry.options.clone())
 }
 
 fn gpt_table(report: &DiskLayout) -> GptTable {
