@@ -177,6 +177,15 @@ pub struct Plan {
     pub preload: Vec<String>,
 }
 
+/// A module path without the compression suffix its kernel ships it with (`ext4.ko.xz`
+/// is `ext4.ko`), so that [`DRIVERS`] names modules of any kernel.
+fn without_compression(path: &str) -> &str {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext).filter(|p| p.ends_with(".ko")))
+        .unwrap_or(path)
+}
+
 impl Plan {
     /// Chooses the modules from a kernel's tables. Pure.
     pub fn from_tables(t: &Tables) -> Plan {
@@ -186,10 +195,10 @@ impl Plan {
         let drivers: Vec<&String> = dep
             .keys()
             .filter(|name| {
-                let path = &dep[*name].0;
+                let path = without_compression(&dep[*name].0);
                 DRIVERS.iter().any(|d| match d.strip_suffix('/') {
                     Some(dir) => path.starts_with(&format!("kernel/{dir}/")),
-                    None => path == &format!("kernel/{d}"),
+                    None => path == format!("kernel/{d}"),
                 })
             })
             .collect();
@@ -345,6 +354,19 @@ mod tests {
             init_architecture().is_some(),
             "kiln is built for a known architecture"
         );
+    }
+
+    #[test]
+    fn compressed_modules_are_chosen_like_plain_ones() {
+        let plain = Plan::from_tables(&tables());
+        let mut xz = tables();
+        xz.dep = xz.dep.replace(".ko", ".ko.xz");
+        let compressed = Plan::from_tables(&xz);
+        let names = |p: &Plan| p.modules.iter().map(|m| m.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&compressed), names(&plain));
+        assert!(names(&compressed).contains(&"virtio_blk".to_string()));
+        assert_eq!(without_compression("kernel/a.ko.zst"), "kernel/a.ko");
+        assert_eq!(without_compression("kernel/a.xz"), "kernel/a.xz");
     }
 
     #[test]

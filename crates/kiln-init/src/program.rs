@@ -290,6 +290,20 @@ impl<'c> Loader<'c> {
     }
 }
 
+/// `finit_module` flags for the module file at `path`: `MODULE_INIT_COMPRESSED_FILE` (4)
+/// for a compressed one, which the kernel then decompresses itself.
+fn finit_module_flags(path: &str) -> std::os::raw::c_int {
+    const MODULE_INIT_COMPRESSED_FILE: std::os::raw::c_int = 4;
+    if [".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|ext| path.ends_with(ext))
+    {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    }
+}
+
 /// Every device's modalias, from /sys/bus/*/devices/*/modalias.
 fn modaliases() -> Vec<String> {
     let mut out = Vec::new();
@@ -717,13 +731,16 @@ mod sys {
         }
     }
 
-    /// Loads a kernel module from its file; one already loaded is fine.
+    /// Loads a kernel module from its file; one already loaded is fine. A compressed
+    /// module (`.ko.xz`, `.ko.zst`, `.ko.gz`, as trixie's kernel ships them) is handed to the
+    /// kernel to decompress (`MODULE_INIT_COMPRESSED_FILE`, `CONFIG_MODULE_DECOMPRESS`).
     pub fn load_module(path: &str) -> Result<(), String> {
         let file = fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
         let params = c("")?;
+        let flags = super::finit_module_flags(path);
         use std::os::fd::AsRawFd;
         // SAFETY: a valid open fd and a NUL-terminated (empty) parameter string.
-        let rc = unsafe { syscall(SYS_FINIT_MODULE, file.as_raw_fd(), params.as_ptr(), 0) };
+        let rc = unsafe { syscall(SYS_FINIT_MODULE, file.as_raw_fd(), params.as_ptr(), flags) };
         match rc {
             0 => Ok(()),
             _ => match io::Error::last_os_error() {
@@ -752,6 +769,17 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_modules_are_left_to_the_kernel_to_decompress() {
+        assert_eq!(
+            finit_module_flags("/lib/modules/6.1.0/kernel/fs/ext4/ext4.ko"),
+            0
+        );
+        for ext in ["xz", "zst", "gz"] {
+            assert_eq!(finit_module_flags(&format!("/lib/m/ext4.ko.{ext}")), 4);
+        }
+    }
 
     #[test]
     fn command_line_root_fields_and_last_ro_rw_wins() {
