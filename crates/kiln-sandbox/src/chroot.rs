@@ -99,6 +99,9 @@ impl Default for NamespaceSandbox {
 
 impl Sandbox for NamespaceSandbox {
     fn run(&self, spec: &RunSpec, output: &mut dyn Write) -> Result<Outcome, SandboxError> {
+        if matches!(spec.root, crate::RootFs::Disk { .. }) {
+            return Err(SandboxError::Unsupported("VM disks (use the QEMU sandbox)"));
+        }
         validate::check(spec)?;
         let json = serde_json::to_vec(spec)
             .map_err(|e| SandboxError::Setup(format!("encode the run spec: {e}")))?;

@@ -25,6 +25,13 @@ pub enum SandboxError {
     /// the command and everything it started were killed.
     #[error("sandbox interrupted by signal {signal}; the command was killed")]
     Interrupted { signal: i32 },
+    /// This sandbox cannot do that (e.g. the namespace sandbox asked for a VM disk).
+    #[error("this sandbox does not support {0}")]
+    Unsupported(&'static str),
+    /// The QEMU sandbox's guest failed: it did not boot, did not answer, or broke off.
+    /// `console` holds the last lines it printed.
+    #[error("{what}\nlast console lines:\n{console}")]
+    Guest { what: String, console: String },
 }
 
 impl SandboxError {

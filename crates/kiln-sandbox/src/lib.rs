@@ -43,6 +43,60 @@ pub enum RootFs {
     },
     /// A complete tree used directly, read-write (flattened layers).
     Dir(PathBuf),
+    /// A VM disk (the QEMU sandbox): `disk` is the step's qcow2 file, backed by its
+    /// parent's, holding one ext4 filesystem (no partition table); `boot` is the
+    /// directory of the chain's VM base with the kernel, initramfs and command line
+    /// that boot it (see [`BootFiles`]).
+    Disk { disk: PathBuf, boot: PathBuf },
+}
+
+/// The files in a VM base's `boot/` directory.
+pub struct BootFiles;
+
+impl BootFiles {
+    /// The kernel: an ELF `vmlinux` with a PVH entry when the layer had one, else `vmlinuz`.
+    pub const VMLINUX: &'static str = "vmlinux";
+    pub const VMLINUZ: &'static str = "vmlinuz";
+    /// kiln's boot initramfs (kiln-init and the drivers a VM needs).
+    pub const INITRD: &'static str = "initrd.img";
+    /// The kernel command line (one line of text, without `kiln.*` agent parameters).
+    pub const CMDLINE: &'static str = "cmdline";
+}
+
+/// What the layers a sandbox builds hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `rootfs/`: an overlayfs upper dir, or a full tree when flat.
+    #[default]
+    Tree,
+    /// `disk.qcow2`, backed by the parent layer's (or complete, for a VM base or a
+    /// flattened layer), plus `boot/` in a VM base.
+    Disk,
+}
+
+/// One thing a `copy` step puts into a layer, planned on the host (the build context's
+/// rules are applied before the sandbox sees it).
+#[derive(Debug, Clone)]
+pub struct CopyEntry {
+    /// Absolute destination in the image; missing parents are created (mode 755, owned by
+    /// the copy's user).
+    pub path: String,
+    pub kind: CopyKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum CopyKind {
+    /// Created if missing (a non-directory in the way is replaced), then chowned and chmodded.
+    Dir { mode: u32 },
+    /// Replaces what is there (a directory in the way is an error); bytes come from `host`.
+    File {
+        host: PathBuf,
+        mode: u32,
+        mtime: i64,
+    },
+    /// Replaces what is there; its owner is set without following it.
+    Symlink { target: String },
 }
 
 /// A host directory bind-mounted into the sandbox.
@@ -105,6 +159,54 @@ pub trait Sandbox: Send + Sync {
     /// Runs `spec`, streaming the command's combined stdout/stderr into `output` as it
     /// arrives. Returns when the command and every process it started have ended.
     fn run(&self, spec: &RunSpec, output: &mut dyn Write) -> Result<Outcome, SandboxError>;
+
+    /// What this sandbox's layers hold. The builder prepares each step's root to match:
+    /// an overlay (or flat tree) for [`Payload::Tree`], a qcow2 overlay for [`Payload::Disk`].
+    fn payload(&self) -> Payload {
+        Payload::Tree
+    }
+
+    /// Disk sandboxes: turns the complete tree `tree` into a VM base in the empty
+    /// directory `dest`: `dest/disk.qcow2` (an ext4 filesystem holding exactly `tree`)
+    /// and `dest/boot/` ([`BootFiles`]), the kernel and its modules taken from
+    /// `kernel_tree` (`tree` itself when it has a kernel in /boot).
+    fn make_base(
+        &self,
+        tree: &std::path::Path,
+        kernel_tree: &std::path::Path,
+        dest: &std::path::Path,
+        output: &mut dyn Write,
+    ) -> Result<(), SandboxError> {
+        let _ = (tree, kernel_tree, dest, output);
+        Err(SandboxError::Unsupported("making a VM base"))
+    }
+
+    /// Disk sandboxes: creates the qcow2 `disk` backed by `parent` (a path relative to
+    /// `disk`'s directory, as QEMU resolves it), or, with `flatten`, a complete copy of
+    /// `parent`'s chain.
+    fn make_disk(
+        &self,
+        parent: &std::path::Path,
+        disk: &std::path::Path,
+        flatten: bool,
+    ) -> Result<(), SandboxError> {
+        let _ = (parent, disk, flatten);
+        Err(SandboxError::Unsupported("making a step disk"))
+    }
+
+    /// Disk sandboxes: copies `entries` into `root`, owned by `uid:gid`, byte for byte.
+    /// (Tree layers are written by the builder directly through an overlay mount.)
+    fn copy_in(
+        &self,
+        root: &RootFs,
+        entries: &[CopyEntry],
+        uid: u32,
+        gid: u32,
+        output: &mut dyn Write,
+    ) -> Result<(), SandboxError> {
+        let _ = (root, entries, uid, gid, output);
+        Err(SandboxError::Unsupported("copying into a disk layer"))
+    }
 }
 
 /// Where a sandbox init looks for its spec: this fd carries it as JSON.

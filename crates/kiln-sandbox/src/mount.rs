@@ -111,6 +111,9 @@ fn remove_created(created: &[PathBuf]) -> Result<(), SandboxError> {
 /// Mounts `root` read-write at `target` (created if missing): an overlay of its layers,
 /// or a bind mount of a flat tree.
 pub fn mount_root(root: &RootFs, target: &Path) -> Result<MountGuard, SandboxError> {
+    if matches!(root, RootFs::Disk { .. }) {
+        return Err(SandboxError::Unsupported("mounting a VM disk as a tree"));
+    }
     let created = create_dirs(target)?;
     let mut guard = MountGuard {
         path: target.to_path_buf(),
@@ -122,6 +125,7 @@ pub fn mount_root(root: &RootFs, target: &Path) -> Result<MountGuard, SandboxErr
             mount_overlay(lower, Some((upper, work)), target, MsFlags::empty())?
         }
         RootFs::Dir(dir) => bind(dir, target, MsFlags::empty())?,
+        RootFs::Disk { .. } => unreachable!("refused above"),
     }
     guard.mounted = true;
     Ok(guard)

@@ -33,6 +33,7 @@ impl PreparedRoot {
         let dir = match root {
             RootFs::Overlay { upper, .. } => upper,
             RootFs::Dir(dir) => dir,
+            RootFs::Disk { .. } => unreachable!("NamespaceSandbox::run refuses VM disks"),
         };
         let mountpoint = std::fs::canonicalize(dir)
             .step(|| format!("find the root's writable directory {}", dir.display()))?;
@@ -41,6 +42,7 @@ impl PreparedRoot {
             RootFs::Overlay { lower, upper, work } => {
                 mount_overlay(lower, Some((upper, work)), &mountpoint, MsFlags::empty())?
             }
+            RootFs::Disk { .. } => unreachable!("NamespaceSandbox::run refuses VM disks"),
             RootFs::Dir(_) => mount(
                 Some(&mountpoint),
                 &mountpoint,
