@@ -51,6 +51,9 @@ pub struct Spec {
     pub from: Located<String>,
     /// kiln extension `(bootstrap …)`: how a `debian:` base is bootstrapped.
     pub bootstrap: Option<Located<Bootstrap>>,
+    /// kiln extension `(sandbox chroot|qemu)`: where this stage's `run` and `copy` steps
+    /// run; `None` leaves it to the command line (`kiln build --sandbox`).
+    pub sandbox: Option<Located<SandboxKind>>,
     /// The operations, in order.
     pub ops: Vec<Located<Op>>,
     /// kiln extension `(test …)`: acceptance checks for the booted image.
@@ -64,6 +67,36 @@ pub struct Spec {
 pub struct ChildBuild {
     pub name: String,
     pub spec: Spec,
+}
+
+/// Where a stage's steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxKind {
+    /// Linux namespaces over an overlayfs of the layer chain (the default).
+    Chroot,
+    /// A QEMU VM per step, over a qcow2 overlay of the parent's disk.
+    Qemu,
+}
+
+impl SandboxKind {
+    /// Every kind, as written in specs and on the command line.
+    pub const NAMES: [&'static str; 2] = ["chroot", "qemu"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxKind::Chroot => "chroot",
+            SandboxKind::Qemu => "qemu",
+        }
+    }
+
+    /// The kind named `name`, if any.
+    pub fn from_name(name: &str) -> Option<SandboxKind> {
+        match name {
+            "chroot" => Some(SandboxKind::Chroot),
+            "qemu" => Some(SandboxKind::Qemu),
+            _ => None,
+        }
+    }
 }
 
 /// kiln extension: `(bootstrap (variant V) (include P…) (skeleton DIR…) (mirror URL) (arch A))`.

@@ -47,6 +47,8 @@
 //!   join the next instruction into the `RUN`, or comment out the whole command), and a
 //!   command line's own trailing continuation (an odd run of the escape character) gives
 //!   way to the Dockerfile's;
+//! - `(sandbox …)` is left out: it says where steps run, not what they make, and a
+//!   Dockerfile's steps run in containers;
 //! - kiln forms (`bootstrap`, `test`, `image`) and `file:` bases are refused, as are values
 //!   Docker would read differently: a line break outside comments and commands, a command
 //!   ending in the escape character or holding a here-document (`<<EOF`, whose body Docker

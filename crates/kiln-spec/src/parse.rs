@@ -21,14 +21,14 @@ mod image;
 use crate::sexp::{self, Atom, List, Sexp};
 use crate::validate::{self, suggest};
 use crate::{
-    Bootstrap, ChildBuild, Copy, CopyFrom, ImageSpec, Located, Mount, Op, Pos, Run, Spec,
-    SpecError, TestSpec, User,
+    Bootstrap, ChildBuild, Copy, CopyFrom, ImageSpec, Located, Mount, Op, Pos, Run, SandboxKind,
+    Spec, SpecError, TestSpec, User,
 };
 
 /// Forms that structure a spec.
 const STRUCTURE_FORMS: &[&str] = &["build", "from"];
 /// kiln's own top-level forms; each may appear once, anywhere after `from`.
-const KILN_FORMS: &[&str] = &["bootstrap", "test", "image"];
+const KILN_FORMS: &[&str] = &["bootstrap", "sandbox", "test", "image"];
 /// kiln forms that only the outermost spec may hold.
 const TOP_LEVEL_ONLY_FORMS: &[&str] = &["test", "image"];
 /// OBuilder's operations.
@@ -277,6 +277,7 @@ struct SpecParts {
     builds: Vec<Located<ChildBuild>>,
     from: Option<(Located<String>, Pos)>,
     bootstrap: Option<Located<Bootstrap>>,
+    sandbox: Option<Located<SandboxKind>>,
     ops: Vec<Located<Op>>,
     test: Option<Located<TestSpec>>,
     image: Option<Located<ImageSpec>>,
@@ -395,6 +396,7 @@ impl SpecParts {
         }
         let first = match name {
             "bootstrap" => self.bootstrap.as_ref().map(|f| f.pos),
+            "sandbox" => self.sandbox.as_ref().map(|f| f.pos),
             "test" => self.test.as_ref().map(|f| f.pos),
             "image" => self.image.as_ref().map(|f| f.pos),
             _ => None,
@@ -407,6 +409,7 @@ impl SpecParts {
         }
         match name {
             "bootstrap" => self.bootstrap = Some(Located::new(bootstrap(form)?, form.pos)),
+            "sandbox" => self.sandbox = Some(Located::new(sandbox(form)?, form.pos)),
             "test" => self.test = Some(Located::new(checks::test(form)?, form.pos)),
             "image" => self.image = Some(Located::new(image::image(form, &self.builds)?, form.pos)),
             other => {
@@ -430,6 +433,7 @@ impl SpecParts {
             child_builds: self.builds,
             from,
             bootstrap: self.bootstrap,
+            sandbox: self.sandbox,
             ops: self.ops,
             test: self.test,
             image: self.image,
@@ -668,6 +672,21 @@ fn child_build(user: &str, name: &Atom, builds: &[Located<ChildBuild>]) -> Resul
         format!("{user} unknown build `{}`: {hint}", name.text),
     )
     .with_suggestion(suggest(&name.text, defined)))
+}
+
+/// `(sandbox chroot|qemu)`.
+fn sandbox(form: Form) -> Result<SandboxKind, SpecError> {
+    let name = form.atom("(sandbox qemu)")?;
+    SandboxKind::from_name(&name.text).ok_or_else(|| {
+        SpecError::new(
+            name.pos,
+            format!(
+                "unknown sandbox `{}`: write `(sandbox chroot)` (namespaces, the default) or `(sandbox qemu)` (a VM per step)",
+                name.text
+            ),
+        )
+        .with_suggestion(suggest(&name.text, SandboxKind::NAMES.iter().copied()))
+    })
 }
 
 fn bootstrap(form: Form) -> Result<Bootstrap, SpecError> {

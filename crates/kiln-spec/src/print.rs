@@ -437,6 +437,9 @@ fn spec_items(spec: &Spec) -> Vec<(Pos, Doc)> {
     if let Some(b) = &spec.bootstrap {
         items.push((b.pos, bootstrap_doc(&b.value)));
     }
+    if let Some(s) = &spec.sandbox {
+        items.push((s.pos, form("sandbox", [atom(s.value.name())])));
+    }
     items.extend(spec.ops.iter().map(|op| (op.pos, op_doc(&op.value))));
     if let Some(t) = &spec.test {
         items.push((t.pos, test_doc(&t.value)));

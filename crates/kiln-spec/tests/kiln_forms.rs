@@ -436,6 +436,7 @@ fn with_test_and_image() -> Spec {
         child_builds: vec![],
         from: at("debian:bookworm".into()),
         bootstrap: None,
+        sandbox: None,
         ops: vec![at(Op::Workdir("/srv".into()))],
         test: None,
         image: None,
@@ -454,6 +455,7 @@ fn with_test_and_image() -> Spec {
         })],
         from: at("debian:bookworm".into()),
         bootstrap: None,
+        sandbox: None,
         ops: vec![at(Op::Comment("combo".into()))],
         test: Some(at(TestSpec {
             memory_mb: Some(512),
@@ -564,4 +566,21 @@ fn round_trip_detects_changed_test_and_image_fields() {
     let mut other = parse(&print(&spec)).expect("parses");
     other.image = None;
     assert_ne!(other, spec);
+}
+
+#[test]
+fn sandbox_form_names_a_known_sandbox() {
+    let spec = kiln_spec::parse("((from debian:bookworm) (sandbox qemu) (run (shell true)))")
+        .expect("parses");
+    assert_eq!(
+        spec.sandbox.map(|s| s.value),
+        Some(kiln_spec::SandboxKind::Qemu)
+    );
+    let err = kiln_spec::parse("((from debian:bookworm)\n (sandbox qmeu))").unwrap_err();
+    assert_eq!((err.pos.line, err.pos.col), (2, 11), "{err}");
+    assert!(err.to_string().contains("did you mean `qemu`"), "{err}");
+    let err = kiln_spec::parse("((from a) (sandbox qemu) (sandbox chroot))").unwrap_err();
+    assert!(err.to_string().contains("second `sandbox`"), "{err}");
+    let err = kiln_spec::parse("((sandbox qemu) (from a))").unwrap_err();
+    assert!(err.to_string().contains("before `from`"), "{err}");
 }

@@ -1,7 +1,8 @@
 //! Parsing details of each op and kiln form, and round trips of hand-built specs.
 
 use kiln_spec::{
-    parse, print, Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, Spec, User,
+    parse, print, Bootstrap, ChildBuild, Copy, CopyFrom, Located, Mount, Op, Pos, Run, SandboxKind,
+    Spec, User,
 };
 
 /// The ops of `((from base) OPS)`.
@@ -291,6 +292,7 @@ fn everything() -> Spec {
         child_builds: vec![],
         from: at("ocaml/opam:debian-12-ocaml-5.1".into()),
         bootstrap: None,
+        sandbox: Some(at(SandboxKind::Qemu)),
         ops: vec![
             at(Op::User(User::Unix { uid: 1000, gid: 1000 })),
             at(Op::Workdir("/home/opam/app".into())),
@@ -320,6 +322,7 @@ fn everything() -> Spec {
             mirror: Some("http://deb.debian.org/debian".into()),
             arch: None,
         })),
+        sandbox: None,
         ops: vec![
             at(Op::Comment(
                 "multi-line\ncomment with \"quotes\", tabs\t, unicode ✓ and a backslash \\".into(),
@@ -389,6 +392,7 @@ fn round_trip_detects_a_changed_field() {
 fn hand_built_spec_prints_in_canonical_layout() {
     let expected = r#"((build dev
    ((from ocaml/opam:debian-12-ocaml-5.1)
+    (sandbox qemu)
     (user (uid 1000) (gid 1000))
     (workdir /home/opam/app)
     (run (cache (opam-archives (target /home/opam/.opam/download-cache))

@@ -4,8 +4,8 @@
 
 use kiln_spec::{
     comments, parse, print, print_with_comments, Bootstrap, Check, CheckKind, ChildBuild, Copy,
-    CopyFrom, ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, Spec,
-    TestSpec, User, DEBIAN_ARCHES,
+    CopyFrom, ImageSpec, Located, Mount, Op, PartitionSource, PartitionSpec, Pos, Run, SandboxKind,
+    Spec, TestSpec, User, DEBIAN_ARCHES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -272,8 +272,12 @@ fn spec(depth: u32, top: bool) -> BoxedStrategy<Spec> {
             })
             .boxed()
     };
-    (builds, non_empty_text(), bootstrap())
-        .prop_flat_map(move |(builds, from, bootstrap)| {
+    let sandbox = prop::option::of(prop_oneof![
+        Just(SandboxKind::Chroot),
+        Just(SandboxKind::Qemu)
+    ]);
+    (builds, non_empty_text(), bootstrap(), sandbox)
+        .prop_flat_map(move |(builds, from, bootstrap, sandbox)| {
             let names: Vec<String> = builds.iter().map(|(n, _)| n.clone()).collect();
             let (test, image) = if top {
                 (
@@ -296,6 +300,7 @@ fn spec(depth: u32, top: bool) -> BoxedStrategy<Spec> {
                     .collect(),
                 from: at(from.clone()),
                 bootstrap: bootstrap.clone().map(at),
+                sandbox: sandbox.map(at),
                 ops: ops.into_iter().map(at).collect(),
                 test: test.map(at),
                 image: image.map(at),
