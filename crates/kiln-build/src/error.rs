@@ -48,6 +48,15 @@ pub enum BuildError {
     Output(std::io::Error),
     #[error("build cancelled")]
     Cancelled,
+    /// A stage asked for the QEMU sandbox (or starts from a VM disk) in a build that has none.
+    #[error("this stage runs in the QEMU sandbox (`(sandbox qemu)`, `--sandbox qemu` or a VM base), which this build was not given")]
+    NoVmSandbox,
+    /// `(sandbox chroot)` on a VM disk base.
+    #[error("{pos}: `(sandbox chroot)` on `{base}`, a VM disk: its steps can only run in a VM; write `(sandbox qemu)` or start from a tree base")]
+    ChrootOnDisk { pos: Pos, base: String },
+    /// A disk layer whose chain reaches no VM base.
+    #[error("layer {0} is a VM disk without a VM base below it (no boot/ directory): rebuild it")]
+    NoBootFiles(kiln_spec::LayerId),
 }
 
 impl BuildError {
@@ -56,7 +65,8 @@ impl BuildError {
     pub fn leading_pos(&self) -> Option<Pos> {
         match self {
             BuildError::CopySourcesAsOnePath { pos, .. }
-            | BuildError::MountTargetNotAbsolute { pos, .. } => Some(*pos),
+            | BuildError::MountTargetNotAbsolute { pos, .. }
+            | BuildError::ChrootOnDisk { pos, .. } => Some(*pos),
             _ => None,
         }
     }

@@ -12,13 +12,19 @@ pub mod context;
 pub mod copy;
 mod error;
 pub mod output;
+mod view;
 
 pub use error::BuildError;
 
-use kiln_fetch::{parse_base, Fetcher, ResolvedBase};
-use kiln_sandbox::{mount, BindMount, RootFs, RunSpec, Sandbox, Secret};
-use kiln_spec::{hash, Copy, CopyFrom, LayerId, Located, Op, Run, Spec, StepContext, User};
-use kiln_store::{BaseConfig, Store};
+use kiln_fetch::{parse_base, BaseSource, Fetcher, ResolvedBase};
+use kiln_sandbox::{
+    mount, BindMount, CopyEntry, CopyKind, Payload, RootFs, RunSpec, Sandbox, Secret,
+};
+use kiln_spec::{
+    hash, Bootstrap, Copy, CopyFrom, LayerId, Located, ManifestKind, Op, Run, SandboxKind, Spec,
+    StepContext, User,
+};
+use kiln_store::{BaseConfig, Store, DISK_FILE};
 use output::StepOutput;
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +32,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use view::TreeView;
 
 /// Chains deeper than this are flattened into a full tree (overlayfs stacks at most a
 /// few hundred layers, and its mount options must fit in one page).
@@ -51,7 +58,15 @@ pub struct BuildOptions {
     /// tools that honour it (dpkg, mkinitramfs, compilers) produce reproducible output.
     /// Like cache mounts it does not enter step ids: it describes how to build, not what.
     pub source_date_epoch: Option<i64>,
+    /// Where stages without a `(sandbox …)` form run (`kiln build --sandbox`).
+    pub sandbox: SandboxKind,
 }
+
+/// Where the kernel of a VM base comes from when its tree has none: Debian's kernel
+/// package, unpacked (not installed) by the same bootstrap that makes `debian:` bases,
+/// and stored as a layer of its own, shared by every such base.
+const KERNEL_BASE: &str = "debian:bookworm";
+const KERNEL_PACKAGE: &str = "linux-image-amd64";
 
 impl Default for BuildOptions {
     fn default() -> Self {
@@ -62,6 +77,7 @@ impl Default for BuildOptions {
             cancelled: Arc::new(AtomicBool::new(false)),
             hostname: "kiln".into(),
             source_date_epoch: None,
+            sandbox: SandboxKind::Chroot,
         }
     }
 }
@@ -72,6 +88,9 @@ pub struct Builder<'a> {
     pub sandbox: &'a dyn Sandbox,
     pub fetcher: &'a dyn Fetcher,
     pub options: BuildOptions,
+    /// The QEMU sandbox, for stages that ask for it (`(sandbox qemu)`, `--sandbox qemu`)
+    /// or start from a VM disk; `None` refuses such stages.
+    pub vm_sandbox: Option<&'a dyn Sandbox>,
 }
 
 /// What a step does once its temporary layer is ready.
@@ -143,13 +162,21 @@ impl Builder<'_> {
             stages.insert(child.value.name.clone(), id);
         }
         let (mut parent, config, resolved) = self.base(spec, context, out)?;
-        let base_root = self
-            .store
-            .chain(&parent)?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
+        let base_is_disk = self.is_disk(&parent)?;
+        let sb = self.stage_sandbox(spec, base_is_disk)?;
+        let base_root = if base_is_disk {
+            PathBuf::new()
+        } else {
+            self.store
+                .chain(&parent)?
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+        };
         let mut ctx = context::initial(&config, &base_root);
+        if sb.payload() == Payload::Disk && !base_is_disk {
+            parent = self.vm_base(sb, &parent, context, out)?;
+        }
         for op in &spec.ops {
             self.check_cancelled()?;
             match &op.value {
@@ -158,13 +185,92 @@ impl Builder<'_> {
                 Op::Shell(args) => ctx.shell = args.clone(),
                 Op::Env(name, value) => context::set_env(&mut ctx.env, name, value),
                 Op::User(user) => ctx.user = user.clone(),
-                Op::Run(run) => parent = self.run_step(op, run, &ctx, &parent, &resolved, out)?,
+                Op::Run(run) => {
+                    parent = self.run_step(sb, op, run, &ctx, &parent, &resolved, out)?
+                }
                 Op::Copy(copy) => {
-                    parent = self.copy_step(op, copy, &ctx, &parent, context, stages, out)?
+                    parent = self.copy_step(sb, op, copy, &ctx, &parent, context, stages, out)?
                 }
             }
         }
         Ok(parent)
+    }
+
+    /// The sandbox that runs a stage's steps: its `(sandbox …)`, else the build's default;
+    /// a stage on a VM disk runs in the QEMU sandbox whatever the default.
+    fn stage_sandbox(&self, spec: &Spec, base_is_disk: bool) -> Result<&dyn Sandbox, BuildError> {
+        let kind = match &spec.sandbox {
+            Some(asked) if asked.value == SandboxKind::Chroot && base_is_disk => {
+                return Err(BuildError::ChrootOnDisk {
+                    pos: asked.pos,
+                    base: spec.from.value.clone(),
+                })
+            }
+            Some(asked) => asked.value,
+            None if base_is_disk => SandboxKind::Qemu,
+            None => self.options.sandbox,
+        };
+        match kind {
+            SandboxKind::Chroot => Ok(self.sandbox),
+            SandboxKind::Qemu => self.vm_sandbox.ok_or(BuildError::NoVmSandbox),
+        }
+    }
+
+    fn is_disk(&self, id: &LayerId) -> Result<bool, BuildError> {
+        Ok(self.store.get(id)?.is_some_and(|info| info.meta.disk))
+    }
+
+    /// The VM base the QEMU sandbox starts a stage from: `tree`'s files on a disk, booted
+    /// by `tree`'s own kernel or, when it has none, Debian's (see [`KERNEL_BASE`]).
+    fn vm_base(
+        &self,
+        sb: &dyn Sandbox,
+        tree: &LayerId,
+        context: &Path,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
+        let own_kernel = {
+            let scratch = Scratch::new(self.store, "kernel-probe")?;
+            let view = self.view(tree, &scratch)?;
+            view::has_kernel(view.path())
+        };
+        let kernel = if own_kernel {
+            None
+        } else {
+            let bootstrap = Bootstrap {
+                variant: Some("extract".into()),
+                include: vec![KERNEL_PACKAGE.into()],
+                ..Bootstrap::default()
+            };
+            let source = parse_base(KERNEL_BASE, Some(&bootstrap), context)?;
+            writeln!(
+                out,
+                "(sandbox qemu): {} has no kernel; booting {KERNEL_PACKAGE} of {KERNEL_BASE}",
+                tree.short()
+            )
+            .map_err(BuildError::output)?;
+            Some(self.fetch_base(&source, out)?.0)
+        };
+        let id = hash::vm_base_id(tree, kernel.as_ref());
+        let header = format!("(sandbox qemu): VM base of {}", tree.short());
+        let kernel_ref = kernel.clone();
+        let body: StepBody = Box::new(move |root, output| {
+            let RootFs::Disk { disk, .. } = root else {
+                unreachable!("disk steps get disk roots")
+            };
+            let dest = disk.parent().unwrap_or(Path::new("."));
+            let scratch = Scratch::new(self.store, "vm-base")?;
+            let files = self.view(tree, &scratch)?;
+            let kernel_scratch = Scratch::new(self.store, "vm-kernel")?;
+            let kernel_files = match &kernel_ref {
+                Some(k) => Some(self.view(k, &kernel_scratch)?),
+                None => None,
+            };
+            let kernel_tree = kernel_files.as_ref().unwrap_or(&files).path();
+            sb.make_base(files.path(), kernel_tree, dest, output)?;
+            Ok(())
+        });
+        self.disk_step(sb, &id, tree, &header, Vec::new(), body, out, true)
     }
 
     /// The `(from …)` layer: reused when stored, fetched otherwise.
@@ -176,8 +282,17 @@ impl Builder<'_> {
     ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
         let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
         let source = parse_base(&spec.from.value, bootstrap, context)?;
-        let base = self.fetcher.resolve(&source)?;
         writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
+        self.fetch_base(&source, out)
+    }
+
+    /// A base layer: reused when stored, fetched otherwise.
+    fn fetch_base(
+        &self,
+        source: &BaseSource,
+        out: &mut dyn Write,
+    ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
+        let base = self.fetcher.resolve(source)?;
         if let Some(resolution) = base.resolution() {
             writeln!(out, "---> {resolution}").map_err(BuildError::output)?;
         }
@@ -215,8 +330,10 @@ impl Builder<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_step(
         &self,
+        sb: &dyn Sandbox,
         op: &Located<Op>,
         run: &Run,
         ctx: &StepContext,
@@ -237,12 +354,25 @@ impl Builder<'_> {
         let id = hash::run_id(parent, ctx, run, &secret_values);
         let header = step_header(ctx, op);
         let masks: Vec<Vec<u8>> = secret_values.iter().map(|(_, v)| v.clone()).collect();
+        let on_disk = sb.payload() == Payload::Disk;
         let body: StepBody = Box::new(move |root, output| {
             check_mount_targets(op, run)?;
             let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
             let mut leases = Vec::new();
             let mut mounts = Vec::new();
             for cache in &run.cache {
+                if on_disk {
+                    // A VM cache is a disk image in the lease, not a tree: keep the two
+                    // apart so a namespace step never sees a VM's cache disk.
+                    let lease = self.store.cache_acquire(&vm_cache_name(&cache.id))?;
+                    mounts.push(BindMount {
+                        source: lease.dir.clone(),
+                        target: cache.target.clone(),
+                        readonly: false,
+                    });
+                    leases.push(lease);
+                    continue;
+                }
                 let lease = self.store.cache_acquire(&cache.id)?;
                 self.seed_apt_lists(base, &cache.id, &cache.target, &lease.dir, output);
                 mounts.push(BindMount {
@@ -275,7 +405,7 @@ impl Builder<'_> {
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
             };
-            let outcome = self.sandbox.run(&spec, output);
+            let outcome = sb.run(&spec, output);
             let ok = matches!(outcome, Ok(o) if o.success())
                 && !self.options.cancelled.load(Ordering::SeqCst);
             for lease in leases {
@@ -293,7 +423,7 @@ impl Builder<'_> {
                 })
             }
         });
-        self.step(&id, parent, &header, masks, body, out)
+        self.any_step(sb, &id, parent, &header, masks, body, out)
     }
 
     /// A new (empty) cache mounted at apt's index directory starts from the index files
@@ -324,6 +454,7 @@ impl Builder<'_> {
     #[allow(clippy::too_many_arguments)]
     fn copy_step(
         &self,
+        sb: &dyn Sandbox,
         op: &Located<Op>,
         copy: &Copy,
         ctx: &StepContext,
@@ -341,7 +472,7 @@ impl Builder<'_> {
         })?;
         // A stage's files are read through a read-only mount that must outlive the copy
         // (declared before the mount guard so it is dropped after it).
-        let (_scratch, _stage_mount, _pin);
+        let (_stage_view, _scratch, _pin);
         let items = match &copy.from {
             CopyFrom::Context => copy::plan(context, copy, &placement, "the build context")?,
             CopyFrom::Build(name) => {
@@ -350,26 +481,128 @@ impl Builder<'_> {
                     .ok_or_else(|| BuildError::UnknownStage(name.clone()))?;
                 _pin = self.store.pin(stage)?;
                 _scratch = Scratch::new(self.store, "copy-src")?;
-                let src = mount::mount_lower_readonly(
-                    &self.store.chain(stage)?,
-                    &_scratch.path.join("root"),
-                )?;
+                let src = self.view(stage, &_scratch)?;
                 let what = format!("build stage `{name}`");
                 let items = copy::plan(src.path(), copy, &placement, &what)?;
-                _stage_mount = src;
+                _stage_view = src;
                 items
             }
         };
         let manifest: Vec<_> = items.iter().map(|i| i.entry.clone()).collect();
         let id = hash::copy_id(parent, &ctx.user, &placement.hashed_dst(), &manifest);
         let header = step_header(ctx, op);
-        let body: StepBody = Box::new(move |root, _output| {
+        let body: StepBody = Box::new(move |root, output| {
             let (uid, gid) = self.numeric_user(&ctx.user, parent)?;
+            if let RootFs::Disk { .. } = root {
+                let entries: Vec<CopyEntry> = items.iter().map(copy_entry).collect();
+                return Ok(sb.copy_in(root, &entries, uid, gid, output)?);
+            }
             let scratch = Scratch::new(self.store, "copy-dst")?;
             let target = mount::mount_root(root, &scratch.path.join("root"))?;
             copy::apply(target.path(), &items, uid, gid)
         });
-        self.step(&id, parent, &header, Vec::new(), body, out)
+        self.any_step(sb, &id, parent, &header, Vec::new(), body, out)
+    }
+
+    /// A step in whichever payload `sb` builds.
+    #[allow(clippy::too_many_arguments)]
+    fn any_step(
+        &self,
+        sb: &dyn Sandbox,
+        id: &LayerId,
+        parent: &LayerId,
+        header: &str,
+        masks: Vec<Vec<u8>>,
+        body: StepBody,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
+        match sb.payload() {
+            Payload::Tree => self.step(id, parent, header, masks, body, out),
+            Payload::Disk => self.disk_step(sb, id, parent, header, masks, body, out, false),
+        }
+    }
+
+    /// [`Builder::step`] for a disk layer: the step's disk is a qcow2 overlay on its
+    /// parent's (a complete copy when the chain is too deep, or for a new VM base, whose
+    /// `body` writes the disk itself).
+    #[allow(clippy::too_many_arguments)]
+    fn disk_step(
+        &self,
+        sb: &dyn Sandbox,
+        id: &LayerId,
+        parent: &LayerId,
+        header: &str,
+        masks: Vec<Vec<u8>>,
+        body: StepBody,
+        out: &mut dyn Write,
+        new_base: bool,
+    ) -> Result<LayerId, BuildError> {
+        writeln!(out, "{header}").map_err(BuildError::output)?;
+        if self.reuse(id, out)?.is_some() {
+            return Ok(id.clone());
+        }
+        let _lock = self.store.lock_step(id)?;
+        if self.reuse(id, out)?.is_some() {
+            return Ok(id.clone());
+        }
+        let _pin = self.store.pin(parent)?;
+        let flatten = !new_base && self.store.chain(parent)?.len() >= self.options.flatten_depth;
+        let tmp = self.store.begin(id, Some(parent), new_base || flatten)?;
+        let result = (|| {
+            let disk = tmp.dir.join(DISK_FILE);
+            let boot = if new_base {
+                tmp.dir.join("boot")
+            } else {
+                // Relative, so the link holds from result-tmp/<id>/ and result/<id>/ alike
+                // (and when the store moves).
+                let backing = Path::new("../../result")
+                    .join(parent.as_str())
+                    .join(DISK_FILE);
+                sb.make_disk(&backing, &disk, flatten)?;
+                self.boot_dir(parent)?
+            };
+            let root = RootFs::Disk { disk, boot };
+            let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
+            let mut output = StepOutput::new(out, &mut log, masks);
+            let result = body(&root, &mut output);
+            output.finish().map_err(BuildError::output)?;
+            with_tail(result, &output)
+        })();
+        self.finish_step(tmp, id, header, result, out)
+    }
+
+    /// The `boot/` directory of the VM base `layer` descends from.
+    fn boot_dir(&self, layer: &LayerId) -> Result<PathBuf, BuildError> {
+        let mut current = layer.clone();
+        loop {
+            let dir = self.store.layer_dir(&current).join("boot");
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+            let info = self
+                .store
+                .get(&current)?
+                .ok_or_else(|| kiln_store::StoreError::NotFound(current.to_string()))?;
+            match info.meta.parent {
+                Some(parent) => current = parent,
+                None => return Err(BuildError::NoBootFiles(layer.clone())),
+            }
+        }
+    }
+
+    /// A read-only view of `layer`'s files (an overlay mount, or the VM sandbox's view of
+    /// a disk layer) under `scratch`.
+    fn view(&self, layer: &LayerId, scratch: &Scratch) -> Result<TreeView, BuildError> {
+        if self.is_disk(layer)? {
+            let sb = self.vm_sandbox.ok_or(BuildError::NoVmSandbox)?;
+            let disk = self.store.layer_dir(layer).join(DISK_FILE);
+            return Ok(TreeView::Disk(sb.open_disk(&disk, &scratch.path)?));
+        }
+        let root = scratch.path.join("root");
+        Ok(TreeView::Mount(mount::mount_lower_readonly(
+            &self.store.chain(layer)?,
+            &root,
+        )?))
     }
 
     /// Reuses a stored step, or builds it in a temporary layer and commits it.
@@ -408,18 +641,20 @@ impl Builder<'_> {
             let mut output = StepOutput::new(out, &mut log, masks);
             let result = body(&root, &mut output);
             output.finish().map_err(BuildError::output)?;
-            match result {
-                Err(BuildError::StepFailed {
-                    step, pos, outcome, ..
-                }) => Err(BuildError::StepFailed {
-                    step,
-                    pos,
-                    outcome,
-                    tail: output.tail(),
-                }),
-                other => other,
-            }
+            with_tail(result, &output)
         })();
+        self.finish_step(tmp, id, header, result, out)
+    }
+
+    /// Commits a built step, or removes it when it failed or the build was cancelled.
+    fn finish_step(
+        &self,
+        tmp: kiln_store::TmpLayer,
+        id: &LayerId,
+        header: &str,
+        result: Result<(), BuildError>,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         match result.and_then(|()| self.check_cancelled()) {
             Ok(()) => {
                 self.store.commit(tmp, header, None)?;
@@ -476,10 +711,7 @@ impl Builder<'_> {
             User::Unix { uid, gid } => Ok((*uid, *gid)),
             User::Name(name) => {
                 let scratch = Scratch::new(self.store, "passwd")?;
-                let root = mount::mount_lower_readonly(
-                    &self.store.chain(layer)?,
-                    &scratch.path.join("root"),
-                )?;
+                let root = self.view(layer, &scratch)?;
                 let passwd_path = copy::resolve_in_root(root.path(), "/etc/passwd", true, None)
                     .map_err(|e| BuildError::io("/etc/passwd", e))?;
                 let passwd = fs::read_to_string(&passwd_path).unwrap_or_default();
@@ -506,6 +738,45 @@ impl Builder<'_> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// A failed step's error with the last lines of its output.
+fn with_tail(result: Result<(), BuildError>, output: &StepOutput) -> Result<(), BuildError> {
+    match result {
+        Err(BuildError::StepFailed {
+            step, pos, outcome, ..
+        }) => Err(BuildError::StepFailed {
+            step,
+            pos,
+            outcome,
+            tail: output.tail(),
+        }),
+        other => other,
+    }
+}
+
+/// The store's name for the VM-disk form of cache `id`.
+fn vm_cache_name(id: &str) -> String {
+    format!("{id}.vm")
+}
+
+/// A planned copy item as the sandbox's copy-in takes it.
+fn copy_entry(item: &copy::CopyItem) -> CopyEntry {
+    let kind = match &item.entry.kind {
+        ManifestKind::Dir { mode } => CopyKind::Dir { mode: *mode },
+        ManifestKind::File { mode, .. } => CopyKind::File {
+            host: item.host.clone(),
+            mode: *mode,
+            mtime: item.mtime,
+        },
+        ManifestKind::Symlink { target } => CopyKind::Symlink {
+            target: target.clone(),
+        },
+    };
+    CopyEntry {
+        path: item.entry.path.clone(),
+        kind,
     }
 }
 

@@ -3,8 +3,9 @@
 
 use kiln_build::{BuildError, BuildOptions, Builder};
 use kiln_fetch::{BaseSource, FetchError, Fetcher, ResolvedBase};
-use kiln_sandbox::{Outcome, RootFs, RunSpec, Sandbox, SandboxError};
+use kiln_sandbox::{CopyEntry, Outcome, Payload, RootFs, RunSpec, Sandbox, SandboxError};
 use kiln_spec::hash::base_id;
+use kiln_spec::SandboxKind;
 use kiln_store::{BaseConfig, BasePin, FsStore, Store};
 use std::io::Write;
 use std::path::Path;
@@ -37,6 +38,7 @@ impl Sandbox for ScriptedSandbox {
         let upper = match &spec.root {
             RootFs::Overlay { upper, .. } => upper.clone(),
             RootFs::Dir(dir) => dir.clone(),
+            RootFs::Disk { .. } => panic!("the tree sandbox got a disk root"),
         };
         let name: String = cmd
             .chars()
@@ -129,6 +131,7 @@ fn build_in(
         sandbox,
         fetcher: &FakeBase,
         options,
+        vm_sandbox: None,
     };
     let mut out = Vec::new();
     let result = builder.build(&spec, context, &mut out);
@@ -401,6 +404,7 @@ fn cancellation_discards_the_running_step() {
         sandbox: &cancelling,
         fetcher: &FakeBase,
         options,
+        vm_sandbox: None,
     };
     let ctx = tempfile::tempdir().unwrap();
     let result = builder.build(&spec, ctx.path(), &mut Vec::new());
@@ -573,4 +577,226 @@ fn relative_and_windows_mount_targets_are_refused_when_the_step_runs() {
     );
     // The steps before it were built once and reused.
     assert_eq!(runs.len(), 1);
+}
+
+/// A disk sandbox without QEMU: a "disk" is a text file of the commands run on it, the
+/// first line naming its backing file, which must resolve from the step's directory.
+struct FakeDisk {
+    runs: Mutex<Vec<RunSpec>>,
+}
+
+impl FakeDisk {
+    fn lines(disk: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(disk).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if let Some(backing) = lines.first().and_then(|l| l.strip_prefix("backing ")) {
+            let mut below = FakeDisk::lines(&disk.parent().unwrap().join(backing));
+            below.extend(lines.drain(1..));
+            return below;
+        }
+        lines
+    }
+}
+
+impl Sandbox for FakeDisk {
+    fn run(&self, spec: &RunSpec, _output: &mut dyn Write) -> Result<Outcome, SandboxError> {
+        self.runs.lock().unwrap().push(spec.clone());
+        let RootFs::Disk { disk, boot } = &spec.root else {
+            panic!("the disk sandbox got a tree root")
+        };
+        assert!(boot.join("vmlinux").is_file(), "boot files of the VM base");
+        let cmd = spec.argv.last().cloned().unwrap_or_default();
+        let mut f = std::fs::OpenOptions::new().append(true).open(disk).unwrap();
+        writeln!(f, "run {cmd}").unwrap();
+        for m in &spec.mounts {
+            std::fs::write(m.source.join("disk.qcow2"), &cmd).unwrap();
+        }
+        Ok(Outcome::Exited(if cmd.contains("fail") { 1 } else { 0 }))
+    }
+    fn payload(&self) -> Payload {
+        Payload::Disk
+    }
+    fn make_base(
+        &self,
+        tree: &Path,
+        kernel_tree: &Path,
+        dest: &Path,
+        _output: &mut dyn Write,
+    ) -> Result<(), SandboxError> {
+        assert!(
+            tree.join("usr/bin/bash").is_file(),
+            "the base's files are visible"
+        );
+        assert!(kernel_tree.is_dir());
+        std::fs::create_dir(dest.join("boot")).unwrap();
+        std::fs::write(dest.join("boot/vmlinux"), "kernel").unwrap();
+        std::fs::write(dest.join("disk.qcow2"), "base\n").unwrap();
+        Ok(())
+    }
+    fn make_disk(&self, parent: &Path, disk: &Path, flatten: bool) -> Result<(), SandboxError> {
+        let resolved = disk.parent().unwrap().join(parent);
+        assert!(resolved.is_file(), "backing {} resolves", parent.display());
+        if flatten {
+            let all = FakeDisk::lines(&resolved).join("\n");
+            std::fs::write(disk, format!("{all}\n")).unwrap();
+        } else {
+            std::fs::write(disk, format!("backing {}\n", parent.display())).unwrap();
+        }
+        Ok(())
+    }
+    fn copy_in(
+        &self,
+        root: &RootFs,
+        entries: &[CopyEntry],
+        uid: u32,
+        _gid: u32,
+        _output: &mut dyn Write,
+    ) -> Result<(), SandboxError> {
+        let RootFs::Disk { disk, .. } = root else {
+            panic!("copy_in got a tree root")
+        };
+        let mut f = std::fs::OpenOptions::new().append(true).open(disk).unwrap();
+        for e in entries {
+            writeln!(f, "copy {} uid {uid}", e.path).unwrap();
+        }
+        Ok(())
+    }
+}
+
+fn build_vm(
+    store: &FsStore,
+    vm: &FakeDisk,
+    spec: &str,
+    options: BuildOptions,
+) -> (Result<kiln_spec::LayerId, BuildError>, String) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("f"), "file").unwrap();
+    let spec = kiln_spec::parse(spec).unwrap();
+    let tree = ScriptedSandbox::default();
+    let builder = Builder {
+        store,
+        sandbox: &tree,
+        fetcher: &FakeBase,
+        options,
+        vm_sandbox: Some(vm),
+    };
+    let mut out = Vec::new();
+    let result = builder.build(&spec, ctx.path(), &mut out);
+    assert!(
+        tree.runs.lock().unwrap().is_empty(),
+        "no step ran in namespaces"
+    );
+    (result, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn qemu_stages_chain_disk_layers_on_a_vm_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let vm = FakeDisk {
+        runs: Mutex::default(),
+    };
+    let spec = "((from busybox) (sandbox qemu) (run (shell one)) (copy (src f) (dst /f)) (run (cache (c (target /c))) (shell two)))";
+    let (id, out) = build_vm(&store, &vm, spec, BuildOptions::default());
+    let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(
+        out.contains("has no kernel; booting linux-image-amd64"),
+        "{out}"
+    );
+    let info = store.get(&id).unwrap().unwrap();
+    assert!(info.meta.disk, "the last layer is a disk");
+    let disk = store.layer_dir(&id).join("disk.qcow2");
+    assert_eq!(
+        FakeDisk::lines(&disk),
+        ["base", "run one", "copy /f uid 0", "run two"],
+        "each step's disk is backed by its parent's"
+    );
+    // The cache given to the VM is its own, apart from the namespace sandbox's `c`.
+    assert!(dir.path().join("cache/c.vm").is_dir());
+    assert!(!dir.path().join("cache/c").exists());
+
+    // The same spec without `(sandbox qemu)` gives other ids: namespace layers and
+    // QEMU layers are never mistaken for each other.
+    let tree_spec = spec.replace("(sandbox qemu) ", "");
+    let tree = ScriptedSandbox::default();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("f"), "file").unwrap();
+    let (tree_id, out) = build_in(
+        &store,
+        &tree,
+        &tree_spec,
+        ctx.path(),
+        BuildOptions::default(),
+    );
+    assert_ne!(tree_id.unwrap_or_else(|e| panic!("{e}\n{out}")), id);
+
+    // `--sandbox qemu` builds the plain spec exactly as `(sandbox qemu)` does: all cached.
+    let options = BuildOptions {
+        sandbox: SandboxKind::Qemu,
+        ..BuildOptions::default()
+    };
+    let runs = vm.runs.lock().unwrap().len();
+    let (again, out) = build_vm(&store, &vm, &tree_spec, options);
+    assert_eq!(again.unwrap(), id);
+    assert_eq!(vm.runs.lock().unwrap().len(), runs, "fully cached: {out}");
+}
+
+#[test]
+fn failed_qemu_step_leaves_nothing_and_deep_chains_flatten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let vm = FakeDisk {
+        runs: Mutex::default(),
+    };
+    let options = BuildOptions {
+        flatten_depth: 3,
+        ..BuildOptions::default()
+    };
+    let spec = "((from busybox) (sandbox qemu) (run (shell a)) (run (shell b)) (run (shell c)) (run (shell d)))";
+    let (id, out) = build_vm(&store, &vm, spec, options.clone());
+    let id = id.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let disk = store.layer_dir(&id).join("disk.qcow2");
+    assert_eq!(
+        FakeDisk::lines(&disk),
+        ["base", "run a", "run b", "run c", "run d"]
+    );
+    // base ← a ← b ← c reaches the depth of 3: c is a complete disk, d backed by it.
+    let top = std::fs::read_to_string(&disk).unwrap();
+    let backing = top
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("backing ")
+        .unwrap();
+    let c = std::fs::read_to_string(disk.parent().unwrap().join(backing)).unwrap();
+    assert_eq!(c, "base\nrun a\nrun b\nrun c\n", "c was flattened");
+
+    let (failed, _) = build_vm(
+        &store,
+        &vm,
+        "((from busybox) (sandbox qemu) (run (shell fail)))",
+        options,
+    );
+    assert!(
+        matches!(failed, Err(BuildError::StepFailed { .. })),
+        "{failed:?}"
+    );
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("result-tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "no temporary left: {tmp:?}");
+}
+
+#[test]
+fn chroot_stage_on_a_vm_disk_is_refused_and_qemu_needs_a_vm_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let tree = ScriptedSandbox::default();
+    let (result, _) = build(
+        &store,
+        &tree,
+        "((from busybox)\n (sandbox qemu) (run (shell a)))",
+        BuildOptions::default(),
+    );
+    assert!(matches!(result, Err(BuildError::NoVmSandbox)), "{result:?}");
 }

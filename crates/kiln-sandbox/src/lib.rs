@@ -207,6 +207,25 @@ pub trait Sandbox: Send + Sync {
         let _ = (root, entries, uid, gid, output);
         Err(SandboxError::Unsupported("copying into a disk layer"))
     }
+
+    /// Disk sandboxes: the files of `disk` (with its backing chain) as a read-only tree,
+    /// for reading a layer's /etc/passwd, copying from a VM-built stage, or exporting.
+    /// `scratch` is an empty directory the view may use until it is dropped.
+    fn open_disk(
+        &self,
+        disk: &std::path::Path,
+        scratch: &std::path::Path,
+    ) -> Result<DiskView, SandboxError> {
+        let _ = (disk, scratch);
+        Err(SandboxError::Unsupported("reading a disk layer"))
+    }
+}
+
+/// A disk layer's files, readable at [`DiskView::path`] until dropped.
+pub struct DiskView {
+    pub path: PathBuf,
+    /// Whatever keeps the view alive (a mount, a temporary raw copy); dropped with it.
+    pub guard: Box<dyn std::any::Any + Send>,
 }
 
 /// Where a sandbox init looks for its spec: this fd carries it as JSON.

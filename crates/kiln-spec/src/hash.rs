@@ -223,9 +223,42 @@ pub fn flatten_id(parent: &LayerId) -> LayerId {
     h.finish()
 }
 
+/// Version of how a tree layer becomes a VM base (disk layout, boot files); bumped when
+/// that changes so no base made the old way is reused.
+pub const VM_BASE_VERSION: u32 = 1;
+
+/// The id of the VM base the QEMU sandbox makes from tree layer `parent`, booting the
+/// kernel of layer `kernel` (`None`: `parent`'s own). This is where the sandbox enters
+/// step ids: every QEMU step descends from such a base, so a QEMU-built layer never
+/// shares an id with a namespace-built one, while the steps' own ids are computed
+/// exactly as for the namespace sandbox.
+pub fn vm_base_id(parent: &LayerId, kernel: Option<&LayerId>) -> LayerId {
+    let mut h = Hasher::new("vm-base");
+    h.field("version", &VM_BASE_VERSION.to_string());
+    h.field("parent", parent.as_str());
+    h.field("kernel", kernel.map_or("own", |k| k.as_str()));
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_base_ids_depend_on_parent_kernel_and_version() {
+        let a = LayerId::from_digest(&[1; 32]);
+        let b = LayerId::from_digest(&[2; 32]);
+        let own = vm_base_id(&a, None);
+        assert_ne!(own, a);
+        assert_ne!(own, vm_base_id(&b, None));
+        assert_ne!(own, vm_base_id(&a, Some(&b)));
+        assert_ne!(own, flatten_id(&a));
+        // Pinned: changing how a base is hashed must bump VM_BASE_VERSION.
+        assert_eq!(
+            own.as_str(),
+            "5eeeef20369982c5a00689fe9c2156480e22d05cd465eebf6328a66a9da474d8"
+        );
+    }
 
     fn ctx() -> StepContext {
         StepContext {

@@ -203,6 +203,10 @@ impl Store for FsStore {
         self.layout.layer_dir(id).join("log")
     }
 
+    fn layer_dir(&self, id: &LayerId) -> PathBuf {
+        self.layout.layer_dir(id)
+    }
+
     fn list(&self) -> Result<Vec<LayerInfo>, StoreError> {
         self.index.list()
     }

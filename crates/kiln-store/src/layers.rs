@@ -9,7 +9,9 @@ use crate::fsutil::{
     self, fsync_dir, measure_tree, remove_tree, rename_noreplace, write_synced, Flush,
 };
 use crate::layout::{short_target, unique_suffix, unix_now};
-use crate::{BaseConfig, BasePin, FsStore, LayerId, LayerInfo, LayerMeta, StoreError, TmpLayer};
+use crate::{
+    BaseConfig, BasePin, FsStore, LayerId, LayerInfo, LayerMeta, StoreError, TmpLayer, DISK_FILE,
+};
 
 /// A chain longer than this must contain a cycle (a corrupted meta.json).
 const MAX_CHAIN: usize = 100_000;
@@ -94,7 +96,8 @@ impl FsStore {
         } else {
             Flush::No
         };
-        let size = measure_tree(&rootfs, flush)?;
+        let size = measure_tree(&rootfs, flush)? + measure_disk(&tmp.dir, flush)?;
+        let disk = tmp.dir.join(DISK_FILE).is_file();
         let now = unix_now();
         let meta = LayerMeta {
             id: tmp.id.clone(),
@@ -104,6 +107,7 @@ impl FsStore {
             description: description.to_string(),
             config,
             pin,
+            disk,
         };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| StoreError::Other(format!("encoding meta.json: {e}")))?;
@@ -181,7 +185,8 @@ impl FsStore {
 
     /// Indexes a committed layer found on disk (its last use is taken to be its creation).
     pub(crate) fn index_from_disk(&self, meta: &LayerMeta) -> Result<(), StoreError> {
-        let size = measure_tree(&self.layout.layer_dir(&meta.id).join("rootfs"), Flush::No)?;
+        let dir = self.layout.layer_dir(&meta.id);
+        let size = measure_tree(&dir.join("rootfs"), Flush::No)? + measure_disk(&dir, Flush::No)?;
         self.ensure_short_link(&meta.id)?;
         self.index.upsert(meta, size, meta.created, false)
     }
@@ -261,4 +266,17 @@ impl FsStore {
 
 fn short_link_is_live(link: &Path, target: &Path) -> bool {
     link.parent().is_some_and(|dir| dir.join(target).exists())
+}
+
+/// Bytes a disk layer's [`DISK_FILE`] and `boot/` take (0 for tree layers), flushed with
+/// `flush` like the rootfs.
+fn measure_disk(dir: &Path, flush: Flush) -> Result<u64, StoreError> {
+    let mut total = 0;
+    if dir.join(DISK_FILE).is_file() {
+        total += measure_tree(&dir.join(DISK_FILE), flush)?;
+        if dir.join("boot").is_dir() {
+            total += measure_tree(&dir.join("boot"), flush)?;
+        }
+    }
+    Ok(total)
 }

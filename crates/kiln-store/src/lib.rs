@@ -58,7 +58,15 @@ pub struct LayerMeta {
     /// Absent in layers committed before kiln recorded it (and for other layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<BasePin>,
+    /// True when the layer's payload is a VM disk, `disk.qcow2` (built by the QEMU
+    /// sandbox), rather than `rootfs/` (which is then empty). Such a layer's disk is
+    /// backed by its parent's unless the layer is a VM base or was flattened.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk: bool,
 }
+
+/// The payload file of a disk layer, in its directory.
+pub const DISK_FILE: &str = "disk.qcow2";
 
 /// The exact image a registry base was built from, recorded so a tag that later moves
 /// still says what this layer holds.
@@ -190,6 +198,10 @@ pub trait Store: Send + Sync {
 
     /// `result/<id>/log`.
     fn log_path(&self, id: &LayerId) -> PathBuf;
+
+    /// `result/<id>`: where a committed layer's files are (its `rootfs/`, or its
+    /// [`DISK_FILE`] and, for a VM base, `boot/`).
+    fn layer_dir(&self, id: &LayerId) -> PathBuf;
 
     /// Every committed layer.
     fn list(&self) -> Result<Vec<LayerInfo>, StoreError>;

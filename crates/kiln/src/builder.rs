@@ -33,6 +33,7 @@ pub fn build_all(
         sandbox: &sandbox,
         fetcher: &fetcher,
         options,
+        vm_sandbox: None,
     };
     let (id, stages) = builder.build_with_stages(spec, context, out)?;
     let mut partitions = BTreeMap::new();
