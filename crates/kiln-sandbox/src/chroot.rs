@@ -214,7 +214,8 @@ fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
 /// Copies the output pipe to `output` as bytes arrive and collects the status channel,
 /// until both are closed (every sandbox process is gone). Returns the status bytes.
 ///
-/// With `cancel` = (flag, supervisor), polls the flag and sends the supervisor SIGINT once
+/// With `cancel` = (flag, supervisor), polls the flag and sends the supervisor SIGUSR1
+/// ([`supervisor::CANCEL_SIGNAL`]: not SIGINT, which kiln may have inherited ignored) once
 /// it is set; the supervisor then kills the sandbox, cleans up and reports Interrupted.
 fn pump(
     output_out: &OwnedFd,
@@ -243,7 +244,7 @@ fn pump(
         }
         if let Some((flag, supervisor)) = cancel {
             if flag.load(Ordering::SeqCst) {
-                let _ = kill(supervisor, Signal::SIGINT);
+                let _ = kill(supervisor, Signal::SIGUSR1);
                 cancel = None; // once is enough; keep pumping until everything has ended
             }
         }

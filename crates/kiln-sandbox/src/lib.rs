@@ -14,6 +14,7 @@ pub mod chroot;
 mod error;
 pub mod mount;
 mod seccomp;
+mod tools;
 
 pub use error::SandboxError;
 

@@ -108,6 +108,20 @@ fn remove_created(created: &[PathBuf]) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Mounts the ext4 filesystem of the raw disk image `image` (no partition table)
+/// read-only at `target` (created if missing), through a loop device freed on unmount.
+pub fn mount_ext4_image_readonly(image: &Path, target: &Path) -> Result<MountGuard, SandboxError> {
+    let created = create_dirs(target)?;
+    let mut guard = MountGuard {
+        path: target.to_path_buf(),
+        created,
+        mounted: false,
+    };
+    crate::tools::mount_ext4_loop_readonly(image, target)?;
+    guard.mounted = true;
+    Ok(guard)
+}
+
 /// Mounts `root` read-write at `target` (created if missing): an overlay of its layers,
 /// or a bind mount of a flat tree.
 pub fn mount_root(root: &RootFs, target: &Path) -> Result<MountGuard, SandboxError> {

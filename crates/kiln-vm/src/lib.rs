@@ -13,6 +13,7 @@
 
 pub mod accel;
 pub mod checks;
+pub mod disk_view;
 mod error;
 pub mod junit;
 pub mod qemu;

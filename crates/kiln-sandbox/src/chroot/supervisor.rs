@@ -90,6 +90,12 @@ fn die_with_kiln() -> Result<(), StepError> {
 }
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
+    // kiln's own cancellation (see CANCEL_SIGNAL) reads as the Ctrl-C it stands for.
+    let signal = if signal == CANCEL_SIGNAL {
+        libc::SIGINT
+    } else {
+        signal
+    };
     // The first signal is the one reported.
     let _ = STOP_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     let pid1 = PID1.load(Ordering::SeqCst);
@@ -114,8 +120,15 @@ fn install_stop_handlers() -> Result<(), StepError> {
             unsafe { sigaction(signal, &old) }.step(|| format!("keep ignoring {signal}"))?;
         }
     }
+    // Always handled, whatever kiln inherited: a background job or nohup starts kiln with
+    // SIGINT ignored, and its cancel flag must still stop the step.
+    // SAFETY: as above.
+    unsafe { sigaction(Signal::SIGUSR1, &action) }.step(|| "handle SIGUSR1".to_string())?;
     Ok(())
 }
+
+/// What kiln sends the supervisor when its cancel flag is set.
+pub(crate) const CANCEL_SIGNAL: libc::c_int = libc::SIGUSR1;
 
 fn stop_signal() -> Option<i32> {
     Some(STOP_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)

@@ -249,7 +249,12 @@ pub fn cancel_flag_ends_the_running_step(fx: &Fixture) -> TestResult {
             flag.store(true, Ordering::SeqCst);
         },
     };
+    // As when kiln runs as a shell's background job: SIGINT ignored, inherited by the
+    // sandbox. The cancel flag must stop the step all the same.
+    // SAFETY: restoring the previous disposition right after the run; no handler runs.
+    let old = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let result = sandbox.run(&s, &mut sink);
+    unsafe { libc::signal(libc::SIGINT, old) };
     drop(sink);
     match result {
         Err(SandboxError::Interrupted { signal: 2 }) => {}
