@@ -12,7 +12,7 @@ pub mod context;
 pub mod copy;
 mod error;
 pub mod output;
-mod view;
+pub mod view;
 
 pub use error::BuildError;
 
@@ -593,16 +593,7 @@ impl Builder<'_> {
     /// A read-only view of `layer`'s files (an overlay mount, or the VM sandbox's view of
     /// a disk layer) under `scratch`.
     fn view(&self, layer: &LayerId, scratch: &Scratch) -> Result<TreeView, BuildError> {
-        if self.is_disk(layer)? {
-            let sb = self.vm_sandbox.ok_or(BuildError::NoVmSandbox)?;
-            let disk = self.store.layer_dir(layer).join(DISK_FILE);
-            return Ok(TreeView::Disk(sb.open_disk(&disk, &scratch.path)?));
-        }
-        let root = scratch.path.join("root");
-        Ok(TreeView::Mount(mount::mount_lower_readonly(
-            &self.store.chain(layer)?,
-            &root,
-        )?))
+        view::open_layer(self.store, self.vm_sandbox, layer, &scratch.path)
     }
 
     /// Reuses a stored step, or builds it in a temporary layer and commits it.

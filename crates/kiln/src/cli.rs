@@ -94,6 +94,39 @@ pub struct BuildArgs {
     /// on a difference, name the first differing file.
     #[arg(long)]
     pub check_reproducible: bool,
+    #[command(flatten)]
+    pub vm: VmArgs,
+}
+
+/// Where steps run, and the VM the QEMU sandbox boots for each.
+#[derive(Debug, Args, Clone)]
+pub struct VmArgs {
+    /// Where stages without a `(sandbox …)` form run: chroot (namespaces over overlayfs)
+    /// or qemu (a VM per step over qcow2 overlays).
+    #[arg(long, value_enum, default_value_t = SandboxArg::Chroot)]
+    pub sandbox: SandboxArg,
+    /// CPUs of each QEMU sandbox VM.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub qemu_cpus: u32,
+    /// Memory of each QEMU sandbox VM, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=1048576))]
+    pub qemu_memory: u32,
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxArg {
+    Chroot,
+    Qemu,
+}
+
+impl SandboxArg {
+    pub fn kind(self) -> kiln_spec::SandboxKind {
+        match self {
+            SandboxArg::Chroot => kiln_spec::SandboxKind::Chroot,
+            SandboxArg::Qemu => kiln_spec::SandboxKind::Qemu,
+        }
+    }
 }
 
 /// Where and how a layer becomes an image.

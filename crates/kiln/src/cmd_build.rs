@@ -50,6 +50,7 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         secrets,
         cancelled: cancelled.clone(),
         source_date_epoch: Some(epoch),
+        sandbox: args.vm.sandbox.kind(),
         ..Default::default()
     };
     let mut out: Box<dyn Write> = if args.json {

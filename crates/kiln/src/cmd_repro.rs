@@ -64,6 +64,7 @@ fn compare(
             secrets: secrets.clone(),
             source_date_epoch: Some(epoch),
             fast_sync: !args.no_fast_sync,
+            sandbox: args.vm.sandbox.kind(),
             ..Default::default()
         };
         let mut out = std::io::stderr();
