@@ -37,6 +37,13 @@ pub enum BuildError {
         id: String,
         target: String,
     },
+    /// A `(from layer:…)` base that is not in the store.
+    #[error("{pos}: (from {from}): {problem}")]
+    UnknownLayer {
+        pos: Pos,
+        from: String,
+        problem: String,
+    },
     #[error("{0}")]
     Tool(String),
     #[error("{path}: {source}")]
@@ -56,7 +63,8 @@ impl BuildError {
     pub fn leading_pos(&self) -> Option<Pos> {
         match self {
             BuildError::CopySourcesAsOnePath { pos, .. }
-            | BuildError::MountTargetNotAbsolute { pos, .. } => Some(*pos),
+            | BuildError::MountTargetNotAbsolute { pos, .. }
+            | BuildError::UnknownLayer { pos, .. } => Some(*pos),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@ pub mod output;
 
 pub use error::BuildError;
 
-use kiln_fetch::{parse_base, Fetcher, ResolvedBase};
+use kiln_fetch::{parse_base, BaseSource, Fetcher, ResolvedBase};
 use kiln_sandbox::{mount, BindMount, RootFs, RunSpec, Sandbox, Secret};
 use kiln_spec::{hash, Copy, CopyFrom, LayerId, Located, Op, Run, Spec, StepContext, User};
 use kiln_store::{BaseConfig, Store};
@@ -143,11 +143,12 @@ impl Builder<'_> {
             stages.insert(child.value.name.clone(), id);
         }
         let (mut parent, config, resolved) = self.base(spec, context, out)?;
+        // The bottom of the chain: the base's full tree (a `layer:` base may be a step).
         let base_root = self
             .store
             .chain(&parent)?
             .into_iter()
-            .next()
+            .last()
             .unwrap_or_default();
         let mut ctx = context::initial(&config, &base_root);
         for op in &spec.ops {
@@ -176,6 +177,9 @@ impl Builder<'_> {
     ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
         let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
         let source = parse_base(&spec.from.value, bootstrap, context)?;
+        if let BaseSource::Layer(name) = &source {
+            return self.stored_base(spec, name, out);
+        }
         let base = self.fetcher.resolve(&source)?;
         writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
         if let Some(resolution) = base.resolution() {
@@ -211,6 +215,54 @@ impl Builder<'_> {
             Err(e) => {
                 self.store.abort(tmp)?;
                 Err(e)
+            }
+        }
+    }
+
+    /// A `(from layer:NAME|ID)` base: the stored layer itself, never fetched; the spec's
+    /// steps chain from its id and start from its chain's base config.
+    fn stored_base(
+        &self,
+        spec: &Spec,
+        name: &str,
+        out: &mut dyn Write,
+    ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
+        let id = match LayerId::parse(name) {
+            Ok(id) => id,
+            Err(_) => self.store.lookup_name(name)?.ok_or_else(|| {
+                unknown_layer(spec, format!("no layer is named `{name}` in this store (see `kiln names`; `kiln shell REF --save {name}` makes one)"))
+            })?,
+        };
+        let info = self.store.get(&id)?.ok_or_else(|| {
+            unknown_layer(
+                spec,
+                format!("layer {id} is not in this store (see `kiln ls` and `kiln names`)"),
+            )
+        })?;
+        writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
+        self.store.touch(&id)?;
+        writeln!(out, "---> using \"{id}\" from the store").map_err(BuildError::output)?;
+        let base = ResolvedBase {
+            source: BaseSource::Layer(name.to_string()),
+            id: id.clone(),
+            description: info.meta.description.clone(),
+            pin: None,
+        };
+        Ok((id, self.chain_config(info)?, base))
+    }
+
+    /// The config of the first layer down `info`'s chain that has one (its base's).
+    fn chain_config(&self, mut info: kiln_store::LayerInfo) -> Result<BaseConfig, BuildError> {
+        loop {
+            match (info.meta.config, info.meta.parent) {
+                (Some(config), _) => return Ok(config),
+                (None, None) => return Ok(BaseConfig::default()),
+                (None, Some(parent)) => {
+                    info = self
+                        .store
+                        .get(&parent)?
+                        .ok_or_else(|| kiln_store::StoreError::NotFound(parent.to_string()))?
+                }
             }
         }
     }
@@ -274,6 +326,7 @@ impl Builder<'_> {
                     .collect(),
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
+                interactive: false,
             };
             let outcome = self.sandbox.run(&spec, output);
             let ok = matches!(outcome, Ok(o) if o.success())
@@ -506,6 +559,14 @@ impl Builder<'_> {
         } else {
             Ok(())
         }
+    }
+}
+
+fn unknown_layer(spec: &Spec, problem: String) -> BuildError {
+    BuildError::UnknownLayer {
+        pos: spec.from.pos,
+        from: spec.from.value.clone(),
+        problem,
     }
 }
 
