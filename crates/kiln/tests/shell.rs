@@ -139,3 +139,44 @@ fn an_unknown_layer_name_in_from_fails_at_its_line_and_column() {
     );
     assert!(run.stderr.contains("kiln names"), "{}", run.stderr);
 }
+
+#[test]
+fn ctrl_c_during_the_shell_saves_nothing() {
+    use std::io::{BufRead, BufReader};
+    let dir = test_dir("shell-int");
+    let store = dir.join("store");
+    let base = busybox_base(&store, &dir);
+    let mut child = Command::new(KILN)
+        .arg("--store")
+        .arg(&store)
+        .args(["shell", &base, "--save", "interrupted"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kiln");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The shell has written a file and is waiting for more input when kiln is signalled.
+    stdin
+        .write_all(b"echo x > /written; echo ready\n")
+        .expect("writing stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l == "ready"));
+    assert!(ready, "the shell never said ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("kill -INT");
+    let status = child.wait().expect("wait");
+    drop(stdin);
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(names_json(&store, &dir), serde_json::json!([]));
+    let ls = kiln(&store, &dir, &["ls", "--json"]).ok();
+    let layers: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
+    assert_eq!(layers.as_array().unwrap().len(), 1, "{}", ls.stdout);
+    assert_eq!(
+        std::fs::read_dir(store.join("result-tmp")).unwrap().count(),
+        0
+    );
+}
