@@ -37,6 +37,13 @@ pub enum BuildError {
         id: String,
         target: String,
     },
+    /// A `(from layer:…)` base that is not in the store.
+    #[error("{pos}: (from {from}): {problem}")]
+    UnknownLayer {
+        pos: Pos,
+        from: String,
+        problem: String,
+    },
     #[error("{0}")]
     Tool(String),
     #[error("{path}: {source}")]
@@ -66,7 +73,8 @@ impl BuildError {
         match self {
             BuildError::CopySourcesAsOnePath { pos, .. }
             | BuildError::MountTargetNotAbsolute { pos, .. }
-            | BuildError::ChrootOnDisk { pos, .. } => Some(*pos),
+            | BuildError::ChrootOnDisk { pos, .. }
+            | BuildError::UnknownLayer { pos, .. } => Some(*pos),
             _ => None,
         }
     }

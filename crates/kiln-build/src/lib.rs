@@ -167,10 +167,11 @@ impl Builder<'_> {
         let base_root = if base_is_disk {
             PathBuf::new()
         } else {
+            // The bottom of the chain: the base's full tree (a `layer:` base may be a step).
             self.store
                 .chain(&parent)?
                 .into_iter()
-                .next()
+                .last()
                 .unwrap_or_default()
         };
         let mut ctx = context::initial(&config, &base_root);
@@ -282,6 +283,9 @@ impl Builder<'_> {
     ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
         let bootstrap = spec.bootstrap.as_ref().map(|b| &b.value);
         let source = parse_base(&spec.from.value, bootstrap, context)?;
+        if let BaseSource::Layer(name) = &source {
+            return self.stored_base(spec, name, out);
+        }
         writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
         self.fetch_base(&source, out)
     }
@@ -326,6 +330,54 @@ impl Builder<'_> {
             Err(e) => {
                 self.store.abort(tmp)?;
                 Err(e)
+            }
+        }
+    }
+
+    /// A `(from layer:NAME|ID)` base: the stored layer itself, never fetched; the spec's
+    /// steps chain from its id and start from its chain's base config.
+    fn stored_base(
+        &self,
+        spec: &Spec,
+        name: &str,
+        out: &mut dyn Write,
+    ) -> Result<(LayerId, BaseConfig, ResolvedBase), BuildError> {
+        let id = match LayerId::parse(name) {
+            Ok(id) => id,
+            Err(_) => self.store.lookup_name(name)?.ok_or_else(|| {
+                unknown_layer(spec, format!("no layer is named `{name}` in this store (see `kiln names`; `kiln shell REF --save {name}` makes one)"))
+            })?,
+        };
+        let info = self.store.get(&id)?.ok_or_else(|| {
+            unknown_layer(
+                spec,
+                format!("layer {id} is not in this store (see `kiln ls` and `kiln names`)"),
+            )
+        })?;
+        writeln!(out, "(from {})", spec.from.value).map_err(BuildError::output)?;
+        self.store.touch(&id)?;
+        writeln!(out, "---> using \"{id}\" from the store").map_err(BuildError::output)?;
+        let base = ResolvedBase {
+            source: BaseSource::Layer(name.to_string()),
+            id: id.clone(),
+            description: info.meta.description.clone(),
+            pin: None,
+        };
+        Ok((id, self.chain_config(info)?, base))
+    }
+
+    /// The config of the first layer down `info`'s chain that has one (its base's).
+    fn chain_config(&self, mut info: kiln_store::LayerInfo) -> Result<BaseConfig, BuildError> {
+        loop {
+            match (info.meta.config, info.meta.parent) {
+                (Some(config), _) => return Ok(config),
+                (None, None) => return Ok(BaseConfig::default()),
+                (None, Some(parent)) => {
+                    info = self
+                        .store
+                        .get(&parent)?
+                        .ok_or_else(|| kiln_store::StoreError::NotFound(parent.to_string()))?
+                }
             }
         }
     }
@@ -404,6 +456,7 @@ impl Builder<'_> {
                     .collect(),
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
+                interactive: false,
             };
             let outcome = sb.run(&spec, output);
             let ok = matches!(outcome, Ok(o) if o.success())
@@ -768,6 +821,14 @@ fn copy_entry(item: &copy::CopyItem) -> CopyEntry {
     CopyEntry {
         path: item.entry.path.clone(),
         kind,
+    }
+}
+
+fn unknown_layer(spec: &Spec, problem: String) -> BuildError {
+    BuildError::UnknownLayer {
+        pos: spec.from.pos,
+        from: spec.from.value.clone(),
+        problem,
     }
 }
 

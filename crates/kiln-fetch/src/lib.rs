@@ -5,7 +5,8 @@
 //! - `file:PATH.tar[.gz|.zst]`: a rootfs tarball ([`tarball`]);
 //! - an OCI reference `NAME@sha256:…` or `REGISTRY/NAME:TAG`: pulled with `oci-client`,
 //!   layers applied with whiteouts honoured ([`oci`]); bare names come from Docker Hub
-//!   (through the `$KILN_REGISTRY` mirror first when one is set).
+//!   (through the `$KILN_REGISTRY` mirror first when one is set);
+//! - `layer:NAME|ID`: a stored layer, parsed here and taken from the store by the builder.
 //!
 //! A base's id is computed before anything is written, and fetching writes only into the
 //! temporary rootfs the builder hands over (OCI layer blobs are staged in hidden temporary
@@ -129,6 +130,7 @@ impl Fetcher for RealFetcher {
                 })
             }
             BaseSource::Oci(reference) => oci::resolve(reference, &self.registries),
+            BaseSource::Layer(_) => Err(stored_layer(source)),
         }
     }
 
@@ -152,6 +154,7 @@ impl Fetcher for RealFetcher {
             }
             BaseSource::Tar(path) => tarball::fetch(&name, path, &base.id, rootfs, progress),
             BaseSource::Oci(reference) => oci::fetch(reference, rootfs, progress, &self.registries),
+            BaseSource::Layer(_) => Err(stored_layer(&base.source)),
         };
         match fetched {
             Ok(config) => Ok(config),
@@ -189,6 +192,15 @@ fn check_target(name: &str, rootfs: &Path) -> Result<(), FetchError> {
             problem: format!("is not a usable directory: {e}"),
         }),
     }
+}
+
+/// `layer:` bases are in the store already: the builder takes them from there.
+fn stored_layer(source: &BaseSource) -> FetchError {
+    FetchError::base(
+        &source.to_string(),
+        "internal error: a `layer:` base is taken from the store by the builder, never fetched"
+            .to_string(),
+    )
 }
 
 /// Matching on `BaseSource::Debian` and then not getting a Debian base would be a bug.

@@ -25,6 +25,10 @@ pub enum BaseSource {
     /// An OCI image reference as written (validated). After [`crate::Fetcher::resolve`] it is
     /// the pinned `REGISTRY/REPOSITORY@sha256:…`.
     Oci(String),
+    /// `layer:NAME` or `layer:ID`: a layer already in the store (a name saved by
+    /// `kiln shell --save`, or a full layer id). The builder takes it from the store;
+    /// nothing is fetched.
+    Layer(String),
 }
 
 impl fmt::Display for BaseSource {
@@ -34,6 +38,7 @@ impl fmt::Display for BaseSource {
             BaseSource::Debian { suite, .. } => write!(f, "debian:{suite}"),
             BaseSource::Tar(path) => write!(f, "file:{}", path.display()),
             BaseSource::Oci(reference) => f.write_str(reference),
+            BaseSource::Layer(name) => write!(f, "layer:{name}"),
         }
     }
 }
@@ -58,6 +63,9 @@ pub fn parse_base(
     }
     if let Some(path) = from.strip_prefix("file:") {
         return parse_tar(from, path, context);
+    }
+    if let Some(name) = from.strip_prefix("layer:") {
+        return parse_layer(from, name);
     }
     OciRef::parse(from).map_err(|e| {
         FetchError::base(
@@ -157,6 +165,17 @@ fn parse_tar(from: &str, path: &str, context: &Path) -> Result<BaseSource, Fetch
             format!("cannot read the tarball {}: {e} (relative paths are relative to the build context)", full.display()),
         )),
     }
+}
+
+fn parse_layer(from: &str, name: &str) -> Result<BaseSource, FetchError> {
+    if kiln_spec::LayerId::parse(name).is_ok() || kiln_store::check_name(name).is_ok() {
+        return Ok(BaseSource::Layer(name.to_string()));
+    }
+    Err(FetchError::base(
+        from,
+        "`layer:` needs a layer name saved by `kiln shell --save NAME` (letters, digits, `-`, `_`, `.`) \
+         or a full 64-digit layer id, e.g. `layer:dev-tools`",
+    ))
 }
 
 /// Lowercase letters, digits and `-`, starting with a letter or digit.

@@ -97,6 +97,18 @@ fn accepted_bases() {
 }
 
 #[test]
+fn layer_bases_name_a_stored_layer() {
+    let context = tempfile::tempdir().unwrap();
+    let id = "0123456789abcdef".repeat(4);
+    for name in ["tools", "dev-2.x", id.as_str()] {
+        let from = format!("layer:{name}");
+        let parsed = parse_base(&from, None, context.path()).unwrap();
+        assert_eq!(parsed, BaseSource::Layer(name.to_string()));
+        assert_eq!(parsed.to_string(), from);
+    }
+}
+
+#[test]
 fn refused_bases_say_why() {
     let context = tempfile::tempdir().unwrap();
     std::fs::write(context.path().join("root.zip"), b"").unwrap();
@@ -129,6 +141,13 @@ fn refused_bases_say_why() {
         ("file:root.zip", None, "is not a tarball kiln can read"),
         ("file:dir.tar", None, "is not a regular file"),
         ("file:", None, "needs a path"),
+        ("layer:", None, "`layer:` needs a layer name"),
+        ("layer:../x", None, "`layer:` needs a layer name"),
+        (
+            "layer:tools",
+            Some(bootstrap(None, &[], None, None)),
+            "(bootstrap …) only applies to `debian:SUITE` bases",
+        ),
         (
             "busybox",
             Some(bootstrap(None, &[], None, None)),

@@ -23,12 +23,13 @@ mod root;
 mod rootfs;
 mod step;
 mod supervisor;
+mod terminal;
 mod traces;
 mod validate;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -105,12 +106,16 @@ impl Sandbox for NamespaceSandbox {
         validate::check(spec)?;
         let json = serde_json::to_vec(spec)
             .map_err(|e| SandboxError::Setup(format!("encode the run spec: {e}")))?;
+        let (terminal, slave) = match spec.interactive {
+            true => terminal::Terminal::open()?.unzip(),
+            false => (None, None),
+        };
         let Started {
             mut child,
             spec_in,
             output_out,
             status_out,
-        } = self.start()?;
+        } = self.start(spec.interactive, slave)?;
         // The init reads the whole spec before doing anything else. If it died early the
         // write fails with EPIPE; the status channel then explains.
         let _ = File::from(spec_in).write_all(&json);
@@ -118,7 +123,13 @@ impl Sandbox for NamespaceSandbox {
             .cancel
             .as_deref()
             .map(|flag| (flag, Pid::from_raw(child.id() as i32)));
-        let pumped = pump(&output_out, &status_out, output, cancel);
+        let output_fd = terminal
+            .as_ref()
+            .map_or(output_out.as_fd(), |t| t.master.as_fd());
+        let stdin = std::io::stdin();
+        let relay = terminal.as_ref().map(|t| (stdin.as_fd(), t.master.as_fd()));
+        let pumped = pump(output_fd, &status_out, output, cancel, relay);
+        drop(terminal); // the terminal is itself again
         if pumped.is_err() {
             let _ = child.kill(); // the parent-death signals take the rest down
         }
@@ -148,7 +159,9 @@ struct Started {
 impl NamespaceSandbox {
     /// Spawns the supervisor with the spec pipe on [`SPEC_FD`], the status pipe on
     /// [`STATUS_FD`], stdin from /dev/null and stdout+stderr into one output pipe.
-    fn start(&self) -> Result<Started, SandboxError> {
+    /// Interactive runs get kiln's stdin instead, or all three on the pty `slave` when
+    /// kiln is on a terminal.
+    fn start(&self, interactive: bool, slave: Option<OwnedFd>) -> Result<Started, SandboxError> {
         let pipe = |what: &str| {
             pipe2(OFlag::O_CLOEXEC)
                 .map_err(|e| SandboxError::sys(format!("create the {what} pipe"), e))
@@ -160,18 +173,16 @@ impl NamespaceSandbox {
         let spec_out = dup_above(&spec_out, 10)?;
         let status_in = dup_above(&status_in, 10)?;
         let (spec_fd, status_fd) = (spec_out.as_raw_fd(), status_in.as_raw_fd());
-        let stderr = output_in
-            .try_clone()
-            .map_err(|e| SandboxError::sys("duplicate the output pipe", e))?;
+        let (stdin, stdout, stderr) = stdio(interactive, slave, output_in)?;
         let mut command = Command::new(&self.exe);
         command
             .arg(INIT_ARG)
             .arg(std::process::id().to_string())
             .env_clear() // nothing of kiln's environment is visible in /proc/1/environ
             .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(output_in))
-            .stderr(Stdio::from(stderr));
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
         // SAFETY: dup2 is async-signal-safe and touches no memory.
         unsafe {
             command.pre_exec(move || {
@@ -204,6 +215,29 @@ impl NamespaceSandbox {
     }
 }
 
+/// The supervisor's stdin, stdout and stderr (see [`NamespaceSandbox::start`]).
+fn stdio(
+    interactive: bool,
+    slave: Option<OwnedFd>,
+    output_in: OwnedFd,
+) -> Result<(Stdio, Stdio, Stdio), SandboxError> {
+    let dup = |fd: &OwnedFd, what: &str| {
+        fd.try_clone()
+            .map_err(|e| SandboxError::sys(format!("duplicate the {what}"), e))
+    };
+    if let Some(slave) = slave {
+        let (a, b) = (dup(&slave, "pty")?, dup(&slave, "pty")?);
+        return Ok((Stdio::from(a), Stdio::from(b), Stdio::from(slave)));
+    }
+    let stderr = dup(&output_in, "output pipe")?;
+    let stdin = if interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    Ok((stdin, Stdio::from(output_in), Stdio::from(stderr)))
+}
+
 fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
     let new = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(min))
         .map_err(|e| SandboxError::sys("duplicate a pipe fd", e))?;
@@ -217,22 +251,27 @@ fn dup_above(fd: &OwnedFd, min: RawFd) -> Result<OwnedFd, SandboxError> {
 /// With `cancel` = (flag, supervisor), polls the flag and sends the supervisor SIGUSR1
 /// ([`supervisor::CANCEL_SIGNAL`]: not SIGINT, which kiln may have inherited ignored) once
 /// it is set; the supervisor then kills the sandbox, cleans up and reports Interrupted.
+/// With `relay` = (kiln's stdin, pty master), also copies what is typed to the command.
 fn pump(
-    output_out: &OwnedFd,
+    output_out: BorrowedFd<'_>,
     status_out: &OwnedFd,
     output: &mut dyn Write,
     mut cancel: Option<(&AtomicBool, Pid)>,
+    mut relay: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
 ) -> Result<Vec<u8>, SandboxError> {
     let mut status = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let (mut output_open, mut status_open) = (true, true);
     while output_open || status_open {
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         if output_open {
-            fds.push(PollFd::new(output_out.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(output_out, PollFlags::POLLIN));
         }
         if status_open {
             fds.push(PollFd::new(status_out.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some((stdin, _)) = relay {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
         }
         let timeout = match cancel {
             Some(_) => PollTimeout::try_from(CANCEL_CHECK).unwrap_or(PollTimeout::NONE),
@@ -265,19 +304,41 @@ fn pump(
             }
         }
         if status_open && ready.next() == Some(true) {
-            match read_some(status_out, &mut buf)? {
+            match read_some(status_out.as_fd(), &mut buf)? {
                 0 => status_open = false,
                 n => status.extend_from_slice(&buf[..n]),
+            }
+        }
+        if let Some((stdin, master)) = relay {
+            if ready.next() == Some(true) && !forward(stdin, master, &mut buf)? {
+                relay = None;
             }
         }
     }
     Ok(status)
 }
 
-fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, SandboxError> {
+/// Copies what is ready on `from` to `to`; false once `from` is at its end.
+fn forward(from: BorrowedFd<'_>, to: BorrowedFd<'_>, buf: &mut [u8]) -> Result<bool, SandboxError> {
+    let n = read_some(from, buf)?;
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
+        match nix::unistd::write(to, rest) {
+            Ok(written) => rest = &rest[written..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(SandboxError::sys("pass the input to the command", e)),
+        }
+    }
+    Ok(n > 0)
+}
+
+/// Reads what is there; 0 at the end. A pty master reads EIO once every holder of its
+/// slave side is gone: that is its end too.
+fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, SandboxError> {
     loop {
         match nix::unistd::read(fd.as_raw_fd(), buf) {
             Err(Errno::EINTR) => continue,
+            Err(Errno::EIO) => return Ok(0),
             other => return other.map_err(|e| SandboxError::sys("read from the sandbox", e)),
         }
     }

@@ -140,6 +140,12 @@ pub struct RunSpec {
     pub hostname: String,
     /// Turn fsync/fdatasync/sync/syncfs/msync/sync_file_range into no-ops.
     pub fast_sync: bool,
+    /// Attach the command to kiln's own stdin (`kiln shell`): on a terminal the command
+    /// gets a pseudo-terminal relayed to it (raw mode, window size), as its controlling
+    /// terminal; otherwise it reads kiln's stdin and its output is streamed as usual.
+    /// Off: stdin is /dev/null.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// How a command ended.

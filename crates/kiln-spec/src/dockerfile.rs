@@ -378,6 +378,16 @@ fn check_base(base: &Located<String>, escape: Escape) -> Result<(), SpecError> {
             ),
         ));
     }
+    if base.value.starts_with("layer:") {
+        return Err(SpecError::new(
+            base.pos,
+            format!(
+                "(from …) base `{}` is a layer in kiln's store; Docker cannot pull it: export it \
+                 (`kiln export NAME -o root.tar`), import it (`docker import root.tar NAME`) and write `(from NAME)`",
+                base.value
+            ),
+        ));
+    }
     check_word("(from …) base", &base.value, Word::Arg, escape, base.pos)
 }
 

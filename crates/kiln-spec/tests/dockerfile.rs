@@ -690,6 +690,18 @@ fn file_bases_are_refused_at_the_base() {
 }
 
 #[test]
+fn layer_bases_are_refused_at_the_base() {
+    let text = "((from layer:tools)\n (run (shell true)))";
+    let err = refusal(text, PLAIN);
+    assert_refused(
+        &err,
+        "1:8",
+        "(from …) base `layer:tools` is a layer in kiln's store",
+    );
+    assert!(err.contains("kiln export NAME"), "{err}");
+}
+
+#[test]
 fn values_docker_would_read_differently_are_refused() {
     let cases = [
         ("(workdir \"/a$HOME\")", "`$`"),

@@ -47,6 +47,13 @@ pub enum StoreError {
         status: String,
         stderr: String,
     },
+    #[error("layer name `{0}` is invalid: use 1 to 128 letters, digits, `-`, `_` and `.`, starting with a letter or digit (64 hex digits would read as a layer id)")]
+    BadLayerName(String),
+    /// `delete` of a layer that a name (`kiln shell --save NAME`) keeps.
+    #[error(
+        "layer {id} is kept by the name(s) {names}: remove them first with `kiln names rm NAME`"
+    )]
+    Named { id: String, names: String },
     #[error("{0}")]
     Other(String),
 }

@@ -133,6 +133,10 @@ impl Store for FsStore {
         self.layout.root()
     }
 
+    fn lookup_name(&self, name: &str) -> Result<Option<LayerId>, StoreError> {
+        FsStore::lookup_name(self, name)
+    }
+
     fn get(&self, id: &LayerId) -> Result<Option<LayerInfo>, StoreError> {
         self.get_checked(id)
     }

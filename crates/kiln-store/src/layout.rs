@@ -34,6 +34,7 @@ impl Layout {
             self.debs(),
             self.scratch(),
             self.trash(),
+            self.names(),
         ] {
             std::fs::create_dir_all(&dir).at(&dir)?;
         }
@@ -71,6 +72,10 @@ impl Layout {
     /// Trees being deleted: renamed here first so no half-deleted tree is ever visible.
     pub fn trash(&self) -> PathBuf {
         self.root.join("trash")
+    }
+    /// Layer names: `names/<NAME>` symlinks to `../result/<id>`.
+    pub fn names(&self) -> PathBuf {
+        self.root.join("names")
     }
     pub fn index(&self) -> PathBuf {
         self.root.join("index.sqlite")

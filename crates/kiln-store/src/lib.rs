@@ -13,6 +13,8 @@
 //!   debs/               downloaded .deb files shared by every bootstrap
 //!   tmp/                scratch directories (`scratch_dir`), each flocked by its owner
 //!   trash/              trees being deleted (renamed here first, removed after)
+//!   names/<NAME>        symlink to ../result/<id>: a layer name (`kiln shell --save NAME`);
+//!                       prune skips named layers, delete refuses them
 //!   index.sqlite        id, parent, created, last used, size, children
 //! ```
 //! The directory tree is the truth; the index is rebuilt from each layer's meta.json
@@ -28,6 +30,7 @@ mod index;
 mod layers;
 mod layout;
 mod lock;
+mod names;
 mod recover;
 mod remove;
 mod tools;
@@ -35,6 +38,7 @@ mod tools;
 pub use error::StoreError;
 pub use fs_store::{Durability, FsStore, StoreOptions};
 pub use kiln_spec::LayerId;
+pub use names::{check_name, LayerName};
 pub use recover::Recovery;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +153,13 @@ pub trait Store: Send + Sync {
     /// The store's root directory.
     fn root(&self) -> &Path;
 
+    /// The layer a name (`kiln shell --save NAME`) points at, if the name exists.
+    /// Stores without names (mocks) have none.
+    fn lookup_name(&self, name: &str) -> Result<Option<LayerId>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// The layer if it is committed (does not change `last_used`).
     fn get(&self, id: &LayerId) -> Result<Option<LayerInfo>, StoreError>;
 
@@ -207,10 +218,11 @@ pub trait Store: Send + Sync {
     fn list(&self) -> Result<Vec<LayerInfo>, StoreError>;
 
     /// Deletes `id` and all its descendants, leaves first. Returns what was deleted.
+    /// Refused when a name points at any of them.
     fn delete(&self, id: &LayerId) -> Result<Vec<LayerId>, StoreError>;
 
     /// Deletes least-recently-used leaves until the total size is at most `keep_bytes`.
-    /// Layers whose step lock is held (in use by a build) are skipped.
+    /// Layers whose step lock is held (in use by a build) and named layers are skipped.
     fn prune(&self, keep_bytes: u64) -> Result<Vec<LayerId>, StoreError>;
 
     /// Removes every layer, cache and temporary (the .deb cache is kept unless `all`).

@@ -2,7 +2,7 @@
 //! - temporaries (`result-tmp/<id>`, `cache-tmp/*`, `tmp/*`) whose owner died are
 //!   removed; a live owner holds a flock on them (the step lock for `result-tmp/<id>`,
 //!   the directory itself for the others), so only those we can lock are touched;
-//! - `trash/` is emptied;
+//! - `trash/` is emptied, and names a crashed `set_name` staged are removed;
 //! - the index is reconciled with `result/`.
 
 use std::fmt;
@@ -63,6 +63,7 @@ impl FsStore {
         report.purged = purged;
         report.in_use = in_use;
         cache::tidy_all(&self.layout)?;
+        self.tidy_names()?;
         let guard = self.maintenance_lock()?;
         let trashed = self.reconcile(&mut report)?;
         self.drop_dangling_links()?;

@@ -1,4 +1,5 @@
-//! Deleting layers: `delete`, `prune`, `clean`.
+//! Deleting layers: `delete`, `prune`, `clean`. Named layers (`names/`) are kept by
+//! `prune` and refused by `delete`; `clean` removes the names with everything else.
 //!
 //! A layer disappears by renaming `result/<id>` into `trash/` (atomic: readers see the
 //! whole layer or nothing), then its row and short link go, and only then is the tree
@@ -30,10 +31,15 @@ impl FsStore {
         if self.get_checked(id)?.is_none() {
             return Err(StoreError::NotFound(id.to_string()));
         }
+        let victims = self.index.subtree_leaves_first(id)?;
+        let victims: Vec<LayerId> = victims
+            .iter()
+            .map(|v| parse_row_id(v))
+            .collect::<Result<_, _>>()?;
+        self.refuse_named(&victims)?;
         let mut deleted = Vec::new();
         let mut trashed = Vec::new();
-        for victim in self.index.subtree_leaves_first(id)? {
-            let victim = parse_row_id(&victim)?;
+        for victim in victims {
             trashed.extend(self.unpublish(&victim)?);
             deleted.push(victim);
         }
@@ -46,7 +52,12 @@ impl FsStore {
         let guard = self.maintenance_lock()?;
         let mut deleted = Vec::new();
         let mut trashed = Vec::new();
-        let mut in_use = HashSet::new();
+        // Named layers stay, and with them every layer below them (never a leaf).
+        let mut in_use: HashSet<String> = self
+            .names()?
+            .into_iter()
+            .map(|n| n.id.as_str().to_string())
+            .collect();
         while self.index.total_size()? > keep_bytes {
             // Deleting a leaf may turn its parent into one, possibly older than the rest:
             // ask again each time.
@@ -79,6 +90,18 @@ impl FsStore {
         drop(guard);
         remove_trees(&trashed)?;
         Ok(deleted)
+    }
+
+    /// Fails when a name points at one of `victims`, naming them.
+    fn refuse_named(&self, victims: &[LayerId]) -> Result<(), StoreError> {
+        let names = self.names()?;
+        let Some(kept) = victims.iter().find(|v| names.iter().any(|n| &n.id == *v)) else {
+            return Ok(());
+        };
+        Err(StoreError::Named {
+            id: kept.to_string(),
+            names: self.names_of(kept)?.join(", "),
+        })
     }
 
     /// The step lock and the pin of `id` exclusively, if no build holds either.
@@ -115,6 +138,10 @@ impl FsStore {
         }
         for name in entry_names(&self.layout.links())? {
             remove_tree(&self.layout.links().join(name))?;
+        }
+        // Their layers are gone: so are the names.
+        for name in entry_names(&self.layout.names())? {
+            remove_tree(&self.layout.names().join(name))?;
         }
         for name in entry_names(&self.layout.caches())? {
             let lock =

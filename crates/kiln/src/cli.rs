@@ -56,6 +56,10 @@ pub enum Command {
     Clean(CleanArgs),
     /// Check the store: writable, index consistent with its layers, overlayfs available.
     Healthcheck(JsonArg),
+    /// Open a shell in a fresh layer on top of a stored one; `--save NAME` keeps its changes.
+    Shell(ShellArgs),
+    /// List layer names (`kiln shell --save NAME`), or remove one.
+    Names(NamesArgs),
     /// Boot a disk image under QEMU with the serial console on this terminal (Ctrl-A X quits).
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
@@ -247,11 +251,62 @@ pub struct TestArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Layer id (or a unique prefix of one).
+    /// Layer name (`kiln shell --save NAME`), id, or a unique prefix of an id.
     pub id: String,
     /// Output: a tar (`-` for stdout), a directory (--format dir) or a disk image.
     #[command(flatten)]
     pub image: ImageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The layer to start from: a name, a layer id or a unique prefix of one.
+    #[arg(value_name = "REF")]
+    pub layer: String,
+    /// On a clean exit (status 0), keep the changes as a new layer named NAME (a name
+    /// already in use moves to it). Otherwise nothing is kept unless, on a terminal, you
+    /// answer y to "save anyway?".
+    #[arg(long, value_name = "NAME")]
+    pub save: Option<String>,
+    /// Where the shell runs.
+    #[arg(long, value_enum, default_value_t = ShellSandboxArg::Chroot)]
+    pub sandbox: ShellSandboxArg,
+    /// The shell to run [default: /bin/bash if the layer has it, else /bin/sh].
+    #[arg(long, value_name = "PATH")]
+    pub shell: Option<String>,
+    /// Run as this user: a name from the layer's /etc/passwd, or UID[:GID] [default: root].
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+    /// `host`: share the host's network (default: loopback only, as build steps).
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
+    /// Print `{"id": …, "name": …, "saved": …, "status": …}` on stdout at the end; the
+    /// shell's output goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kiln shell --sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellSandboxArg {
+    /// The namespace sandbox build steps run in (overlayfs on the layer's chain).
+    Chroot,
+}
+
+/// `kiln shell --network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// The host's network namespace.
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct NamesArgs {
+    /// Remove this name (the layer stays, and may then be pruned).
+    #[arg(long, value_name = "NAME")]
+    pub rm: Option<String>,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,17 @@ use kiln_store::{LayerId, Store};
 use std::fs;
 use std::path::Path;
 
-/// Accepts a full id or a unique prefix of a stored one.
+/// Accepts a layer name (`kiln shell --save NAME`; a name wins over an id prefix it also
+/// reads as), a full id or a unique prefix of a stored one.
 pub fn resolve_id(store: &dyn Store, text: &str) -> anyhow::Result<LayerId> {
+    if kiln_store::check_name(text).is_ok() {
+        if let Some(id) = store.lookup_name(text)? {
+            if store.get(&id)?.is_none() {
+                bail!("name `{text}` points at layer {id}, which is no longer in the store: save it again, or remove it with `kiln names --rm {text}`");
+            }
+            return Ok(id);
+        }
+    }
     if let Ok(id) = LayerId::parse(text) {
         if store.get(&id)?.is_some() {
             return Ok(id);
@@ -14,7 +23,7 @@ pub fn resolve_id(store: &dyn Store, text: &str) -> anyhow::Result<LayerId> {
         bail!("layer {text} is not in the store (see `kiln ls`)");
     }
     if text.len() < 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("`{text}` is not a layer id or an id prefix of at least 4 hex digits");
+        bail!("`{text}` is not a layer name (see `kiln names`), a layer id or an id prefix of at least 4 hex digits");
     }
     let matches: Vec<LayerId> = store
         .list()?

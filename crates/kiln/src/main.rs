@@ -9,6 +9,7 @@ mod cmd_build;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
+mod cmd_shell;
 mod cmd_store;
 mod cmd_vm;
 mod layers;
@@ -43,6 +44,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Prune(args) => cmd_store::prune(&store_dir, args),
         cli::Command::Clean(args) => cmd_store::clean(&store_dir, args),
         cli::Command::Healthcheck(args) => cmd_store::healthcheck(&store_dir, args),
+        cli::Command::Shell(args) => cmd_shell::shell(&store_dir, args),
+        cli::Command::Names(args) => cmd_shell::names(&store_dir, args),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
     }

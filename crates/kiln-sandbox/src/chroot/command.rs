@@ -39,6 +39,9 @@ fn prepare(spec: &RunSpec) -> Result<(), StepError> {
     reset_signals()?;
     umask(Mode::from_bits_truncate(0o022));
     make_cwd(&spec.cwd, spec.uid, spec.gid)?;
+    if spec.interactive {
+        take_terminal();
+    }
     if spec.fast_sync {
         let program = seccomp::fast_sync_program().map_err(StepError)?;
         seccomp::install(&program).step(|| "install the fast_sync seccomp filter".to_string())?;
@@ -62,6 +65,16 @@ fn reset_signals() -> Result<(), StepError> {
     }
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .step(|| "clear the signal mask".to_string())
+}
+
+/// On a pty (an interactive run on a terminal): a session of our own with the pty as its
+/// controlling terminal, so a shell gets job control and Ctrl-C reaches what it runs.
+/// Best effort: without it a shell still works, only without job control.
+fn take_terminal() {
+    if nix::unistd::isatty(0).unwrap_or(false) && nix::unistd::setsid().is_ok() {
+        // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours.
+        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
 }
 
 /// Creates the working directory and missing parents, owned by the step's user.

@@ -160,6 +160,7 @@ pub fn spec(root: RootFs, script: &str) -> RunSpec {
         secrets: vec![],
         hostname: "kiln-test".into(),
         fast_sync: false,
+        interactive: false,
     }
 }
 
