@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 /// Drivers kiln-init may load, as paths under `kernel/` (a trailing `/` takes a whole
 /// directory): virtio (PCI transport, block, SCSI, network), SATA/IDE as QEMU and gem5
-/// emulate them, NVMe, and SCSI disks. Only those whose device is present get loaded.
-const DRIVERS: [&str; 9] = [
+/// emulate them, NVMe, SCSI disks, and virtio-serial (the QEMU sandbox's agent port). Only
+/// those whose device is present get loaded.
+const DRIVERS: [&str; 10] = [
     "drivers/virtio/",
     "drivers/block/virtio_blk.ko",
     "drivers/scsi/virtio_scsi.ko",
@@ -29,6 +30,7 @@ const DRIVERS: [&str; 9] = [
     "drivers/ata/ata_generic.ko",
     "drivers/nvme/host/nvme.ko",
     "drivers/net/virtio_net.ko",
+    "drivers/char/virtio_console.ko",
 ];
 
 /// Root filesystems kiln-init can mount, loaded before it looks for the root.

@@ -4,6 +4,8 @@
 //! static executable; [`BINARY`] is that executable. Its configuration format is
 //! described at the top of `program.rs` and written by `kiln_image::boot_initrd`.
 
+pub mod agent_proto;
+
 /// The static kiln-init executable, to be written to an initramfs as `/init`.
 pub const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-init"));
 
@@ -13,6 +15,8 @@ pub const CONFIG_PATH: &str = "etc/kiln-init.conf";
 #[cfg(test)]
 #[path = "program.rs"]
 #[allow(dead_code)]
+// program.rs includes agent_proto.rs itself (it is built alone for the guest).
+#[allow(clippy::duplicate_mod)]
 mod program;
 
 #[cfg(test)]

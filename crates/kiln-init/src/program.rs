@@ -23,6 +23,12 @@
 //! `init=` (default /sbin/init), and `kiln.rootwait=SECONDS` (default 60), how long to
 //! wait for the root device.
 //!
+//! Agent mode (`kiln.agent` on the command line, the QEMU sandbox): instead of handing over
+//! to the root's init, kiln-init mounts the kernel filesystems inside the root, chroots into
+//! it and serves kiln's requests on the virtio-serial port `kiln.agent` (see `agent_proto.rs`
+//! and the `agent` module below). `kiln.hostname=NAME` sets the host name; `kiln.net=user`
+//! configures eth0 for QEMU's user network (10.0.2.15/24 via 10.0.2.2, DNS 10.0.2.3).
+//!
 //! On failure it says why on the console, lists the block devices it saw, and powers
 //! the machine off, so a VM under test stops at once instead of hanging in a panic.
 
@@ -34,6 +40,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+// Shared with the host, which also encodes what the guest only decodes.
+#[path = "agent_proto.rs"]
+#[allow(dead_code)]
+mod agent_proto;
 
 const CONFIG: &str = "/etc/kiln-init.conf";
 const NEW_ROOT: &str = "/root";
@@ -81,7 +92,7 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
     let wait = params.rootwait.unwrap_or(ROOT_WAIT);
     // The filesystem modules load on a second thread while the disk drivers load and
     // the disk is probed: module loading is mostly CPU work, and VMs have two CPUs.
-    let (device, modules) = std::thread::scope(|s| {
+    let (device, modules, loaded) = std::thread::scope(|s| {
         let filesystems = s.spawn(|| {
             let mut fs_loader = Loader::new(&config);
             for name in &config.preload {
@@ -92,7 +103,7 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
         let mut loader = Loader::new(&config);
         let device = wait_for_root(&spec, &mut loader, root, wait);
         let modules = loader.loaded.len() + filesystems.join().unwrap_or(0);
-        (device, modules)
+        (device, modules, loader.loaded)
     });
     let device = device?;
     let fstype = params.rootfstype.as_deref().unwrap_or("ext4");
@@ -100,6 +111,11 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
     let data = params.rootflags.as_deref().unwrap_or("");
     sys::mount(&device.to_string_lossy(), NEW_ROOT, fstype, flags, data)
         .map_err(|e| format!("the root {root}: {e}"))?;
+    if params.agent {
+        let mut loader = Loader::new(&config);
+        loader.loaded = loaded;
+        return agent::start(&params, &mut loader, started);
+    }
     hand_over(&params, &device, modules, started)
 }
 
@@ -183,6 +199,12 @@ struct Params {
     init: Option<String>,
     /// `kiln.rootwait=SECONDS`.
     rootwait: Option<Duration>,
+    /// `kiln.agent`: serve the QEMU sandbox instead of starting the root's init.
+    agent: bool,
+    /// `kiln.hostname=NAME`.
+    hostname: Option<String>,
+    /// `kiln.net=user`: configure eth0 for QEMU's user-mode network.
+    net_user: bool,
 }
 
 impl Params {
@@ -197,6 +219,9 @@ impl Params {
                 Some(("kiln.rootwait", v)) => {
                     p.rootwait = v.parse().ok().map(Duration::from_secs);
                 }
+                Some(("kiln.hostname", v)) => p.hostname = Some(v.to_string()),
+                Some(("kiln.net", v)) => p.net_user = v == "user",
+                None if word == agent_proto::CMDLINE_FLAG => p.agent = true,
                 None if word == "rw" => p.rw = true,
                 None if word == "ro" => p.rw = false,
                 _ => {}
@@ -605,6 +630,572 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Agent mode: the guest half of the QEMU sandbox.
+mod agent {
+    use super::agent_proto::{
+        ExitStatus, FrameReader, Mount, PutEntry, PutKind, Request, Response, RunRequest,
+        SecretFile, PORT_NAME, VERSION,
+    };
+    use super::*;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::process::ExitStatusExt;
+
+    /// How long devices that appear after the root (network, agent port) may take.
+    const DEVICE_WAIT: Duration = Duration::from_secs(20);
+
+    /// Mounts kiln-init made and directories it created for them, undone in reverse.
+    #[derive(Default)]
+    struct Undo {
+        mounted: Vec<String>,
+        created: Vec<String>,
+    }
+
+    impl Undo {
+        /// Creates `dir` and its missing parents (mode 755, owned by `owner`), recording them.
+        fn ensure_dir(&mut self, dir: &str, owner: (u32, u32)) -> Result<(), String> {
+            let mut missing = Vec::new();
+            for d in Path::new(dir).ancestors() {
+                if fs::symlink_metadata(d).is_ok() {
+                    break;
+                }
+                missing.push(d.to_path_buf());
+            }
+            for d in missing.iter().rev() {
+                fs::create_dir(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+                std::os::unix::fs::chown(d, Some(owner.0), Some(owner.1))
+                    .map_err(|e| format!("chown {}: {e}", d.display()))?;
+                self.created.push(d.to_string_lossy().into_owned());
+            }
+            Ok(())
+        }
+
+        /// Creates the empty file `path` (and its parents) unless something is there.
+        fn ensure_file(&mut self, path: &str) -> Result<(), String> {
+            if fs::symlink_metadata(path).is_ok() {
+                return Ok(());
+            }
+            if let Some(parent) = Path::new(path).parent() {
+                self.ensure_dir(&parent.to_string_lossy(), (0, 0))?;
+            }
+            fs::File::create(path).map_err(|e| format!("creating {path}: {e}"))?;
+            self.created.push(path.to_string());
+            Ok(())
+        }
+
+        fn mount(
+            &mut self,
+            src: &str,
+            target: &str,
+            fstype: &str,
+            data: &str,
+        ) -> Result<(), String> {
+            self.ensure_dir(target, (0, 0))?;
+            sys::mount(src, target, fstype, 0, data)?;
+            self.mounted.push(target.to_string());
+            Ok(())
+        }
+
+        /// Unmounts and removes everything recorded; the first failure is returned.
+        fn undo(&mut self) -> Result<(), String> {
+            let mut first = Ok(());
+            for target in self.mounted.drain(..).rev() {
+                if let Err(e) = sys::umount(&target) {
+                    first = first.and(Err(e));
+                }
+            }
+            for path in self.created.drain(..).rev() {
+                let gone = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
+                if let Err(e) = gone {
+                    first = first.and(Err(format!("removing {path}: {e}")));
+                }
+            }
+            first
+        }
+    }
+
+    /// Sets the guest up inside the mounted root and serves requests until shutdown.
+    pub fn start(
+        params: &Params,
+        loader: &mut Loader,
+        started: Instant,
+    ) -> Result<std::convert::Infallible, String> {
+        // Devices whose drivers were not needed for the root (network, agent port).
+        for alias in modaliases() {
+            loader.load_for(&alias);
+        }
+        let mut undo = Undo::default();
+        enter_root(&mut undo)?;
+        sys::set_hostname(params.hostname.as_deref().unwrap_or("kiln"))?;
+        sys::interface_up("lo")?;
+        if params.net_user {
+            user_network(&mut undo)?;
+        }
+        let port = find_port()?;
+        eprintln!(
+            "kiln-init: agent ready on {} after {:.2} s",
+            port.display(),
+            started.elapsed().as_secs_f64()
+        );
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&port)
+            .map_err(|e| format!("{}: {e}", port.display()))?;
+        Agent {
+            port: file,
+            reader: FrameReader::default(),
+            undo,
+        }
+        .serve()
+    }
+
+    /// Mounts /proc, /sys and /dev inside the root, makes it `/`, then the scratch
+    /// filesystems. Mount points the disk lacks are created and removed at shutdown.
+    fn enter_root(undo: &mut Undo) -> Result<(), String> {
+        for dir in ["proc", "sys", "dev"] {
+            let inside = format!("{NEW_ROOT}/{dir}");
+            if fs::symlink_metadata(&inside).is_err() {
+                fs::create_dir(&inside).map_err(|e| format!("creating {inside}: {e}"))?;
+                undo.created.push(format!("/{dir}"));
+            }
+            sys::mount_move(&format!("/{dir}"), &inside)?;
+            undo.mounted.push(format!("/{dir}"));
+        }
+        std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("cd {NEW_ROOT}: {e}"))?;
+        sys::mount_move(".", "/")?;
+        sys::chroot(".")?;
+        std::env::set_current_dir("/").map_err(|e| format!("cd /: {e}"))?;
+        undo.mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            "gid=5,mode=620,ptmxmode=666",
+        )?;
+        undo.mount("tmpfs", "/dev/shm", "tmpfs", "mode=1777")?;
+        undo.mount("tmpfs", "/tmp", "tmpfs", "mode=1777")?;
+        undo.mount("tmpfs", "/run", "tmpfs", "mode=755")?;
+        Ok(())
+    }
+
+    /// eth0 as QEMU's user network expects it, and its DNS server in a resolv.conf that
+    /// covers the disk's own only while the VM runs.
+    fn user_network(undo: &mut Undo) -> Result<(), String> {
+        wait_for(
+            Path::new("/sys/class/net/eth0"),
+            "the network interface eth0",
+        )?;
+        sys::configure_ipv4("eth0", [10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])?;
+        let resolv = "/run/kiln-resolv.conf";
+        fs::write(resolv, "nameserver 10.0.2.3\n").map_err(|e| format!("{resolv}: {e}"))?;
+        match fs::symlink_metadata("/etc/resolv.conf") {
+            Ok(m) if !m.is_file() => return Ok(()),
+            _ => {}
+        }
+        if fs::metadata("/etc").is_ok_and(|m| m.is_dir()) {
+            undo.ensure_file("/etc/resolv.conf")?;
+            sys::bind(resolv, "/etc/resolv.conf", false)?;
+            undo.mounted.push("/etc/resolv.conf".into());
+        }
+        Ok(())
+    }
+
+    fn wait_for(path: &Path, what: &str) -> Result<(), String> {
+        let deadline = Instant::now() + DEVICE_WAIT;
+        while fs::symlink_metadata(path).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{what} did not appear within {} s",
+                    DEVICE_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// The device node of the virtio-serial port named `kiln.agent`.
+    fn find_port() -> Result<PathBuf, String> {
+        let deadline = Instant::now() + DEVICE_WAIT;
+        loop {
+            if let Ok(ports) = fs::read_dir("/sys/class/virtio-ports") {
+                for port in ports.flatten() {
+                    let name = fs::read_to_string(port.path().join("name")).unwrap_or_default();
+                    let dev = Path::new("/dev").join(port.file_name());
+                    if name.trim() == PORT_NAME && dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no virtio-serial port named {PORT_NAME} within {} s",
+                    DEVICE_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    struct Agent {
+        port: fs::File,
+        reader: FrameReader,
+        undo: Undo,
+    }
+
+    impl Agent {
+        fn send(&mut self, r: &Response) -> Result<(), String> {
+            agent_proto::write_frame(&mut self.port, &r.encode())
+                .map_err(|e| format!("writing to the agent port: {e}"))
+        }
+
+        /// The next request; waits while the host is not connected (reads then see EOF).
+        fn next(&mut self) -> Result<Request, String> {
+            loop {
+                match self.reader.read_frame(&mut self.port) {
+                    Ok(Some((t, payload))) => {
+                        return Request::decode(t, &payload).map_err(|e| e.to_string())
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(e) => {
+                        self.reader = FrameReader::default();
+                        return Err(format!("reading the agent port: {e}"));
+                    }
+                }
+            }
+        }
+
+        fn serve(mut self) -> Result<std::convert::Infallible, String> {
+            self.send(&Response::Ready { version: VERSION })?;
+            loop {
+                let reply = match self.next() {
+                    Ok(Request::Run(r)) => self.run(r).map(Response::Exit),
+                    Ok(Request::Put(first)) => self.put(first).map(|()| Response::PutDone),
+                    Ok(Request::PutEnd) => Ok(Response::PutDone),
+                    Ok(Request::Shutdown) => return self.shutdown(),
+                    // Left over from a command that has ended.
+                    Ok(Request::Stdin(_) | Request::StdinEof | Request::Data(_)) => continue,
+                    Err(e) => Err(e),
+                };
+                let reply = reply.unwrap_or_else(Response::Error);
+                self.send(&reply)?;
+            }
+        }
+
+        fn shutdown(mut self) -> Result<std::convert::Infallible, String> {
+            sys::kill_all();
+            let undone = self.undo.undo();
+            sys::sync();
+            let remounted = sys::remount_read_only("/");
+            if let Err(e) = undone.and(remounted) {
+                // The disk is synced either way; say what was left behind.
+                eprintln!("kiln-init: shutdown: {e}");
+            }
+            let _ = self.send(&Response::ShutdownAck);
+            sys::power_off()
+        }
+
+        /// Runs one command with its mounts and secrets, streaming its output.
+        fn run(&mut self, r: RunRequest) -> Result<ExitStatus, String> {
+            if r.argv.is_empty() {
+                return Err("an empty command".into());
+            }
+            let mut undo = Undo::default();
+            let result = prepare(&mut undo, &r).and_then(|()| self.spawn_and_stream(&r));
+            sys::kill_all();
+            let undone = undo.undo();
+            let status = result?;
+            undone.map(|()| status)
+        }
+
+        fn spawn_and_stream(&mut self, r: &RunRequest) -> Result<ExitStatus, String> {
+            make_cwd(&r.cwd, r.uid, r.gid)?;
+            let (out_read, out_write) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let err_write = out_write.try_clone().map_err(|e| format!("pipe: {e}"))?;
+            let mut cmd = Command::new(&r.argv[0]);
+            cmd.args(&r.argv[1..])
+                .env_clear()
+                .envs(r.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&r.cwd)
+                .uid(r.uid)
+                .gid(r.gid)
+                .stdout(out_write)
+                .stderr(err_write)
+                .stdin(if r.stdin {
+                    std::process::Stdio::piped()
+                } else {
+                    std::process::Stdio::null()
+                });
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(e) => return self.cannot_start(&r.argv[0], e),
+            };
+            drop(cmd);
+            let stdin = child.stdin.take();
+            let status = self.stream(&mut child, out_read, stdin)?;
+            Ok(match (status.code(), status.signal()) {
+                (Some(code), _) => ExitStatus::Code(code),
+                (None, Some(sig)) => ExitStatus::Signal(sig),
+                (None, None) => ExitStatus::Code(-1),
+            })
+        }
+
+        /// Like a shell: a command that cannot be executed exits 126, a missing one 127.
+        fn cannot_start(&mut self, argv0: &str, e: io::Error) -> Result<ExitStatus, String> {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let message = format!("kiln: {argv0}: {e}\n");
+            self.send(&Response::Output(message.into_bytes()))?;
+            Ok(ExitStatus::Code(code))
+        }
+
+        /// Forwards output (and stdin) until the command has exited and every process
+        /// holding its output has been killed.
+        fn stream(
+            &mut self,
+            child: &mut std::process::Child,
+            mut out: io::PipeReader,
+            mut stdin: Option<std::process::ChildStdin>,
+        ) -> Result<std::process::ExitStatus, String> {
+            use std::os::fd::AsRawFd;
+            let pidfd = sys::pidfd_open(child.id())?;
+            let mut status = None;
+            let mut out_open = true;
+            let mut buf = vec![0u8; 32 << 10];
+            while status.is_none() || out_open {
+                let watch_port = stdin.is_some();
+                let fds = [
+                    (out.as_raw_fd(), out_open),
+                    (pidfd.as_raw_fd(), status.is_none()),
+                    (self.port.as_raw_fd(), watch_port),
+                ];
+                let ready = sys::poll(&fds)?;
+                if ready[0] {
+                    let n = out
+                        .read(&mut buf)
+                        .map_err(|e| format!("reading output: {e}"))?;
+                    if n == 0 {
+                        out_open = false;
+                    } else {
+                        self.send(&Response::Output(buf[..n].to_vec()))?;
+                    }
+                }
+                if ready[1] {
+                    let s = child
+                        .wait()
+                        .map_err(|e| format!("waiting for the command: {e}"))?;
+                    status = Some(s);
+                    // Whatever it left running would hold the output open: the step is over.
+                    sys::kill_all();
+                    stdin = None;
+                }
+                if ready[2] {
+                    self.forward_stdin(&mut buf, &mut stdin)?;
+                }
+            }
+            Ok(status.expect("loop ends with a status"))
+        }
+
+        fn forward_stdin(
+            &mut self,
+            buf: &mut [u8],
+            stdin: &mut Option<std::process::ChildStdin>,
+        ) -> Result<(), String> {
+            let n = self
+                .port
+                .read(buf)
+                .map_err(|e| format!("reading the agent port: {e}"))?;
+            self.reader.feed(&buf[..n]);
+            while let Some((t, payload)) = self.reader.next_frame().map_err(|e| e.to_string())? {
+                match Request::decode(t, &payload).map_err(|e| e.to_string())? {
+                    Request::Stdin(data) => {
+                        if let Some(pipe) = stdin.as_mut() {
+                            // A command that stopped reading its stdin is not an error.
+                            if pipe.write_all(&data).is_err() {
+                                *stdin = None;
+                            }
+                        }
+                    }
+                    Request::StdinEof => *stdin = None,
+                    other => return Err(format!("unexpected request while running: {other:?}")),
+                }
+            }
+            Ok(())
+        }
+
+        /// Applies entries until PutEnd; after a failure the rest is read and dropped so
+        /// that the stream stays in step, and the first failure is reported.
+        fn put(&mut self, first: PutEntry) -> Result<(), String> {
+            let mut failed: Option<String> = None;
+            let mut entry = Some(first);
+            loop {
+                if let Some(e) = entry.take() {
+                    let path = e.path.clone();
+                    let result = self.apply(e, failed.is_none());
+                    if let (Err(err), None) = (result, &failed) {
+                        failed = Some(format!("copying to {path}: {err}"));
+                    }
+                }
+                match self.next()? {
+                    Request::Put(e) => entry = Some(e),
+                    Request::PutEnd => break,
+                    other => return Err(format!("unexpected request during a copy: {other:?}")),
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        }
+
+        /// One entry; a file's data is always consumed, written only when `write`.
+        fn apply(&mut self, e: PutEntry, write: bool) -> Result<(), String> {
+            let mut file = None;
+            let size = match e.kind {
+                PutKind::File { size, .. } => size,
+                _ => 0,
+            };
+            if write {
+                file = place(&e)?;
+            }
+            let mut left = size;
+            while left > 0 {
+                let data = match self.next()? {
+                    Request::Data(d) => d,
+                    other => return Err(format!("file data expected, got {other:?}")),
+                };
+                left = left
+                    .checked_sub(data.len() as u64)
+                    .ok_or("more file data than the entry's size")?;
+                if let Some(f) = file.as_mut() {
+                    let f: &mut fs::File = f;
+                    f.write_all(&data).map_err(|err| err.to_string())?;
+                }
+            }
+            if let (Some(f), PutKind::File { mtime, .. }) = (file, &e.kind) {
+                let t = std::time::UNIX_EPOCH + Duration::from_secs((*mtime).max(0) as u64);
+                f.set_modified(t)
+                    .map_err(|err| format!("setting the mtime: {err}"))?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Makes the entry's path what it says (parents too); for a file, returns it open for
+    /// its data (owner and mode already set).
+    fn place(e: &PutEntry) -> Result<Option<fs::File>, String> {
+        let err = |what: &str, x: io::Error| format!("{what}: {x}");
+        if let Some(parent) = Path::new(&e.path).parent() {
+            Undo::default().ensure_dir(&parent.to_string_lossy(), (e.uid, e.gid))?;
+        }
+        let existing = fs::symlink_metadata(&e.path).ok();
+        let owner = (Some(e.uid), Some(e.gid));
+        match &e.kind {
+            PutKind::Dir { mode } => {
+                match existing {
+                    Some(m) if m.is_dir() => {}
+                    Some(_) => {
+                        fs::remove_file(&e.path).map_err(|x| err("removing", x))?;
+                        fs::create_dir(&e.path).map_err(|x| err("mkdir", x))?;
+                    }
+                    None => fs::create_dir(&e.path).map_err(|x| err("mkdir", x))?,
+                }
+                std::os::unix::fs::chown(&e.path, owner.0, owner.1).map_err(|x| err("chown", x))?;
+                fs::set_permissions(&e.path, fs::Permissions::from_mode(*mode))
+                    .map_err(|x| err("chmod", x))?;
+                Ok(None)
+            }
+            PutKind::File { mode, .. } => {
+                remove_non_dir(&e.path, existing.as_ref())?;
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&e.path)
+                    .map_err(|x| err("creating", x))?;
+                std::os::unix::fs::fchown(&f, owner.0, owner.1).map_err(|x| err("chown", x))?;
+                f.set_permissions(fs::Permissions::from_mode(*mode))
+                    .map_err(|x| err("chmod", x))?;
+                Ok(Some(f))
+            }
+            PutKind::Symlink { target } => {
+                remove_non_dir(&e.path, existing.as_ref())?;
+                std::os::unix::fs::symlink(target, &e.path).map_err(|x| err("symlink", x))?;
+                std::os::unix::fs::lchown(&e.path, owner.0, owner.1)
+                    .map_err(|x| err("lchown", x))?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn remove_non_dir(path: &str, existing: Option<&fs::Metadata>) -> Result<(), String> {
+        match existing {
+            Some(m) if m.is_dir() => Err("a directory is in the way of a file".into()),
+            Some(_) => fs::remove_file(path).map_err(|e| format!("removing: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The working directory and its missing parents, owned by the command's user.
+    fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), String> {
+        Undo::default().ensure_dir(cwd, (uid, gid))
+    }
+
+    /// Cache disks mounted and secrets bound read-only for one command.
+    fn prepare(undo: &mut Undo, r: &RunRequest) -> Result<(), String> {
+        for Mount {
+            device,
+            target,
+            fstype,
+        } in &r.mounts
+        {
+            undo.mount(device, target, fstype, "")?;
+        }
+        if !r.secrets.is_empty() {
+            mount_secrets(undo, &r.secrets, r.uid, r.gid)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the secrets to a private tmpfs (on /run, itself a tmpfs) and binds each file
+    /// read-only at its target; the staging mount is then detached, so only the bound
+    /// files remain reachable.
+    fn mount_secrets(
+        undo: &mut Undo,
+        secrets: &[SecretFile],
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), String> {
+        let stage = "/run/kiln-secrets";
+        let _ = fs::create_dir(stage);
+        sys::mount("tmpfs", stage, "tmpfs", 0, "mode=700")?;
+        let staged = stage_and_bind(undo, stage, secrets, uid, gid);
+        let _ = sys::umount(stage);
+        let _ = fs::remove_dir(stage);
+        staged
+    }
+
+    fn stage_and_bind(
+        undo: &mut Undo,
+        stage: &str,
+        secrets: &[SecretFile],
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), String> {
+        for (i, s) in secrets.iter().enumerate() {
+            let file = format!("{stage}/secret-{i}");
+            fs::write(&file, &s.value).map_err(|e| format!("writing {file}: {e}"))?;
+            std::os::unix::fs::chown(&file, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {file}: {e}"))?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o400))
+                .map_err(|e| format!("chmod {file}: {e}"))?;
+            undo.ensure_file(&s.target)?;
+            sys::bind(&file, &s.target, true)?;
+            undo.mounted.push(s.target.clone());
+        }
+        Ok(())
+    }
+}
+
 /// The few system calls std does not wrap, declared against the C library (linked
 /// statically by the build script).
 mod sys {
@@ -636,7 +1227,326 @@ mod sys {
         fn c_chroot(path: *const c_char) -> c_int;
         fn syscall(number: c_long, ...) -> c_long;
         fn reboot(cmd: c_int) -> c_int;
-        fn sync();
+        #[link_name = "sync"]
+        fn c_sync();
+    }
+
+    const MS_REMOUNT: c_ulong = 32;
+    const MS_BIND: c_ulong = 4096;
+    const SIGKILL: c_int = 9;
+    const ECHILD: i32 = 10;
+    const AF_INET: c_int = 2;
+    const SOCK_DGRAM: c_int = 2;
+    const SIOCGIFFLAGS: c_ulong = 0x8913;
+    const SIOCSIFFLAGS: c_ulong = 0x8914;
+    const SIOCSIFADDR: c_ulong = 0x8916;
+    const SIOCSIFNETMASK: c_ulong = 0x891c;
+    const SIOCADDRT: c_ulong = 0x890b;
+    const IFF_UP: i16 = 1;
+    const RTF_UP: u16 = 1;
+    const RTF_GATEWAY: u16 = 2;
+    const POLLIN: i16 = 1;
+    const POLLHUP: i16 = 16;
+    const POLLERR: i16 = 8;
+    const SYS_PIDFD_OPEN: c_long = 434;
+
+    extern "C" {
+        fn sethostname(name: *const c_char, len: usize) -> c_int;
+        fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+        fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+        fn kill(pid: c_int, sig: c_int) -> c_int;
+        fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+        #[link_name = "poll"]
+        fn c_poll(fds: *mut PollFd, n: c_ulong, timeout: c_int) -> c_int;
+    }
+
+    #[repr(C)]
+    struct PollFd {
+        fd: c_int,
+        events: i16,
+        revents: i16,
+    }
+
+    /// `struct sockaddr_in`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct SockAddrIn {
+        family: u16,
+        port: u16,
+        addr: [u8; 4],
+        zero: [u8; 8],
+    }
+
+    impl SockAddrIn {
+        fn new(addr: [u8; 4]) -> Self {
+            SockAddrIn {
+                family: AF_INET as u16,
+                port: 0,
+                addr,
+                zero: [0; 8],
+            }
+        }
+    }
+
+    /// `struct ifreq` with the union as an address or the flags.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        addr: SockAddrIn,
+        pad: [u8; 8],
+    }
+
+    /// `struct rtentry`.
+    #[repr(C)]
+    struct RtEntry {
+        pad1: c_ulong,
+        dst: SockAddrIn,
+        gateway: SockAddrIn,
+        genmask: SockAddrIn,
+        flags: u16,
+        pad2: i16,
+        pad3: c_ulong,
+        pad4: *mut c_void,
+        metric: i16,
+        dev: *mut c_char,
+        mtu: c_ulong,
+        window: c_ulong,
+        irtt: u16,
+    }
+
+    fn ifreq(name: &str) -> IfReq {
+        let mut req = IfReq {
+            name: [0; 16],
+            addr: SockAddrIn::new([0; 4]),
+            pad: [0; 8],
+        };
+        req.name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+        req
+    }
+
+    /// A socket for interface ioctls, closed on drop.
+    fn inet_socket() -> Result<std::os::fd::OwnedFd, String> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain system call.
+        let fd = unsafe { socket(AF_INET, SOCK_DGRAM, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn ioctl_ptr<T>(
+        fd: &std::os::fd::OwnedFd,
+        request: c_ulong,
+        arg: &mut T,
+        what: &str,
+    ) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `arg` is the structure the request expects, valid for the call.
+        if unsafe { ioctl(fd.as_raw_fd(), request, arg as *mut T) } == 0 {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", io::Error::last_os_error()))
+        }
+    }
+
+    /// Sets IFF_UP on interface `name` (the loopback gets 127.0.0.1 from the kernel).
+    pub fn interface_up(name: &str) -> Result<(), String> {
+        let sock = inet_socket()?;
+        let mut req = ifreq(name);
+        ioctl_ptr(
+            &sock,
+            SIOCGIFFLAGS,
+            &mut req,
+            &format!("reading the flags of {name}"),
+        )?;
+        // The flags are the short at the start of the union, where the address family is.
+        req.addr.family |= IFF_UP as u16;
+        ioctl_ptr(
+            &sock,
+            SIOCSIFFLAGS,
+            &mut req,
+            &format!("bringing {name} up"),
+        )
+    }
+
+    /// A static address, netmask and default route on interface `name`.
+    pub fn configure_ipv4(
+        name: &str,
+        addr: [u8; 4],
+        mask: [u8; 4],
+        gateway: [u8; 4],
+    ) -> Result<(), String> {
+        let sock = inet_socket()?;
+        let mut req = ifreq(name);
+        req.addr = SockAddrIn::new(addr);
+        ioctl_ptr(
+            &sock,
+            SIOCSIFADDR,
+            &mut req,
+            &format!("setting the address of {name}"),
+        )?;
+        let mut req = ifreq(name);
+        req.addr = SockAddrIn::new(mask);
+        ioctl_ptr(
+            &sock,
+            SIOCSIFNETMASK,
+            &mut req,
+            &format!("setting the netmask of {name}"),
+        )?;
+        interface_up(name)?;
+        let mut route = RtEntry {
+            pad1: 0,
+            dst: SockAddrIn::new([0; 4]),
+            gateway: SockAddrIn::new(gateway),
+            genmask: SockAddrIn::new([0; 4]),
+            flags: RTF_UP | RTF_GATEWAY,
+            pad2: 0,
+            pad3: 0,
+            pad4: std::ptr::null_mut(),
+            metric: 0,
+            dev: std::ptr::null_mut(),
+            mtu: 0,
+            window: 0,
+            irtt: 0,
+        };
+        ioctl_ptr(&sock, SIOCADDRT, &mut route, "adding the default route")
+    }
+
+    pub fn set_hostname(name: &str) -> Result<(), String> {
+        // SAFETY: pointer and length of a live string.
+        if unsafe { sethostname(name.as_ptr().cast(), name.len()) } == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "sethostname {name}: {}",
+                io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// Unmounts `target` (lazily when busy, so that shutdown can go on).
+    pub fn umount(target: &str) -> Result<(), String> {
+        let t = c(target)?;
+        // SAFETY: valid NUL-terminated string.
+        if unsafe { umount2(t.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        // SAFETY: as above.
+        if e.raw_os_error() == Some(EBUSY) && unsafe { umount2(t.as_ptr(), MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        Err(format!("unmounting {target}: {e}"))
+    }
+
+    /// Binds `source` on the existing `target`, read-only when asked.
+    pub fn bind(source: &str, target: &str, readonly: bool) -> Result<(), String> {
+        let (s, t, none) = (c(source)?, c(target)?, c("")?);
+        let call = |flags| {
+            // SAFETY: valid NUL-terminated strings.
+            unsafe {
+                c_mount(
+                    s.as_ptr(),
+                    t.as_ptr(),
+                    none.as_ptr(),
+                    flags,
+                    std::ptr::null(),
+                )
+            }
+        };
+        let mut rc = call(MS_BIND);
+        if rc == 0 && readonly {
+            rc = call(MS_BIND | MS_REMOUNT | MS_RDONLY);
+        }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "binding {source} on {target}: {}",
+                io::Error::last_os_error()
+            ))
+        }
+    }
+
+    pub fn remount_read_only(target: &str) -> Result<(), String> {
+        let (t, none) = (c(target)?, c("")?);
+        // SAFETY: valid NUL-terminated strings.
+        let rc = unsafe {
+            c_mount(
+                none.as_ptr(),
+                t.as_ptr(),
+                none.as_ptr(),
+                MS_REMOUNT | MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "remounting {target} read-only: {}",
+                io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// Kills every process but this one (PID 1) and reaps them all.
+    pub fn kill_all() {
+        // SAFETY: plain system calls; a null status pointer is allowed.
+        unsafe {
+            kill(-1, SIGKILL);
+            while waitpid(-1, std::ptr::null_mut(), 0) >= 0
+                || io::Error::last_os_error().raw_os_error() != Some(ECHILD)
+            {}
+        }
+    }
+
+    pub fn sync() {
+        // SAFETY: no arguments.
+        unsafe { c_sync() }
+    }
+
+    /// A descriptor that polls readable once process `pid` has exited.
+    pub fn pidfd_open(pid: u32) -> Result<std::os::fd::OwnedFd, String> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain system call.
+        let fd = unsafe { syscall(SYS_PIDFD_OPEN, pid as c_int, 0 as c_int) };
+        if fd < 0 {
+            return Err(format!("pidfd_open {pid}: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as c_int) })
+    }
+
+    /// Waits until one of the descriptors marked `true` is readable (or hung up); which
+    /// ones are, in order.
+    pub fn poll<const N: usize>(fds: &[(c_int, bool); N]) -> Result<[bool; N], String> {
+        let mut polled: Vec<PollFd> = fds
+            .iter()
+            .map(|&(fd, on)| PollFd {
+                fd: if on { fd } else { -1 },
+                events: POLLIN,
+                revents: 0,
+            })
+            .collect();
+        loop {
+            // SAFETY: a valid array of `N` pollfd structures.
+            let rc = unsafe { c_poll(polled.as_mut_ptr(), N as c_ulong, -1) };
+            if rc >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(format!("poll: {e}"));
+            }
+        }
+        let mut ready = [false; N];
+        for (r, p) in ready.iter_mut().zip(&polled) {
+            *r = p.fd >= 0 && p.revents & (POLLIN | POLLHUP | POLLERR) != 0;
+        }
+        Ok(ready)
     }
 
     fn c(s: &str) -> Result<CString, String> {
@@ -758,7 +1668,7 @@ mod sys {
     pub fn power_off() -> ! {
         // SAFETY: plain system calls without pointers.
         unsafe {
-            sync();
+            c_sync();
             reboot(RB_POWER_OFF);
         }
         // Only reached when not PID 1 (a test run): nothing else to do.
@@ -798,6 +1708,11 @@ mod tests {
             !Params::parse("root=/dev/vda1").rw,
             "read-only unless rw is given"
         );
+        let p = Params::parse("root=/dev/vda rw kiln.agent kiln.hostname=step kiln.net=user");
+        assert!(p.agent && p.net_user);
+        assert_eq!(p.hostname.as_deref(), Some("step"));
+        let p = Params::parse("root=/dev/vda kiln.agentx kiln.net=none");
+        assert!(!p.agent && !p.net_user);
     }
 
     #[test]

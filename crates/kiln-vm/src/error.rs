@@ -72,6 +72,11 @@ pub enum VmError {
         tail: String,
     },
 
+    /// The guest's agent (kiln-init in agent mode) did not answer, broke off, or spoke
+    /// out of turn.
+    #[error("{what}\nlast console lines:\n{console}")]
+    Guest { what: String, console: String },
+
     /// Console capture was asked of a VM whose console is the terminal.
     #[error(
         "the VM's console is attached to the terminal (interactive mode), so it cannot be read"

@@ -10,16 +10,22 @@
 //! - [`checks`]: the spec's `(test …)` checks against a running VM, and
 //!   [`run_test`] to boot, check and stop in one call.
 //! - [`junit`]: a [`TestReport`] as JUnit XML.
+//! - [`agent`]: [`AgentVm`], a VM running kiln-init's agent, driven over virtio-serial.
+//! - [`sandbox`]: [`QemuSandbox`], build steps in VMs behind `kiln_sandbox::Sandbox`.
 
 pub mod accel;
+pub mod agent;
 pub mod checks;
 pub mod disk_view;
 mod error;
 pub mod junit;
 pub mod qemu;
+pub mod sandbox;
 
 pub use accel::{detect, Accel, Detection};
+pub use agent::AgentVm;
 pub use checks::{run_checks, run_test, CheckResult, TestReport};
 pub use error::{ExitStatusText, Result, VmError};
 pub use junit::write_junit;
-pub use qemu::{Boot, ConsoleMode, Firmware, Forward, Vm, VmConfig};
+pub use qemu::{Boot, ConsoleMode, ExtraDisk, Firmware, Forward, Network, Vm, VmConfig};
+pub use sandbox::QemuSandbox;

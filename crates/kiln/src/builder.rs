@@ -7,6 +7,7 @@ use kiln_build::{BuildError, BuildOptions, Builder};
 use kiln_fetch::RealFetcher;
 use kiln_sandbox::chroot::NamespaceSandbox;
 use kiln_store::{FsStore, LayerId, Store};
+use kiln_vm::sandbox::QemuSandbox;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -17,6 +18,7 @@ use std::path::Path;
 pub fn build_all(
     store: &FsStore,
     options: BuildOptions,
+    vm: &crate::cli::VmArgs,
     spec: &kiln_spec::Spec,
     spec_file: &Path,
     context: &Path,
@@ -28,12 +30,17 @@ pub fn build_all(
     };
     // The flag also stops a running step when only kiln got the signal (kill -INT PID, systemd's SIGTERM).
     let sandbox = NamespaceSandbox::new().with_cancel_flag(options.cancelled.clone());
+    let qemu = QemuSandbox {
+        cpus: vm.qemu_cpus,
+        memory_mb: vm.qemu_memory,
+        ..QemuSandbox::default()
+    };
     let builder = Builder {
         store,
         sandbox: &sandbox,
         fetcher: &fetcher,
         options,
-        vm_sandbox: None,
+        vm_sandbox: Some(&qemu),
     };
     let (id, stages) = builder.build_with_stages(spec, context, out)?;
     let mut partitions = BTreeMap::new();

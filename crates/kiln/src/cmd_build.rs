@@ -58,7 +58,9 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(std::io::stdout())
     };
-    let built = build_all(&store, options, &spec, &args.file, &context, &mut out);
+    let built = build_all(
+        &store, options, &args.vm, &spec, &args.file, &context, &mut out,
+    );
     drop(out);
     let (id, partitions) = match built {
         Ok(v) => v,
@@ -140,8 +142,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     if output.as_os_str() == "-" {
         let scratch = store.scratch_dir("export")?;
-        let root =
-            kiln_sandbox::mount::mount_lower_readonly(&store.chain(&id)?, &scratch.join("root"));
+        let root = crate::layers::open_layer(&store, &id, &scratch.join("view"));
         let written = root.map_err(anyhow::Error::from).and_then(|root| {
             kiln_image::tar_export::write_tar(
                 root.path(),

@@ -3,10 +3,10 @@
 
 use crate::cli::{BootArg, ImageArgs, OutputFormat};
 use anyhow::{bail, Context};
+use kiln_build::view::TreeView;
 use kiln_image::disk::{self, BootMode, DiskRequest, PartitionInput};
 use kiln_image::formats::{self, Format};
 use kiln_image::manifest::{self, ManifestInput, ManifestPartition};
-use kiln_sandbox::mount::{self, MountGuard};
 use kiln_spec::{ImageSpec, LayerId, PartitionSource};
 use kiln_store::{FsStore, Store};
 use sha2::{Digest, Sha256};
@@ -112,7 +112,7 @@ fn produce_in(
     }
     // Every partition's merged tree, mounted read-only.
     let parts = partitions(source)?;
-    let mut mounts: Vec<MountGuard> = Vec::new();
+    let mut mounts: Vec<TreeView> = Vec::new();
     let mut inputs = Vec::new();
     for (i, (name, label, layer, size)) in parts.iter().enumerate() {
         let root = mount_layer(store, layer, &scratch.join(format!("part{i}")))?;
@@ -456,8 +456,8 @@ fn format_name(format: OutputFormat) -> &'static str {
     }
 }
 
-fn mount_layer(store: &FsStore, layer: &LayerId, at: &Path) -> anyhow::Result<MountGuard> {
-    Ok(mount::mount_lower_readonly(&store.chain(layer)?, at)?)
+fn mount_layer(store: &FsStore, layer: &LayerId, at: &Path) -> anyhow::Result<TreeView> {
+    crate::layers::open_layer(store, layer, at)
 }
 
 /// Extracts the kernel (and its initrd) into `dir`; returns the kernel's release. The

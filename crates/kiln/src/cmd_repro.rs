@@ -68,7 +68,9 @@ fn compare(
             ..Default::default()
         };
         let mut out = std::io::stderr();
-        let (layer, partitions) = build_all(&store, options, spec, &args.file, context, &mut out)?;
+        let (layer, partitions) = build_all(
+            &store, options, &args.vm, spec, &args.file, context, &mut out,
+        )?;
         let mut outputs = Vec::new();
         for (format, ext) in &formats {
             // Named as the asked output, so the manifest (and a VMDK's own header) name it.
@@ -152,10 +154,8 @@ fn compared_formats(args: &BuildArgs) -> anyhow::Result<Vec<(OutputFormat, &'sta
 
 /// Names the first file that differs between the two builds' trees.
 fn report_first_difference(a: &Run, b: &Run, work: &Path, epoch: i64) -> anyhow::Result<()> {
-    let ma =
-        kiln_sandbox::mount::mount_lower_readonly(&a.store.chain(&a.layer)?, &work.join("tree-a"))?;
-    let mb =
-        kiln_sandbox::mount::mount_lower_readonly(&b.store.chain(&b.layer)?, &work.join("tree-b"))?;
+    let ma = crate::layers::open_layer(&a.store, &a.layer, &work.join("tree-a"))?;
+    let mb = crate::layers::open_layer(&b.store, &b.layer, &work.join("tree-b"))?;
     match kiln_image::repro::first_difference(ma.path(), mb.path(), Some(epoch))? {
         Some(diff) => println!("first difference: {diff}"),
         None => println!(

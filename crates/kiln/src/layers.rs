@@ -71,3 +71,15 @@ pub fn write_tar_atomically(root: &Path, output: &Path, id: &LayerId) -> anyhow:
     fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
+
+/// A read-only view of `layer`'s files, a tree or a VM disk alike, under `dir` (created if
+/// missing; the view may keep files there until it is dropped).
+pub fn open_layer(
+    store: &kiln_store::FsStore,
+    layer: &LayerId,
+    dir: &Path,
+) -> anyhow::Result<kiln_build::view::TreeView> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let vm = kiln_vm::sandbox::QemuSandbox::default();
+    Ok(kiln_build::view::open_layer(store, Some(&vm), layer, dir)?)
+}

@@ -101,3 +101,47 @@ pub fn convert_to_raw(src: &Path, format: &str, dst: &Path) -> Result<(), ImageE
     )?;
     Ok(())
 }
+
+/// `qemu-img create -f qcow2 -b BACKING -F FORMAT DISK`: a qcow2 overlay on `backing`.
+/// `backing` is recorded exactly as given; a relative path is resolved (now and by QEMU
+/// later) from `disk`'s directory.
+pub fn create_overlay(backing: &Path, backing_format: &str, disk: &Path) -> Result<(), ImageError> {
+    let mut cmd = QEMU_IMG.command()?;
+    cmd.args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(backing)
+        .args(["-F", backing_format])
+        .arg(disk);
+    QEMU_IMG.run(
+        &mut cmd,
+        &format!(
+            "creating {} backed by {}",
+            disk.display(),
+            backing.display()
+        ),
+    )?;
+    Ok(())
+}
+
+/// Converts `src` (in `src_format`, its backing chain included) into a self-contained
+/// `dst` in `dst_format`.
+pub fn convert_format(
+    src: &Path,
+    src_format: &str,
+    dst: &Path,
+    dst_format: &str,
+) -> Result<(), ImageError> {
+    let mut cmd = QEMU_IMG.command()?;
+    cmd.args(["convert", "-q", "-U", "-t", "unsafe", "-f", src_format])
+        .args(["-O", dst_format])
+        .arg(src)
+        .arg(dst);
+    QEMU_IMG.run(
+        &mut cmd,
+        &format!(
+            "converting {} ({src_format}) to {dst_format} at {}",
+            src.display(),
+            dst.display()
+        ),
+    )?;
+    Ok(())
+}

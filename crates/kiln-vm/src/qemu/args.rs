@@ -4,7 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::{Boot, ConsoleMode, Firmware, VmConfig};
+use super::{Boot, ConsoleMode, Firmware, Network, VmConfig};
 use crate::accel::Accel;
 
 /// What the command line needs beyond the configuration, prepared by the caller.
@@ -14,6 +14,8 @@ pub(super) struct Runtime<'a> {
     pub uefi: Option<(&'a Firmware, &'a Path)>,
     /// The inherited, already-listening QMP socket.
     pub qmp_fd: i32,
+    /// Where QEMU listens for the agent port's host end ([`VmConfig::agent`]).
+    pub agent_socket: Option<&'a Path>,
 }
 
 /// A q35 PC without the built-in devices a kiln VM never uses (its disk and network
@@ -32,6 +34,12 @@ pub(super) fn build(cfg: &VmConfig, rt: &Runtime) -> Vec<OsString> {
     boot(&mut a, cfg, rt);
     disk(&mut a, cfg);
     a.push_all(["-nic", &nic(cfg)]);
+    if let Some(socket) = rt.agent_socket {
+        agent_port(&mut a, socket);
+    }
+    if cfg.no_reboot {
+        a.push("-no-reboot");
+    }
     console(&mut a, cfg);
     a.push("-chardev");
     a.push(format!("socket,id=qmp,fd={},server=on,wait=off", rt.qmp_fd));
@@ -131,17 +139,34 @@ fn kernel_cmdline(cmdline: &str, accel: Accel) -> String {
 }
 
 fn disk(a: &mut Args, cfg: &VmConfig) {
-    if let Some(image) = &cfg.image {
+    let extra = cfg.extra_disks.iter().map(|d| (&d.path, &d.format));
+    for (image, format) in cfg.image.iter().map(|i| (i, &cfg.format)).chain(extra) {
         a.push("-drive");
-        let suffix = format!(",format={},if=virtio,cache=writeback", cfg.format);
+        let suffix = format!(",format={format},if=virtio,cache=writeback");
         a.push_with_path("file=", image, &suffix);
     }
 }
 
-/// User-mode networking with `restrict=on`: the guest reaches nothing but the
-/// forwarded ports, never the host's network.
+/// The agent's virtio-serial port, named as kiln-init looks for it; QEMU listens on
+/// `socket` and kiln connects once QEMU is up.
+fn agent_port(a: &mut Args, socket: &Path) {
+    a.push_all(["-device", "virtio-serial-pci,id=kiln-serial"]);
+    a.push("-chardev");
+    a.push_with_path("socket,id=kiln-agent,server=on,wait=off,path=", socket, "");
+    a.push("-device");
+    a.push(format!(
+        "virtserialport,bus=kiln-serial.0,chardev=kiln-agent,name={}",
+        kiln_init::agent_proto::PORT_NAME
+    ));
+}
+
+/// User-mode networking, by default with `restrict=on`: the guest reaches nothing but
+/// the forwarded ports, never the host's network.
 fn nic(cfg: &VmConfig) -> String {
-    let mut nic = String::from("user,model=virtio-net-pci,restrict=on");
+    let mut nic = String::from("user,model=virtio-net-pci");
+    if cfg.network == Network::Restricted {
+        nic.push_str(",restrict=on");
+    }
     for f in &cfg.forwards {
         nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
     }
@@ -209,7 +234,55 @@ mod tests {
             accel: Accel::Tcg,
             uefi: None,
             qmp_fd: 7,
+            agent_socket: None,
         }
+    }
+
+    #[test]
+    fn agent_port_extra_disks_and_full_network() {
+        let mut cfg = VmConfig::with_image(Boot::Disk, "/l/disk.qcow2");
+        cfg.agent = true;
+        cfg.no_reboot = true;
+        cfg.network = Network::Full;
+        cfg.extra_disks = vec![crate::qemu::ExtraDisk {
+            path: "/c/a,b.qcow2".into(),
+            format: "qcow2".into(),
+        }];
+        let socket = PathBuf::from("/tmp/vm/agent.sock");
+        let with_agent = Runtime {
+            agent_socket: Some(&socket),
+            ..rt()
+        };
+        let t = text(&cfg, &with_agent);
+        assert!(
+            t.contains("-device virtio-serial-pci,id=kiln-serial"),
+            "{t}"
+        );
+        assert!(
+            t.contains("socket,id=kiln-agent,server=on,wait=off,path=/tmp/vm/agent.sock"),
+            "{t}"
+        );
+        assert!(
+            t.contains("virtserialport,bus=kiln-serial.0,chardev=kiln-agent,name=kiln.agent"),
+            "{t}"
+        );
+        let first = t
+            .find("file=/l/disk.qcow2,format=qcow2")
+            .expect("root disk");
+        let second = t
+            .find("file=/c/a,,b.qcow2,format=qcow2,if=virtio")
+            .expect("extra");
+        assert!(first < second, "the root disk comes first: {t}");
+        assert!(
+            t.contains("-nic user,model=virtio-net-pci ") && !t.contains("restrict"),
+            "{t}"
+        );
+        assert!(t.contains("-no-reboot"), "{t}");
+        let t = text(&VmConfig::new(Boot::Disk), &rt());
+        assert!(
+            t.contains("restrict=on") && !t.contains("virtio-serial") && !t.contains("-no-reboot"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -267,6 +340,7 @@ mod tests {
             accel: Accel::Kvm,
             uefi: Some((&fw, &vars)),
             qmp_fd: 3,
+            agent_socket: None,
         };
         let t = text(&cfg, &rt);
         assert!(

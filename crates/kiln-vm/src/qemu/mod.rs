@@ -64,6 +64,32 @@ pub struct VmConfig {
     pub firmware: Option<Firmware>,
     /// How long [`Vm::shutdown`] lets the guest power off before killing QEMU.
     pub shutdown_grace: Duration,
+    /// A virtio-serial port named `kiln.agent` (kiln-init's agent mode), backed by a
+    /// unix socket in the VM's temporary directory ([`Vm::agent_socket`]).
+    pub agent: bool,
+    /// More virtio disks after `image` (`/dev/vdb`, `/dev/vdc`, … in a Linux guest).
+    pub extra_disks: Vec<ExtraDisk>,
+    pub network: Network,
+    /// QEMU exits when the guest reboots (a panicking guest with `panic=-1` stops at once).
+    pub no_reboot: bool,
+}
+
+/// One more disk attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDisk {
+    pub path: PathBuf,
+    /// QEMU's format name (`qcow2`, `raw`).
+    pub format: String,
+}
+
+/// What the guest's user-mode network reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// `restrict=on`: nothing outside the VM, only the forwarded ports come in.
+    #[default]
+    Restricted,
+    /// Everything the host reaches, the host's loopback as 10.0.2.2 included.
+    Full,
 }
 
 impl VmConfig {
@@ -84,6 +110,10 @@ impl VmConfig {
             qemu: PathBuf::from(DEFAULT_QEMU),
             firmware: None,
             shutdown_grace: Duration::from_secs(30),
+            agent: false,
+            extra_disks: Vec::new(),
+            network: Network::Restricted,
+            no_reboot: false,
         }
     }
 
@@ -248,6 +278,14 @@ fn validate(cfg: &VmConfig) -> Result<()> {
             }
         }
         _ => {}
+    }
+    for disk in &cfg.extra_disks {
+        if !disk.path.is_file() {
+            return Err(VmError::Config(format!(
+                "extra disk {} does not exist",
+                disk.path.display()
+            )));
+        }
     }
     if let Some(image) = &cfg.image {
         if !image.is_file() {

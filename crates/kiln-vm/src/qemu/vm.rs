@@ -41,6 +41,7 @@ pub struct Vm {
     started: Instant,
     snapshot: bool,
     shutdown_grace: Duration,
+    agent_socket: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -66,10 +67,12 @@ impl Vm {
             path: qmp_path.clone(),
             source,
         })?;
+        let agent_socket = cfg.agent.then(|| dir.path().join("agent.sock"));
         let runtime = Runtime {
             accel,
             uefi: firmware.as_ref().map(|(fw, vars)| (fw, vars.as_path())),
             qmp_fd: listener.as_raw_fd(),
+            agent_socket: agent_socket.as_deref(),
         };
         let mut cmd = Command::new(&qemu);
         cmd.args(args::build(&cfg, &runtime));
@@ -122,6 +125,7 @@ impl Vm {
             started,
             snapshot: cfg.snapshot,
             shutdown_grace: cfg.shutdown_grace,
+            agent_socket,
             _dir: dir,
         })
     }
@@ -192,6 +196,22 @@ impl Vm {
         pipe.write_all(bytes)
             .and_then(|()| pipe.flush())
             .map_err(|e| self.exited_error(&format!("while typing on the console ({e})")))
+    }
+
+    /// Where QEMU listens for the host end of the agent port ([`VmConfig::agent`]).
+    pub fn agent_socket(&self) -> Option<&Path> {
+        self.agent_socket.as_deref()
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait(Some(timeout))
+    }
+
+    /// Kills QEMU (SIGKILL) and waits for it to be reaped.
+    pub fn kill(&self) -> Option<ExitStatus> {
+        self.process.kill();
+        self.process.wait(Some(Duration::from_secs(10)))
     }
 
     /// QEMU's exit status, once it has exited.

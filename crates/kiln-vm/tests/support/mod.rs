@@ -321,3 +321,166 @@ fn is_static_elf(elf: &[u8]) -> bool {
         p_type != 3
     })
 }
+
+/// Debian's kernel package extracted whole (cached): `/boot/vmlinuz-<release>` and
+/// `/lib/modules/<release>/` with the `modules.dep`, `modules.alias` and `modules.softdep`
+/// that depmod would write when the package is installed (the .deb ships none).
+pub fn kernel_tree() -> &'static Path {
+    static TREE: OnceLock<PathBuf> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-vm-guest");
+        fs::create_dir_all(&cache).expect("create the guest cache directory");
+        let dir = cache.join("kernel-tree");
+        if dir.join("boot").is_dir() {
+            return dir;
+        }
+        let staging = tempfile::tempdir_in(&cache).expect("create a staging directory");
+        let package = kernel_package();
+        run(Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(staging.path()));
+        let deb = fs::read_dir(staging.path())
+            .expect("list the download directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .unwrap_or_else(|| panic!("apt-get download {package} produced no .deb"));
+        let tree = staging.path().join("tree");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
+        for release in fs::read_dir(tree.join("lib/modules"))
+            .expect("lib/modules")
+            .flatten()
+        {
+            write_module_tables(&release.path());
+        }
+        if fs::rename(&tree, &dir).is_err() && !dir.join("boot").is_dir() {
+            panic!("could not move the kernel tree into {}", dir.display());
+        }
+        dir
+    })
+}
+
+/// The module tables of one release directory, from each module's .modinfo.
+fn write_module_tables(release_dir: &Path) {
+    let mut modules = Vec::new();
+    collect_modules(&release_dir.join("kernel"), release_dir, &mut modules);
+    let mut path_of = std::collections::BTreeMap::new();
+    let mut infos = Vec::new();
+    for rel in &modules {
+        let bytes = fs::read(release_dir.join(rel)).expect("read a module");
+        let name = rel
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".ko")
+            .replace('-', "_");
+        path_of.insert(name.clone(), rel.clone());
+        infos.push((name, modinfo(&bytes)));
+    }
+    let direct: std::collections::BTreeMap<&str, Vec<String>> = infos
+        .iter()
+        .map(|(name, info)| {
+            (
+                name.as_str(),
+                values(info, "depends")
+                    .flat_map(|d| {
+                        d.split(',')
+                            .filter(|d| !d.is_empty())
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let (mut dep, mut alias, mut softdep) = (String::new(), String::new(), String::new());
+    for (name, info) in &infos {
+        // depmod lists every dependency, nearest first.
+        let mut all: Vec<String> = Vec::new();
+        let mut queue = direct[name.as_str()].clone();
+        while let Some(d) = queue.pop() {
+            if !all.contains(&d) {
+                queue.extend(direct.get(d.as_str()).cloned().unwrap_or_default());
+                all.push(d);
+            }
+        }
+        let deps: Vec<&str> = all
+            .iter()
+            .filter_map(|d| path_of.get(d).map(String::as_str))
+            .collect();
+        dep.push_str(&format!("{}: {}\n", path_of[name], deps.join(" ")));
+        for a in values(info, "alias") {
+            alias.push_str(&format!("alias {a} {name}\n"));
+        }
+        for s in values(info, "softdep") {
+            softdep.push_str(&format!("softdep {name} {s}\n"));
+        }
+    }
+    fs::write(release_dir.join("modules.dep"), dep).expect("write modules.dep");
+    fs::write(release_dir.join("modules.alias"), alias).expect("write modules.alias");
+    fs::write(release_dir.join("modules.softdep"), softdep).expect("write modules.softdep");
+}
+
+fn collect_modules(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).expect("list modules").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_modules(&path, base, out);
+        } else if path.extension().is_some_and(|e| e == "ko") {
+            out.push(
+                path.strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+}
+
+/// The NUL-separated `key=value` strings of a module's .modinfo section (found by the
+/// keys every module has; good enough for a test fixture).
+fn modinfo(ko: &[u8]) -> Vec<String> {
+    ko.split(|&b| b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter(|s| {
+            ["alias=", "depends=", "softdep="]
+                .iter()
+                .any(|k| s.starts_with(k))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn values<'a>(info: &'a [String], key: &'a str) -> impl Iterator<Item = &'a str> {
+    info.iter()
+        .filter_map(move |s| s.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A root filesystem of the host's static busybox: every applet linked, users root and
+/// builder (1000), and nothing else (no /proc, /dev, /tmp: the agent must cope).
+pub fn busybox_tree(dest: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root"] {
+        fs::create_dir_all(dest.join(d)).expect("mkdir");
+    }
+    fs::copy(busybox, dest.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .expect("busybox --list-full");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dest.join(applet);
+        if applet != "bin/busybox" && !link.exists() {
+            std::os::unix::fs::symlink("/bin/busybox", &link).expect("link an applet");
+        }
+    }
+    fs::write(
+        dest.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(dest.join("etc/group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
+}
