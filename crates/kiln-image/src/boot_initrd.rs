@@ -69,7 +69,13 @@ pub fn write(
     dest: &Path,
     epoch: i64,
 ) -> Result<BootInitrd, ImageError> {
-    let modules_dir = rootfs.join("lib/modules").join(release);
+    let mut modules_dir = rootfs.join("lib/modules").join(release);
+    // A kernel package unpacked rather than installed (as the QEMU sandbox's kernel is)
+    // has its modules but not the tables depmod writes when it is installed.
+    let scratch = tempfile::tempdir().map_err(|e| ImageError::io(std::env::temp_dir(), e))?;
+    if !modules_dir.join("modules.dep").is_file() && modules_dir.join("kernel").is_dir() {
+        modules_dir = crate::tools::depmod::tables_beside(&modules_dir, release, scratch.path())?;
+    }
     let plan = if modules_dir.join("modules.dep").is_file() {
         Plan::from_tables(&read_tables(&modules_dir)?)
     } else {

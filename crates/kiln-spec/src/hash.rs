@@ -225,7 +225,7 @@ pub fn flatten_id(parent: &LayerId) -> LayerId {
 
 /// Version of how a tree layer becomes a VM base (disk layout, boot files); bumped when
 /// that changes so no base made the old way is reused.
-pub const VM_BASE_VERSION: u32 = 1;
+pub const VM_BASE_VERSION: u32 = 2;
 
 /// The id of the VM base the QEMU sandbox makes from tree layer `parent`, booting the
 /// kernel of layer `kernel` (`None`: `parent`'s own). This is where the sandbox enters
@@ -256,7 +256,7 @@ mod tests {
         // Pinned: changing how a base is hashed must bump VM_BASE_VERSION.
         assert_eq!(
             own.as_str(),
-            "5eeeef20369982c5a00689fe9c2156480e22d05cd465eebf6328a66a9da474d8"
+            "c8b331e37a415d7390b68d27ada89b40fa75d6f2db096a90b9873366124c96c2"
         );
     }
 

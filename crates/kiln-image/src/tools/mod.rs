@@ -7,6 +7,7 @@
 //! stores local time: a fixed zone keeps FAT timestamps reproducible).
 
 pub mod debugfs;
+pub mod depmod;
 pub mod dumpe2fs;
 pub mod e2fsck;
 pub mod fsck_vfat;
