@@ -252,7 +252,7 @@ impl Builder<'_> {
             .map_err(BuildError::output)?;
             Some(self.fetch_base(&source, out)?.0)
         };
-        let id = hash::vm_base_id(tree, kernel.as_ref());
+        let id = hash::vm_base_id(tree, kernel.as_ref(), &sb.base_key());
         let header = format!("(sandbox qemu): VM base of {}", tree.short());
         let kernel_ref = kernel.clone();
         let body: StepBody = Box::new(move |root, output| {

@@ -643,14 +643,29 @@ mod agent {
     /// How long devices that appear after the root (network, agent port) may take.
     const DEVICE_WAIT: Duration = Duration::from_secs(20);
 
-    /// Mounts kiln-init made and directories it created for them, undone in reverse.
+    /// What kiln-init changed for a step, undone in exact reverse order: a directory it
+    /// created under a mount it made is removed before that mount goes, so it never
+    /// touches what the filesystem below the mount holds (the disk's own /dev/pts).
+    enum Change {
+        Mounted(String),
+        Created(String),
+    }
+
+    /// Mounts kiln-init made and paths it created for them.
     #[derive(Default)]
     struct Undo {
-        mounted: Vec<String>,
-        created: Vec<String>,
+        changes: Vec<Change>,
     }
 
     impl Undo {
+        fn mounted(&mut self, target: impl Into<String>) {
+            self.changes.push(Change::Mounted(target.into()));
+        }
+
+        fn created(&mut self, path: impl Into<String>) {
+            self.changes.push(Change::Created(path.into()));
+        }
+
         /// Creates `dir` and its missing parents (mode 755, owned by `owner`), recording them.
         fn ensure_dir(&mut self, dir: &str, owner: (u32, u32)) -> Result<(), String> {
             let mut missing = Vec::new();
@@ -664,7 +679,7 @@ mod agent {
                 fs::create_dir(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
                 std::os::unix::fs::chown(d, Some(owner.0), Some(owner.1))
                     .map_err(|e| format!("chown {}: {e}", d.display()))?;
-                self.created.push(d.to_string_lossy().into_owned());
+                self.created(d.to_string_lossy().into_owned());
             }
             Ok(())
         }
@@ -678,7 +693,7 @@ mod agent {
                 self.ensure_dir(&parent.to_string_lossy(), (0, 0))?;
             }
             fs::File::create(path).map_err(|e| format!("creating {path}: {e}"))?;
-            self.created.push(path.to_string());
+            self.created(path);
             Ok(())
         }
 
@@ -691,22 +706,22 @@ mod agent {
         ) -> Result<(), String> {
             self.ensure_dir(target, (0, 0))?;
             sys::mount(src, target, fstype, 0, data)?;
-            self.mounted.push(target.to_string());
+            self.mounted(target);
             Ok(())
         }
 
-        /// Unmounts and removes everything recorded; the first failure is returned.
+        /// Undoes everything recorded, newest first; the first failure is returned.
         fn undo(&mut self) -> Result<(), String> {
             let mut first = Ok(());
-            for target in self.mounted.drain(..).rev() {
-                if let Err(e) = sys::umount(&target) {
+            while let Some(change) = self.changes.pop() {
+                let done = match change {
+                    Change::Mounted(target) => sys::umount(&target),
+                    Change::Created(path) => fs::remove_dir(&path)
+                        .or_else(|_| fs::remove_file(&path))
+                        .map_err(|e| format!("removing {path}: {e}")),
+                };
+                if let Err(e) = done {
                     first = first.and(Err(e));
-                }
-            }
-            for path in self.created.drain(..).rev() {
-                let gone = fs::remove_dir(&path).or_else(|_| fs::remove_file(&path));
-                if let Err(e) = gone {
-                    first = first.and(Err(format!("removing {path}: {e}")));
                 }
             }
             first
@@ -756,10 +771,10 @@ mod agent {
             let inside = format!("{NEW_ROOT}/{dir}");
             if fs::symlink_metadata(&inside).is_err() {
                 fs::create_dir(&inside).map_err(|e| format!("creating {inside}: {e}"))?;
-                undo.created.push(format!("/{dir}"));
+                undo.created(format!("/{dir}"));
             }
             sys::mount_move(&format!("/{dir}"), &inside)?;
-            undo.mounted.push(format!("/{dir}"));
+            undo.mounted(format!("/{dir}"));
         }
         std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("cd {NEW_ROOT}: {e}"))?;
         sys::mount_move(".", "/")?;
@@ -794,7 +809,7 @@ mod agent {
         if fs::metadata("/etc").is_ok_and(|m| m.is_dir()) {
             undo.ensure_file("/etc/resolv.conf")?;
             sys::bind(resolv, "/etc/resolv.conf", false)?;
-            undo.mounted.push("/etc/resolv.conf".into());
+            undo.mounted("/etc/resolv.conf");
         }
         Ok(())
     }
@@ -1190,7 +1205,7 @@ mod agent {
                 .map_err(|e| format!("chmod {file}: {e}"))?;
             undo.ensure_file(&s.target)?;
             sys::bind(&file, &s.target, true)?;
-            undo.mounted.push(s.target.clone());
+            undo.mounted(s.target.clone());
         }
         Ok(())
     }

@@ -173,6 +173,13 @@ pub trait Sandbox: Send + Sync {
         Payload::Tree
     }
 
+    /// Disk sandboxes: what, besides the tree and the kernel, decides what a VM base and
+    /// every step on it produce (e.g. the in-guest agent's build), hashed into VM base ids
+    /// so a change to it never reuses layers made the old way.
+    fn base_key(&self) -> String {
+        String::new()
+    }
+
     /// Disk sandboxes: turns the complete tree `tree` into a VM base in the empty
     /// directory `dest`: `dest/disk.qcow2` (an ext4 filesystem holding exactly `tree`)
     /// and `dest/boot/` ([`BootFiles`]), the kernel and its modules taken from

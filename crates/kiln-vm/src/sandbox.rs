@@ -172,6 +172,15 @@ impl Sandbox for QemuSandbox {
         Payload::Disk
     }
 
+    /// The agent (kiln-init) decides what a step leaves on the disk, and is in every
+    /// base's initramfs: a new build of it makes new bases.
+    fn base_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(kiln_init::BINARY);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("kiln-init sha256:{hex}")
+    }
+
     fn make_base(
         &self,
         tree: &Path,

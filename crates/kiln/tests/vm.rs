@@ -283,11 +283,12 @@ fn killing_qemu_or_kiln_mid_step_leaves_nothing_and_the_next_build_succeeds() {
         let dir = test_dir(&format!("vm-kill-{victim}"));
         let spec = format!(
             r#"((from debian:bookworm) (sandbox qemu)
- (run (shell "echo {}; echo STEP-STARTED; sleep 15; echo done > /done")))"#,
+ (run (shell "echo {}; echo STEP-$((40+2))-STARTED; sleep 15; echo done > /done")))"#,
             nonce()
         );
         fs::write(dir.join("build.spec"), spec).unwrap();
-        let (out, ok) = build_and_kill(&store, &dir, "STEP-STARTED", |kiln| match victim {
+        // The header shows the command, not what it prints: the marker is computed.
+        let (out, ok) = build_and_kill(&store, &dir, "STEP-42-STARTED", |kiln| match victim {
             "qemu" => qemu_of(kiln),
             _ => kiln,
         });
