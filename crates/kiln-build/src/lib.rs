@@ -271,7 +271,16 @@ impl Builder<'_> {
             sb.make_base(files.path(), kernel_tree, dest, output)?;
             Ok(())
         });
-        self.disk_step(sb, &id, tree, &header, Vec::new(), body, out, true)
+        self.step(
+            sb,
+            NewLayer::VmBase,
+            &id,
+            tree,
+            &header,
+            Vec::new(),
+            body,
+            out,
+        )
     }
 
     /// The `(from …)` layer: reused when stored, fetched otherwise.
@@ -476,7 +485,7 @@ impl Builder<'_> {
                 })
             }
         });
-        self.any_step(sb, &id, parent, &header, masks, body, out)
+        self.step(sb, NewLayer::Step, &id, parent, &header, masks, body, out)
     }
 
     /// A new (empty) cache mounted at apt's index directory starts from the index files
@@ -554,41 +563,31 @@ impl Builder<'_> {
             let target = mount::mount_root(root, &scratch.path.join("root"))?;
             copy::apply(target.path(), &items, uid, gid)
         });
-        self.any_step(sb, &id, parent, &header, Vec::new(), body, out)
+        self.step(
+            sb,
+            NewLayer::Step,
+            &id,
+            parent,
+            &header,
+            Vec::new(),
+            body,
+            out,
+        )
     }
 
-    /// A step in whichever payload `sb` builds.
+    /// Reuses a stored step, or builds it in a temporary layer of the kind `sb` builds
+    /// (or a new VM base) and commits it.
     #[allow(clippy::too_many_arguments)]
-    fn any_step(
+    fn step(
         &self,
         sb: &dyn Sandbox,
+        kind: NewLayer,
         id: &LayerId,
         parent: &LayerId,
         header: &str,
         masks: Vec<Vec<u8>>,
         body: StepBody,
         out: &mut dyn Write,
-    ) -> Result<LayerId, BuildError> {
-        match sb.payload() {
-            Payload::Tree => self.step(id, parent, header, masks, body, out),
-            Payload::Disk => self.disk_step(sb, id, parent, header, masks, body, out, false),
-        }
-    }
-
-    /// [`Builder::step`] for a disk layer: the step's disk is a qcow2 overlay on its
-    /// parent's (a complete copy when the chain is too deep, or for a new VM base, whose
-    /// `body` writes the disk itself).
-    #[allow(clippy::too_many_arguments)]
-    fn disk_step(
-        &self,
-        sb: &dyn Sandbox,
-        id: &LayerId,
-        parent: &LayerId,
-        header: &str,
-        masks: Vec<Vec<u8>>,
-        body: StepBody,
-        out: &mut dyn Write,
-        new_base: bool,
     ) -> Result<LayerId, BuildError> {
         writeln!(out, "{header}").map_err(BuildError::output)?;
         if self.reuse(id, out)?.is_some() {
@@ -599,22 +598,14 @@ impl Builder<'_> {
             return Ok(id.clone());
         }
         let _pin = self.store.pin(parent)?;
-        let flatten = !new_base && self.store.chain(parent)?.len() >= self.options.flatten_depth;
-        let tmp = self.store.begin(id, Some(parent), new_base || flatten)?;
+        let flat = match kind {
+            NewLayer::Step if sb.payload() == Payload::Tree => self.must_flatten(parent)?,
+            NewLayer::Step => self.store.chain(parent)?.len() >= self.options.flatten_depth,
+            NewLayer::VmBase => true,
+        };
+        let tmp = self.store.begin(id, Some(parent), flat)?;
         let result = (|| {
-            let disk = tmp.dir.join(DISK_FILE);
-            let boot = if new_base {
-                tmp.dir.join("boot")
-            } else {
-                // Relative, so the link holds from result-tmp/<id>/ and result/<id>/ alike
-                // (and when the store moves).
-                let backing = Path::new("../../result")
-                    .join(parent.as_str())
-                    .join(DISK_FILE);
-                sb.make_disk(&backing, &disk, flatten)?;
-                self.boot_dir(parent)?
-            };
-            let root = RootFs::Disk { disk, boot };
+            let root = self.step_root(sb, kind, parent, &tmp, flat)?;
             let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
             let mut output = StepOutput::new(out, &mut log, masks);
             let result = body(&root, &mut output);
@@ -622,6 +613,45 @@ impl Builder<'_> {
             with_tail(result, &output)
         })();
         self.finish_step(tmp, id, header, result, out)
+    }
+
+    /// The root a step in `tmp` works on: an overlay on its parent's chain or a flat copy
+    /// of it (trees); a qcow2 overlay on its parent's disk or a flat copy of it (disks);
+    /// nothing yet for a new VM base, whose body writes its disk and `boot/`.
+    fn step_root(
+        &self,
+        sb: &dyn Sandbox,
+        kind: NewLayer,
+        parent: &LayerId,
+        tmp: &kiln_store::TmpLayer,
+        flat: bool,
+    ) -> Result<RootFs, BuildError> {
+        let disk = tmp.dir.join(DISK_FILE);
+        if kind == NewLayer::VmBase {
+            let boot = tmp.dir.join("boot");
+            return Ok(RootFs::Disk { disk, boot });
+        }
+        match sb.payload() {
+            Payload::Tree if flat => {
+                self.flatten_into(parent, &tmp.rootfs)?;
+                Ok(RootFs::Dir(tmp.rootfs.clone()))
+            }
+            Payload::Tree => Ok(RootFs::Overlay {
+                lower: self.store.chain(parent)?,
+                upper: tmp.rootfs.clone(),
+                work: tmp.work.clone(),
+            }),
+            Payload::Disk => {
+                // Relative, so the link holds from result-tmp/<id>/ and result/<id>/ alike
+                // (and when the store moves).
+                let backing = Path::new("../../result")
+                    .join(parent.as_str())
+                    .join(DISK_FILE);
+                sb.make_disk(&backing, &disk, flat)?;
+                let boot = self.boot_dir(parent)?;
+                Ok(RootFs::Disk { disk, boot })
+            }
+        }
     }
 
     /// The `boot/` directory of the VM base `layer` descends from.
@@ -647,47 +677,6 @@ impl Builder<'_> {
     /// a disk layer) under `scratch`.
     fn view(&self, layer: &LayerId, scratch: &Scratch) -> Result<TreeView, BuildError> {
         view::open_layer(self.store, self.vm_sandbox, layer, &scratch.path)
-    }
-
-    /// Reuses a stored step, or builds it in a temporary layer and commits it.
-    fn step(
-        &self,
-        id: &LayerId,
-        parent: &LayerId,
-        header: &str,
-        masks: Vec<Vec<u8>>,
-        body: StepBody,
-        out: &mut dyn Write,
-    ) -> Result<LayerId, BuildError> {
-        writeln!(out, "{header}").map_err(BuildError::output)?;
-        if self.reuse(id, out)?.is_some() {
-            return Ok(id.clone());
-        }
-        let _lock = self.store.lock_step(id)?;
-        if self.reuse(id, out)?.is_some() {
-            return Ok(id.clone());
-        }
-        let _pin = self.store.pin(parent)?;
-        let flat = self.must_flatten(parent)?;
-        let tmp = self.store.begin(id, Some(parent), flat)?;
-        let result = (|| {
-            let root = if flat {
-                self.flatten_into(parent, &tmp.rootfs)?;
-                RootFs::Dir(tmp.rootfs.clone())
-            } else {
-                RootFs::Overlay {
-                    lower: self.store.chain(parent)?,
-                    upper: tmp.rootfs.clone(),
-                    work: tmp.work.clone(),
-                }
-            };
-            let mut log = fs::File::create(&tmp.log).map_err(|e| BuildError::io(&tmp.log, e))?;
-            let mut output = StepOutput::new(out, &mut log, masks);
-            let result = body(&root, &mut output);
-            output.finish().map_err(BuildError::output)?;
-            with_tail(result, &output)
-        })();
-        self.finish_step(tmp, id, header, result, out)
     }
 
     /// Commits a built step, or removes it when it failed or the build was cancelled.
@@ -783,6 +772,15 @@ impl Builder<'_> {
             Ok(())
         }
     }
+}
+
+/// What a temporary layer becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewLayer {
+    /// A `run` or `copy` step, in the payload of the sandbox that runs it.
+    Step,
+    /// The VM base of a stage in a disk sandbox.
+    VmBase,
 }
 
 /// A failed step's error with the last lines of its output.
