@@ -108,11 +108,14 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
         uefi.stdout
     );
 
-    // A broken expectation fails with a clear report and exit status 1.
+    // A broken expectation fails with a clear report and exit status 1. The page is
+    // the first check, so it waits for the boot: a shorter boot timeout ends it sooner.
     let broken = dir.join("broken.spec");
     let text = std::fs::read_to_string(ex.join("web.spec"))
         .unwrap()
-        .replace("Cloudy Weather Expected", "Sunny Weather Expected");
+        .replace("Cloudy Weather Expected", "Sunny Weather Expected")
+        .replace("(test (http", "(test (boot-timeout 60) (http");
+    assert!(text.contains("(boot-timeout 60)"), "{text}");
     std::fs::write(&broken, text).unwrap();
     let failed = kiln(
         &store,
