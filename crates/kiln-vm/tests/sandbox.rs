@@ -81,6 +81,7 @@ fn spec(disk: &Path, script: &str) -> RunSpec {
         secrets: Vec::new(),
         hostname: "kiln-step".into(),
         fast_sync: false,
+        interactive: false,
     }
 }
 
