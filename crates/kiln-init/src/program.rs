@@ -979,6 +979,8 @@ mod agent {
             let mut status = None;
             let mut out_open = true;
             let mut buf = vec![0u8; 32 << 10];
+            // Stdin frames may have arrived with the Run request, already buffered.
+            self.take_stdin_frames(&mut stdin)?;
             while status.is_none() || out_open {
                 let watch_port = stdin.is_some();
                 let fds = [
@@ -1023,6 +1025,14 @@ mod agent {
                 .read(buf)
                 .map_err(|e| format!("reading the agent port: {e}"))?;
             self.reader.feed(&buf[..n]);
+            self.take_stdin_frames(stdin)
+        }
+
+        /// Hands the complete Stdin frames read so far to the command.
+        fn take_stdin_frames(
+            &mut self,
+            stdin: &mut Option<std::process::ChildStdin>,
+        ) -> Result<(), String> {
             while let Some((t, payload)) = self.reader.next_frame().map_err(|e| e.to_string())? {
                 match Request::decode(t, &payload).map_err(|e| e.to_string())? {
                     Request::Stdin(data) => {

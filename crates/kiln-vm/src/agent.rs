@@ -19,6 +19,8 @@ use kiln_sandbox::{CopyEntry, CopyKind};
 
 use crate::error::{Result, VmError};
 use crate::qemu::{Vm, VmConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// How many console lines an error shows.
 const CONSOLE_LINES: usize = 40;
@@ -29,7 +31,12 @@ pub struct AgentVm {
     stream: UnixStream,
     reader: FrameReader,
     grace: Duration,
+    /// Set (by kiln's Ctrl-C or SIGTERM handling) to stop the running command.
+    cancel: Option<Arc<AtomicBool>>,
 }
+
+/// How often a running command's wait looks at the cancel flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 impl AgentVm {
     /// Starts the VM (`cfg.agent` is turned on) and waits up to `ready_timeout` for the
@@ -49,9 +56,16 @@ impl AgentVm {
             stream,
             reader: FrameReader::default(),
             grace,
+            cancel: None,
         };
         agent.wait_ready(ready_timeout)?;
         Ok(agent)
+    }
+
+    /// From now on, a set `flag` stops a running command: QEMU is killed and the run
+    /// returns [`VmError::Cancelled`].
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 
     /// The VM itself (console, pid, accelerator).
@@ -92,7 +106,7 @@ impl AgentVm {
             self.spawn_stdin_pump(input)?;
         }
         loop {
-            match self.receive(None, "the guest broke off while running a command")? {
+            match self.receive_cancellable("the guest broke off while running a command")? {
                 Response::Output(bytes) => {
                     output.write_all(&bytes).map_err(|source| VmError::Io {
                         what: "could not write the command's output to",
@@ -248,12 +262,40 @@ impl AgentVm {
             d.saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1))
         });
+        self.receive_within(timeout, what)?
+            .ok_or_else(|| self.guest_error(what.to_string()))
+    }
+
+    /// [`AgentVm::receive`] without a deadline, looking at the cancel flag (if any)
+    /// every [`CANCEL_CHECK`]; a set flag kills QEMU.
+    fn receive_cancellable(&mut self, what: &str) -> Result<Response> {
+        let Some(flag) = self.cancel.clone() else {
+            return self.receive(None, what);
+        };
+        loop {
+            if let Some(response) = self.receive_within(Some(CANCEL_CHECK), what)? {
+                return Ok(response);
+            }
+            if flag.load(Ordering::SeqCst) {
+                let _ = self.vm.kill();
+                return Err(VmError::Cancelled);
+            }
+        }
+    }
+
+    /// The next response within `timeout` (`None`: for ever); `Ok(None)` when the time
+    /// ran out first. A partial frame stays buffered for the next call.
+    fn receive_within(
+        &mut self,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<Option<Response>> {
         let set = self.stream.set_read_timeout(timeout);
         let frame = set.and_then(|()| self.reader.read_frame(&mut self.stream));
         match frame {
-            Ok(Some((t, payload))) => {
-                Response::decode(t, &payload).map_err(|e| self.guest_error(format!("{what}: {e}")))
-            }
+            Ok(Some((t, payload))) => Response::decode(t, &payload)
+                .map(Some)
+                .map_err(|e| self.guest_error(format!("{what}: {e}"))),
             Ok(None) => Err(self.guest_error(format!("{what}: {}", self.qemu_state()))),
             Err(e)
                 if matches!(
@@ -261,7 +303,7 @@ impl AgentVm {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                Err(self.guest_error(what.to_string()))
+                Ok(None)
             }
             Err(e) => Err(self.guest_error(format!("{what}: {e}; {}", self.qemu_state()))),
         }

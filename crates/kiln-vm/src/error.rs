@@ -77,6 +77,10 @@ pub enum VmError {
     #[error("{what}\nlast console lines:\n{console}")]
     Guest { what: String, console: String },
 
+    /// The cancel flag was set while the guest ran a command; QEMU was killed.
+    #[error("cancelled: the VM was stopped")]
+    Cancelled,
+
     /// Console capture was asked of a VM whose console is the terminal.
     #[error(
         "the VM's console is attached to the terminal (interactive mode), so it cannot be read"

@@ -8,6 +8,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kiln_image::tools::{debugfs, mke2fs, qemu_img};
@@ -41,6 +43,9 @@ pub struct QemuSandbox {
     pub ready_timeout: Duration,
     /// How long a guest may take to power off after a step.
     pub shutdown_grace: Duration,
+    /// Set by kiln's Ctrl-C/SIGTERM handling: stops a running step (QEMU is killed and
+    /// the run returns `Interrupted`).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for QemuSandbox {
@@ -52,6 +57,7 @@ impl Default for QemuSandbox {
             accel: None,
             ready_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(30),
+            cancel: None,
         }
     }
 }
@@ -82,7 +88,11 @@ impl QemuSandbox {
     }
 
     fn boot(&self, cfg: VmConfig) -> Result<AgentVm, SandboxError> {
-        AgentVm::boot(cfg, self.ready_timeout).map_err(guest)
+        let mut vm = AgentVm::boot(cfg, self.ready_timeout).map_err(guest)?;
+        if let Some(flag) = &self.cancel {
+            vm.set_cancel_flag(flag.clone());
+        }
+        Ok(vm)
     }
 }
 
@@ -90,6 +100,10 @@ impl QemuSandbox {
 fn guest(e: VmError) -> SandboxError {
     match e {
         VmError::Guest { what, console } => SandboxError::Guest { what, console },
+        // Reported as the Ctrl-C it stands for, as the namespace sandbox does.
+        VmError::Cancelled => SandboxError::Interrupted {
+            signal: libc::SIGINT,
+        },
         VmError::QemuExited { .. } | VmError::ConsoleTimeout { .. } => SandboxError::Guest {
             what: e.to_string(),
             console: String::new(),

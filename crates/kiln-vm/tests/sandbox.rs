@@ -81,6 +81,7 @@ fn spec(disk: &Path, script: &str) -> RunSpec {
         secrets: Vec::new(),
         hostname: "kiln-step".into(),
         fast_sync: false,
+        interactive: false,
     }
 }
 
@@ -429,5 +430,56 @@ fn step_overhead_and_stdin_streaming() {
         ran.as_secs_f64(),
         stopped.as_secs_f64(),
         whole.as_secs_f64()
+    );
+}
+
+/// Writes through to `inner` and sets `flag` once `needle` has been written.
+struct SetWhenSeen {
+    seen: Vec<u8>,
+    needle: &'static [u8],
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Write for SetWhenSeen {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.seen.extend_from_slice(buf);
+        if self
+            .seen
+            .windows(self.needle.len())
+            .any(|w| w == self.needle)
+        {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_cancel_flag_stops_a_running_step() {
+    let tmp = scratch("cancel");
+    let disk = step(&tmp, "one", "../../base/disk.qcow2");
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sandbox = QemuSandbox {
+        cancel: Some(flag.clone()),
+        ..sandbox()
+    };
+    let mut out = SetWhenSeen {
+        seen: Vec::new(),
+        needle: b"sleeping now",
+        flag,
+    };
+    let started = Instant::now();
+    let result = sandbox.run(&spec(&disk, "echo sleeping now; sleep 600"), &mut out);
+    assert!(
+        matches!(result, Err(SandboxError::Interrupted { signal: 2 })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "stopped long before the command's end: {:?}",
+        started.elapsed()
     );
 }

@@ -33,6 +33,7 @@ pub fn build_all(
     let qemu = QemuSandbox {
         cpus: vm.qemu_cpus,
         memory_mb: vm.qemu_memory,
+        cancel: Some(options.cancelled.clone()),
         ..QemuSandbox::default()
     };
     let builder = Builder {

@@ -143,7 +143,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     if output.as_os_str() == "-" {
         let scratch = store.scratch_dir("export")?;
         let root = crate::layers::open_layer(&store, &id, &scratch.join("view"));
-        let written = root.map_err(anyhow::Error::from).and_then(|root| {
+        let written = root.and_then(|root| {
             kiln_image::tar_export::write_tar(
                 root.path(),
                 std::io::BufWriter::new(std::io::stdout().lock()),

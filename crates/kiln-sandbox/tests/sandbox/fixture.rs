@@ -294,10 +294,11 @@ pub fn all_exited(fds: &[OwnedFd], limit: Duration) -> bool {
 }
 
 /// A script that starts `sleep MARKER` in the background, waits until it really runs,
-/// prints "ready" and waits for it.
+/// prints "ready" and waits for it. "Really runs" is `sleep` in /proc/PID/comm: before
+/// the exec, the forked shell's cmdline already holds the marker (it is the script's).
 pub fn ready_script(marker: &str) -> String {
     format!(
-        "sleep {marker} & p=$!; while ! grep -q {marker} /proc/$p/cmdline 2>/dev/null; do :; done; echo ready; wait"
+        "sleep {marker} & p=$!; while [ \"$(cat /proc/$p/comm 2>/dev/null)\" != sleep ]; do :; done; echo ready; wait"
     )
 }
 

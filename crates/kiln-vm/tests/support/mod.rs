@@ -122,34 +122,24 @@ pub fn zero_disk(path: &Path, bytes: u64) {
     file.set_len(bytes).expect("size the disk image");
 }
 
-/// The cached kernel directory (vmlinuz + modules), downloaded when missing.
+/// The cached kernel directory (vmlinuz + the guest's modules), taken from [`kernel_tree`].
 fn kernel_dir(cache: &Path) -> PathBuf {
     let dir = cache.join("kernel");
     if dir.join("vmlinuz").is_file() {
         return dir;
     }
+    let tree = kernel_tree();
     let staging = tempfile::tempdir_in(cache).expect("create a staging directory");
-    let package = kernel_package();
-    run(Command::new("apt-get")
-        .args(["download", &package])
-        .current_dir(staging.path()));
-    let deb = fs::read_dir(staging.path())
-        .expect("list the download directory")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .unwrap_or_else(|| panic!("apt-get download {package} produced no .deb"));
-    let tree = staging.path().join("tree");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
     let out = staging.path().join("kernel");
     fs::create_dir(&out).expect("create the kernel directory");
     let vmlinuz = find_file(&tree.join("boot"), |name| name.starts_with("vmlinuz-"))
-        .unwrap_or_else(|| panic!("{package} has no /boot/vmlinuz-*"));
+        .unwrap_or_else(|| panic!("{} has no /boot/vmlinuz-*", tree.display()));
     fs::copy(&vmlinuz, out.join("vmlinuz")).expect("copy vmlinuz");
     for module in MODULES {
         let file = format!("{module}.ko");
         let found =
             find_file(&tree.join("lib/modules"), |name| name == file).unwrap_or_else(|| {
-                panic!("{package} has no {file} (compressed modules are not supported)")
+                panic!("the kernel has no {file} (compressed modules are not supported)")
             });
         fs::copy(&found, out.join(&file)).expect("copy a module");
     }
@@ -322,9 +312,9 @@ fn is_static_elf(elf: &[u8]) -> bool {
     })
 }
 
-/// Debian's kernel package extracted whole (cached): `/boot/vmlinuz-<release>` and
-/// `/lib/modules/<release>/` with the `modules.dep`, `modules.alias` and `modules.softdep`
-/// that depmod would write when the package is installed (the .deb ships none).
+/// Debian's kernel package extracted whole (cached), as the QEMU sandbox's own kernel
+/// layer is: `/boot/vmlinuz-<release>` and `/lib/modules/<release>/` without the tables
+/// depmod writes when the package is installed (kiln's initramfs writer makes them).
 pub fn kernel_tree() -> &'static Path {
     static TREE: OnceLock<PathBuf> = OnceLock::new();
     TREE.get_or_init(|| {
@@ -346,113 +336,11 @@ pub fn kernel_tree() -> &'static Path {
             .unwrap_or_else(|| panic!("apt-get download {package} produced no .deb"));
         let tree = staging.path().join("tree");
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
-        for release in fs::read_dir(tree.join("lib/modules"))
-            .expect("lib/modules")
-            .flatten()
-        {
-            write_module_tables(&release.path());
-        }
         if fs::rename(&tree, &dir).is_err() && !dir.join("boot").is_dir() {
             panic!("could not move the kernel tree into {}", dir.display());
         }
         dir
     })
-}
-
-/// The module tables of one release directory, from each module's .modinfo.
-fn write_module_tables(release_dir: &Path) {
-    let mut modules = Vec::new();
-    collect_modules(&release_dir.join("kernel"), release_dir, &mut modules);
-    let mut path_of = std::collections::BTreeMap::new();
-    let mut infos = Vec::new();
-    for rel in &modules {
-        let bytes = fs::read(release_dir.join(rel)).expect("read a module");
-        let name = rel
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .trim_end_matches(".ko")
-            .replace('-', "_");
-        path_of.insert(name.clone(), rel.clone());
-        infos.push((name, modinfo(&bytes)));
-    }
-    let direct: std::collections::BTreeMap<&str, Vec<String>> = infos
-        .iter()
-        .map(|(name, info)| {
-            (
-                name.as_str(),
-                values(info, "depends")
-                    .flat_map(|d| {
-                        d.split(',')
-                            .filter(|d| !d.is_empty())
-                            .map(str::to_string)
-                            .collect::<Vec<_>>()
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    let (mut dep, mut alias, mut softdep) = (String::new(), String::new(), String::new());
-    for (name, info) in &infos {
-        // depmod lists every dependency, nearest first.
-        let mut all: Vec<String> = Vec::new();
-        let mut queue = direct[name.as_str()].clone();
-        while let Some(d) = queue.pop() {
-            if !all.contains(&d) {
-                queue.extend(direct.get(d.as_str()).cloned().unwrap_or_default());
-                all.push(d);
-            }
-        }
-        let deps: Vec<&str> = all
-            .iter()
-            .filter_map(|d| path_of.get(d).map(String::as_str))
-            .collect();
-        dep.push_str(&format!("{}: {}\n", path_of[name], deps.join(" ")));
-        for a in values(info, "alias") {
-            alias.push_str(&format!("alias {a} {name}\n"));
-        }
-        for s in values(info, "softdep") {
-            softdep.push_str(&format!("softdep {name} {s}\n"));
-        }
-    }
-    fs::write(release_dir.join("modules.dep"), dep).expect("write modules.dep");
-    fs::write(release_dir.join("modules.alias"), alias).expect("write modules.alias");
-    fs::write(release_dir.join("modules.softdep"), softdep).expect("write modules.softdep");
-}
-
-fn collect_modules(dir: &Path, base: &Path, out: &mut Vec<String>) {
-    for entry in fs::read_dir(dir).expect("list modules").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_modules(&path, base, out);
-        } else if path.extension().is_some_and(|e| e == "ko") {
-            out.push(
-                path.strip_prefix(base)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
-    }
-}
-
-/// The NUL-separated `key=value` strings of a module's .modinfo section (found by the
-/// keys every module has; good enough for a test fixture).
-fn modinfo(ko: &[u8]) -> Vec<String> {
-    ko.split(|&b| b == 0)
-        .filter_map(|s| std::str::from_utf8(s).ok())
-        .filter(|s| {
-            ["alias=", "depends=", "softdep="]
-                .iter()
-                .any(|k| s.starts_with(k))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-fn values<'a>(info: &'a [String], key: &'a str) -> impl Iterator<Item = &'a str> {
-    info.iter()
-        .filter_map(move |s| s.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// A root filesystem of the host's static busybox: every applet linked, users root and
