@@ -11,8 +11,7 @@
 #      it (median of 3 boots of the --boot kernel raw image, with kiln's boot initramfs;
 #      the accelerator probe before it takes ~0.1 s where KVM fails fast, at most 3 s);
 #      the same with the image's own initramfs (--initrd image) for comparison. goal ≤ 12 s
-#   4. kiln test of examples/webserver (a UEFI qcow2) booted direct (IMAGE.boot/, the
-#      default) vs --firmware uefi (OVMF + systemd-boot): median of 3 each
+# (examples/webserver's boots, direct and UEFI, are bench/vm.sh's.)
 # Row 1 alternates kiln and by hand for $ROUNDS rounds (default 3) and compares medians:
 # this host's timings vary by ±20% from one run to the next.
 # Usage: bench/image.sh [--no-dib]   (--no-dib skips row 2 and DIB's ~1 GB of set-up)
@@ -140,12 +139,3 @@ row "kiln test: VM start to memcached answering (s, $accel)" "$b" "12.0 goal" "$
 o=$(boot_median "$work/kiln.raw" "$example/memcached.spec" --initrd image)
 row "  the same with the image's own initramfs (s)" "$o" "" ""
 
-# A UEFI image (examples/webserver, qcow2) both ways: kiln test's default enters the
-# kernel staged in web.qcow2.boot/ (PVH vmlinux + kiln-init); --firmware uefi goes
-# through OVMF and the image's systemd-boot. The first check is the console's "login:".
-web=$repo/examples/webserver
-"$kiln" --store "$work/store" build -f "$web/web.spec" "$web" -o "$work/web.qcow2" >/dev/null 2>&1
-w=$(boot_median "$work/web.qcow2" "$web/web.spec")
-grep -q '^boot: kernel' "$work/test.out" || { echo "web.qcow2 did not boot direct" >&2; exit 1; }
-u=$(boot_median "$work/web.qcow2" "$web/web.spec" --firmware uefi)
-row "kiln test webserver (uefi qcow2): direct vs OVMF (s)" "$w" "$u" "$(ratio "$w" "$u")"

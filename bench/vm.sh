@@ -96,4 +96,4 @@ done
 echo "  qemu: ${qemus[*]}; chroot: ${chroots[*]}" >&2
 q=$(median "${qemus[@]}") c=$(median "${chroots[@]}")
 row "QEMU sandbox: one trivial step (s per step, $accel)" "$(printf %.1f "$q")" "6.0 goal" "$(ratio "$q" 6)"
-row "  the same step, qemu vs chroot sandbox (s)" "$(printf %.1f "$q")" "$(printf %.1f "$c")" "$(ratio "$q" "$c")"
+row "  the same step, qemu vs chroot sandbox (s)" "$(printf %.2f "$q")" "$(printf %.2f "$c")" "$(ratio "$q" "$c")"
