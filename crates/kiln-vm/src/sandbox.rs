@@ -177,7 +177,12 @@ impl Sandbox for QemuSandbox {
             stdin: false,
         };
         let mut vm = self.boot(cfg)?;
-        let status = vm.run(&req, output, None).map_err(guest)?;
+        // `kiln shell --sandbox qemu`: kiln's stdin goes to the command.
+        let stdin: Option<Box<dyn std::io::Read + Send>> = match spec.interactive {
+            true => Some(Box::new(std::io::stdin())),
+            false => None,
+        };
+        let status = vm.run(&req, output, stdin).map_err(guest)?;
         vm.shutdown().map_err(guest)?;
         Ok(match status {
             ExitStatus::Code(c) => Outcome::Exited(c),

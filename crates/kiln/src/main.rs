@@ -11,6 +11,7 @@ mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
 mod cmd_shell;
+mod cmd_shell_vm;
 mod cmd_store;
 mod cmd_vm;
 mod layers;

@@ -232,3 +232,73 @@ fn kiln_stdin(store: &Path, dir: &Path, args: &[&str], input: &str) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+#[test]
+fn shell_in_a_vm_saves_a_disk_layer_that_a_later_spec_builds_from() {
+    let store = shared_store();
+    let dir = test_dir("vm-bases-shell");
+    let base = build(
+        &store,
+        &dir,
+        &format!("((from file:{}))\n", busybox_tar().display()),
+        &[],
+    )
+    .ok()
+    .got();
+    let name = format!("vm-captured-{}", &nonce()[..8]);
+    let n = nonce();
+    let started = Instant::now();
+    let shell = kiln_stdin(
+        &store,
+        &dir,
+        &[
+            "shell",
+            &base,
+            "--sandbox",
+            "qemu",
+            "--save",
+            &name,
+            "--json",
+        ],
+        &format!("echo captured {n} > /root/cap.txt\nuname -s\nexit 0\n"),
+    );
+    assert_eq!(shell.code, 0, "{}\n{}", shell.stdout, shell.stderr);
+    eprintln!(
+        "kiln shell --sandbox qemu: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(shell.stderr.contains("Linux"), "{}", shell.stderr);
+    let report: serde_json::Value = serde_json::from_str(shell.stdout.trim()).unwrap();
+    assert_eq!(report["saved"], true);
+    let spec =
+        format!("((from layer:{name})\n (run (shell \"cat /root/cap.txt > /root/again.txt\")))\n");
+    let built = build(&store, &dir, &spec, &[]).ok();
+    let tar = export_tar(&store, &dir, &built.got());
+    let expected = format!("captured {n}\n");
+    assert_eq!(tar_read(&tar, "root/cap.txt").unwrap(), expected.as_bytes());
+    assert_eq!(
+        tar_read(&tar, "root/again.txt").unwrap(),
+        expected.as_bytes()
+    );
+    // A failing shell saves nothing.
+    let failed = kiln_stdin(
+        &store,
+        &dir,
+        &[
+            "shell",
+            &base,
+            "--sandbox",
+            "qemu",
+            "--save",
+            &format!("{name}-no"),
+        ],
+        "exit 3\n",
+    );
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    let names = kiln(&store, &dir, &["names", "--json"]).ok();
+    assert!(
+        !names.stdout.contains(&format!("{name}-no")),
+        "{}",
+        names.stdout
+    );
+}
