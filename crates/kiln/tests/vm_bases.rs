@@ -302,3 +302,57 @@ fn shell_in_a_vm_saves_a_disk_layer_that_a_later_spec_builds_from() {
         names.stdout
     );
 }
+
+#[test]
+fn base_build_makes_a_careful_base_that_specs_build_on() {
+    let store = shared_store();
+    let dir = test_dir("vm-bases-build");
+    let name = format!("built-{}", &nonce()[..8]);
+    let started = Instant::now();
+    let made = kiln(
+        &store,
+        &dir,
+        &["base", "build", &name, "--from", "debian:bookworm"],
+    )
+    .ok();
+    eprintln!("kiln base build: {:.0} s", started.elapsed().as_secs_f64());
+    let row = base_ls(&store, &dir)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed after\n{}", made.stdout));
+    assert_eq!(row["kind"], "agent");
+    let key = PathBuf::from(row["key"].as_str().expect("a generated key"));
+    assert!(key.is_file());
+    let spec = format!("((from vm:{name})\n (run (shell \"echo on-base > /root/on-base.txt\")))\n");
+    let built = build(&store, &dir, &spec, &[]).ok();
+    let tar = export_tar(&store, &dir, &built.got());
+    assert_eq!(tar_read(&tar, "root/on-base.txt").unwrap(), b"on-base\n");
+    assert_eq!(tar_read(&tar, "etc/machine-id").unwrap(), b"");
+    let entries = tar_entries(&tar);
+    let paths: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("etc/ssh/ssh_host_")),
+        "host keys baked in"
+    );
+    for wanted in [
+        "home/build/.ssh/authorized_keys",
+        "etc/sudoers.d/90-kiln-build",
+        "etc/systemd/system/kiln-ssh-hostkeys.service",
+        "etc/systemd/network/80-kiln-dhcp.network",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.trim_start_matches("./") == wanted),
+            "{wanted} missing"
+        );
+    }
+    let public = fs::read(key.with_extension("key.pub")).unwrap();
+    assert_eq!(
+        tar_read(&tar, "home/build/.ssh/authorized_keys").unwrap(),
+        public
+    );
+    kiln(&store, &dir, &["base", "rm", &name]).ok();
+    assert!(!key.exists());
+}
