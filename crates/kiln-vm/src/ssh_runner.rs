@@ -496,61 +496,6 @@ pub fn network(host: bool) -> Network {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kiln_sandbox::{BindMount, RootFs, Secret};
-
-    #[test]
-    fn the_step_script_runs_the_command_as_asked_and_undoes_its_mounts() {
-        let spec = RunSpec {
-            root: RootFs::Dir(PathBuf::new()),
-            argv: vec!["/bin/sh".into(), "-c".into(), "echo 'hi'".into()],
-            env: vec![("A".into(), "b c".into())],
-            cwd: "/home/app".into(),
-            uid: 1000,
-            gid: 1000,
-            host_network: false,
-            mounts: vec![BindMount {
-                source: PathBuf::new(),
-                target: "/var/cache/x".into(),
-                readonly: false,
-            }],
-            secrets: vec![Secret {
-                target: "/run/secrets/s".into(),
-                value: b"v".to_vec(),
-            }],
-            hostname: "kiln".into(),
-            fast_sync: false,
-            interactive: false,
-        };
-        let s = step_script(&spec, false);
-        assert!(s.contains("mount -t ext4 /dev/vdb /var/cache/x"), "{s}");
-        assert!(
-            s.contains("mount --bind -o ro /run/kiln-secrets/0 /run/secrets/s"),
-            "{s}"
-        );
-        assert!(
-            s.contains(
-                "env -i 'A=b c' setpriv --reuid=1000 --regid=1000 --clear-groups -- /bin/sh -c 'echo '\\''hi'\\''' </dev/null"
-            ),
-            "{s}"
-        );
-        assert!(s.contains("eval \"$undo\""), "{s}");
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(&s)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// The description of `boot` when it is an SSH base (`None` for agent bases).
 pub fn ssh_base(boot: &Path) -> std::result::Result<Option<BaseDescription>, SandboxError> {
     match BaseDescription::read(boot) {
@@ -625,5 +570,60 @@ impl QemuSandbox {
         let mut vm = self.ssh_boot(base, cfg, boot)?;
         vm.put(entries, uid, gid).map_err(guest)?;
         vm.shutdown().map_err(guest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_sandbox::{BindMount, RootFs, Secret};
+
+    #[test]
+    fn the_step_script_runs_the_command_as_asked_and_undoes_its_mounts() {
+        let spec = RunSpec {
+            root: RootFs::Dir(PathBuf::new()),
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo 'hi'".into()],
+            env: vec![("A".into(), "b c".into())],
+            cwd: "/home/app".into(),
+            uid: 1000,
+            gid: 1000,
+            host_network: false,
+            mounts: vec![BindMount {
+                source: PathBuf::new(),
+                target: "/var/cache/x".into(),
+                readonly: false,
+            }],
+            secrets: vec![Secret {
+                target: "/run/secrets/s".into(),
+                value: b"v".to_vec(),
+            }],
+            hostname: "kiln".into(),
+            fast_sync: false,
+            interactive: false,
+        };
+        let s = step_script(&spec, false);
+        assert!(s.contains("mount -t ext4 /dev/vdb /var/cache/x"), "{s}");
+        assert!(
+            s.contains("mount --bind -o ro /run/kiln-secrets/0 /run/secrets/s"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "env -i 'A=b c' setpriv --reuid=1000 --regid=1000 --clear-groups -- /bin/sh -c 'echo '\\''hi'\\''' </dev/null"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("eval \"$undo\""), "{s}");
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&s)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
