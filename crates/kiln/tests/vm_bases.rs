@@ -152,7 +152,7 @@ fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
     let failed = build(&store, &dir, &spec, &[]);
     assert_ne!(failed.code, 0);
     assert!(
-        failed.stderr.contains("build.spec:1:2") && failed.stderr.contains("kiln base ls"),
+        failed.stderr.contains("build.spec:1:8") && failed.stderr.contains("kiln base ls"),
         "{}",
         failed.stderr
     );
