@@ -354,7 +354,10 @@ impl Builder<'_> {
         let id = match LayerId::parse(name) {
             Ok(id) => id,
             Err(_) => self.store.lookup_name(name)?.ok_or_else(|| {
-                unknown_layer(spec, format!("no layer is named `{name}` in this store (see `kiln names`; `kiln shell REF --save {name}` makes one)"))
+                match name.strip_prefix(kiln_store::VM_BASE_PREFIX) {
+                    Some(base) => unknown_layer(spec, format!("no VM base is named `{base}` in this store (see `kiln base ls`; `kiln base import {base} FILE …` or `kiln base build {base} --from …` makes one)")),
+                    None => unknown_layer(spec, format!("no layer is named `{name}` in this store (see `kiln names`; `kiln shell REF --save {name}` makes one)")),
+                }
             })?,
         };
         let info = self.store.get(&id)?.ok_or_else(|| {

@@ -27,7 +27,8 @@ pub enum BaseSource {
     Oci(String),
     /// `layer:NAME` or `layer:ID`: a layer already in the store (a name saved by
     /// `kiln shell --save`, or a full layer id). The builder takes it from the store;
-    /// nothing is fetched.
+    /// nothing is fetched. `vm:NAME` (a VM base registered by `kiln base`) is the layer
+    /// named `vm:NAME`.
     Layer(String),
 }
 
@@ -38,6 +39,9 @@ impl fmt::Display for BaseSource {
             BaseSource::Debian { suite, .. } => write!(f, "debian:{suite}"),
             BaseSource::Tar(path) => write!(f, "file:{}", path.display()),
             BaseSource::Oci(reference) => f.write_str(reference),
+            BaseSource::Layer(name) if name.starts_with(kiln_store::VM_BASE_PREFIX) => {
+                f.write_str(name)
+            }
             BaseSource::Layer(name) => write!(f, "layer:{name}"),
         }
     }
@@ -66,6 +70,9 @@ pub fn parse_base(
     }
     if let Some(name) = from.strip_prefix("layer:") {
         return parse_layer(from, name);
+    }
+    if from.starts_with(kiln_store::VM_BASE_PREFIX) {
+        return parse_vm(from);
     }
     OciRef::parse(from).map_err(|e| {
         FetchError::base(
@@ -175,6 +182,17 @@ fn parse_layer(from: &str, name: &str) -> Result<BaseSource, FetchError> {
         from,
         "`layer:` needs a layer name saved by `kiln shell --save NAME` (letters, digits, `-`, `_`, `.`) \
          or a full 64-digit layer id, e.g. `layer:dev-tools`",
+    ))
+}
+
+fn parse_vm(from: &str) -> Result<BaseSource, FetchError> {
+    if kiln_store::check_name(from).is_ok() {
+        return Ok(BaseSource::Layer(from.to_string()));
+    }
+    Err(FetchError::base(
+        from,
+        "`vm:` needs the name of a VM base (letters, digits, `-`, `_`, `.`) registered by \
+         `kiln base import` or `kiln base build`, e.g. `vm:bookworm` (see `kiln base ls`)",
     ))
 }
 

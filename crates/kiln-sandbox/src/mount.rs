@@ -122,6 +122,23 @@ pub fn mount_ext4_image_readonly(image: &Path, target: &Path) -> Result<MountGua
     Ok(guard)
 }
 
+/// [`mount_ext4_image_readonly`] of the ext4 filesystem `offset` bytes into `image`.
+pub fn mount_ext4_partition_readonly(
+    image: &Path,
+    offset: u64,
+    target: &Path,
+) -> Result<MountGuard, SandboxError> {
+    let created = create_dirs(target)?;
+    let mut guard = MountGuard {
+        path: target.to_path_buf(),
+        created,
+        mounted: false,
+    };
+    crate::tools::mount_ext4_loop_readonly_at(image, offset, target)?;
+    guard.mounted = true;
+    Ok(guard)
+}
+
 /// Mounts `root` read-write at `target` (created if missing): an overlay of its layers,
 /// or a bind mount of a flat tree.
 pub fn mount_root(root: &RootFs, target: &Path) -> Result<MountGuard, SandboxError> {

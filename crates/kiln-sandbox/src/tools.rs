@@ -9,8 +9,22 @@ use std::process::Command;
 /// read-only through a loop device, which the kernel frees when it is unmounted
 /// (`mount` sets autoclear). `noload` skips journal replay, so the image is never written.
 pub fn mount_ext4_loop_readonly(image: &Path, target: &Path) -> Result<(), SandboxError> {
+    mount_ext4_loop_readonly_at(image, 0, target)
+}
+
+/// [`mount_ext4_loop_readonly`] of the filesystem starting `offset` bytes into `image`
+/// (a partition of a whole-disk image).
+pub fn mount_ext4_loop_readonly_at(
+    image: &Path,
+    offset: u64,
+    target: &Path,
+) -> Result<(), SandboxError> {
+    let options = match offset {
+        0 => "ro,loop,noload".to_string(),
+        n => format!("ro,loop,noload,offset={n}"),
+    };
     let output = Command::new("mount")
-        .args(["-t", "ext4", "-o", "ro,loop,noload"])
+        .args(["-t", "ext4", "-o", &options])
         .arg(image)
         .arg(target)
         .output()

@@ -38,7 +38,7 @@ mod tools;
 pub use error::StoreError;
 pub use fs_store::{Durability, FsStore, StoreOptions};
 pub use kiln_spec::LayerId;
-pub use names::{check_name, LayerName};
+pub use names::{check_name, LayerName, VM_BASE_PREFIX};
 pub use recover::Recovery;
 
 use std::path::{Path, PathBuf};

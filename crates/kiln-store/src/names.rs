@@ -24,9 +24,24 @@ pub struct LayerName {
     pub id: LayerId,
 }
 
+/// The prefix of a registered VM base's layer name: `kiln base import|build NAME`
+/// names its disk layer `vm:NAME`, which `(from vm:NAME)` resolves.
+pub const VM_BASE_PREFIX: &str = "vm:";
+
 /// Checks a layer name: 1 to 128 letters, digits, `-`, `_` and `.`, starting with a
-/// letter or digit, and not 64 hex digits (which would read as a layer id).
+/// letter or digit, and not 64 hex digits (which would read as a layer id); or such a
+/// name after [`VM_BASE_PREFIX`] (a VM base's).
 pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let name = match name.strip_prefix(VM_BASE_PREFIX) {
+        Some(base) if !base.is_empty() => {
+            return check_plain_name(base).map_err(|_| StoreError::BadLayerName(name.to_string()))
+        }
+        _ => name,
+    };
+    check_plain_name(name)
+}
+
+fn check_plain_name(name: &str) -> Result<(), StoreError> {
     let first_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric());
     let chars_ok = name
         .bytes()
@@ -151,5 +166,9 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad}");
         }
         assert!(check_name(&"n".repeat(129)).is_err());
+        assert!(check_name("vm:bookworm").is_ok());
+        for bad in ["vm:", "vm:a:b", "vm:.x", "xm:a"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! The files of a QEMU-built layer, read on the host: the layer's qcow2 chain is
 //! converted to one sparse raw file (QEMU reads the chain; only allocated data is
-//! written) and its ext4 filesystem mounted read-only through a loop device. Used to
+//! written) and its root filesystem mounted read-only through a loop device. Used to
 //! look up a step's user, to copy from a VM-built stage, and by `kiln export`.
+//!
+//! The disk is a bare ext4 filesystem (kiln's own VM bases) or a partitioned disk (an
+//! imported base, a kiln image): then the root is the ext partition holding
+//! `/etc/os-release` (see [`crate::partitions`]), mounted at its offset.
 
 use kiln_image::tools::qemu_img;
-use kiln_sandbox::mount::mount_ext4_image_readonly;
+use kiln_sandbox::mount::{mount_ext4_image_readonly, mount_ext4_partition_readonly};
 use kiln_sandbox::{DiskView, SandboxError};
 use std::path::Path;
 
@@ -14,12 +18,46 @@ pub fn open(disk: &Path, scratch: &Path) -> Result<DiskView, SandboxError> {
     let raw = scratch.join("disk.raw");
     qemu_img::convert_to_raw(disk, "qcow2", &raw)
         .map_err(|e| SandboxError::Setup(format!("reading the VM disk {}: {e}", disk.display())))?;
+    let raw = RemoveOnDrop(raw);
     let root = scratch.join("root");
-    let mount = mount_ext4_image_readonly(&raw, &root)?;
-    Ok(DiskView {
-        path: root,
-        guard: Box::new((mount, RemoveOnDrop(raw))),
-    })
+    let candidates = crate::partitions::ext_filesystems(&raw.0).map_err(|e| {
+        SandboxError::sys(
+            format!("reading the partition table of {}", raw.0.display()),
+            e,
+        )
+    })?;
+    match candidates.as_slice() {
+        [] => Err(SandboxError::Setup(format!(
+            "the VM disk {} holds neither an ext4 filesystem nor a partition table with one: \
+             kiln reads ext2/3/4 roots only",
+            disk.display()
+        ))),
+        [only] if only.offset == 0 => {
+            let mount = mount_ext4_image_readonly(&raw.0, &root)?;
+            Ok(DiskView {
+                path: root,
+                guard: Box::new((mount, raw)),
+            })
+        }
+        several => {
+            for fs in several {
+                let mount = mount_ext4_partition_readonly(&raw.0, fs.offset, &root)?;
+                if root.join("etc/os-release").symlink_metadata().is_ok() {
+                    return Ok(DiskView {
+                        path: root,
+                        guard: Box::new((mount, raw)),
+                    });
+                }
+                drop(mount);
+            }
+            Err(SandboxError::Setup(format!(
+                "the VM disk {} has {} ext partitions and none holds /etc/os-release: \
+                 which is its root is unknown",
+                disk.display(),
+                several.len()
+            )))
+        }
+    }
 }
 
 /// A file deleted on drop (after the mount declared before it is detached).

@@ -27,6 +27,11 @@ pub enum VmError {
     )]
     FirmwareMissing { path: PathBuf },
 
+    /// An external program kiln drives a guest with (ssh, ssh-keygen) failed or is
+    /// missing; the message names it, what was done and the Debian package.
+    #[error("{0}")]
+    Tool(String),
+
     /// The configuration cannot describe a VM QEMU could run.
     #[error("invalid VM configuration: {0}")]
     Config(String),

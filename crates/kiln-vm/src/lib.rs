@@ -12,6 +12,8 @@
 //! - [`junit`]: a [`TestReport`] as JUnit XML.
 //! - [`agent`]: [`AgentVm`], a VM running kiln-init's agent, driven over virtio-serial.
 //! - [`sandbox`]: [`QemuSandbox`], build steps in VMs behind `kiln_sandbox::Sandbox`.
+//! - [`ssh_runner`]: steps on imported VM bases over SSH ([`ssh`], [`ssh_keygen`]: the
+//!   openssh-client programs).
 
 pub mod accel;
 pub mod agent;
@@ -19,8 +21,12 @@ pub mod checks;
 pub mod disk_view;
 mod error;
 pub mod junit;
+mod partitions;
 pub mod qemu;
 pub mod sandbox;
+pub mod ssh;
+pub mod ssh_keygen;
+pub mod ssh_runner;
 
 pub use accel::{detect, Accel, Detection};
 pub use agent::AgentVm;

@@ -97,7 +97,7 @@ impl QemuSandbox {
 }
 
 /// A VM error as the sandbox reports it: guest failures keep their console lines.
-fn guest(e: VmError) -> SandboxError {
+pub(crate) fn guest(e: VmError) -> SandboxError {
     match e {
         VmError::Guest { what, console } => SandboxError::Guest { what, console },
         // Reported as the Ctrl-C it stands for, as the namespace sandbox does.
@@ -128,6 +128,9 @@ fn disk_root(root: &RootFs) -> Result<(&Path, &Path), SandboxError> {
 impl Sandbox for QemuSandbox {
     fn run(&self, spec: &RunSpec, output: &mut dyn Write) -> Result<Outcome, SandboxError> {
         let (disk, boot) = disk_root(&spec.root)?;
+        if let Some(base) = crate::ssh_runner::ssh_base(boot)? {
+            return self.ssh_run(&base, disk, boot, spec, output);
+        }
         let mut params = format!(
             "{} kiln.hostname={}",
             agent_proto::CMDLINE_FLAG,
@@ -174,7 +177,12 @@ impl Sandbox for QemuSandbox {
             stdin: false,
         };
         let mut vm = self.boot(cfg)?;
-        let status = vm.run(&req, output, None).map_err(guest)?;
+        // `kiln shell --sandbox qemu`: kiln's stdin goes to the command.
+        let stdin: Option<Box<dyn std::io::Read + Send>> = match spec.interactive {
+            true => Some(Box::new(std::io::stdin())),
+            false => None,
+        };
+        let status = vm.run(&req, output, stdin).map_err(guest)?;
         vm.shutdown().map_err(guest)?;
         Ok(match status {
             ExitStatus::Code(c) => Outcome::Exited(c),
@@ -239,6 +247,9 @@ impl Sandbox for QemuSandbox {
             "kiln: copying {} entries into the VM disk",
             entries.len()
         );
+        if let Some(base) = crate::ssh_runner::ssh_base(boot)? {
+            return self.ssh_copy_in(&base, disk, boot, entries, uid, gid);
+        }
         let cfg = self.config(disk, boot, agent_proto::CMDLINE_FLAG)?;
         let mut vm = self.boot(cfg)?;
         vm.put(entries, uid, gid).map_err(guest)?;
@@ -371,7 +382,7 @@ fn write_boot_files(kernel_tree: &Path, boot: &Path) -> Result<String, SandboxEr
 }
 
 /// The cache directory's disk, made (empty ext4, sparse) on first use.
-fn cache_disk(dir: &Path) -> Result<PathBuf, SandboxError> {
+pub(crate) fn cache_disk(dir: &Path) -> Result<PathBuf, SandboxError> {
     let disk = dir.join(CACHE_DISK);
     if disk.is_file() {
         return Ok(disk);

@@ -60,6 +60,10 @@ pub enum Command {
     Shell(ShellArgs),
     /// List layer names (`kiln shell --save NAME`), or remove one.
     Names(NamesArgs),
+    /// VM bases for `(from vm:NAME)`: import a disk image with sshd, build one from a
+    /// Debian layer, list and remove them.
+    #[command(subcommand)]
+    Base(BaseCommand),
     /// Boot a disk image under QEMU with the serial console on this terminal (Ctrl-A X quits).
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
@@ -291,6 +295,72 @@ pub struct ShellArgs {
 pub enum ShellSandboxArg {
     /// The namespace sandbox build steps run in (overlayfs on the layer's chain).
     Chroot,
+    /// A VM booted from the layer's disk (a tree layer is made a VM base first), over a
+    /// qcow2 overlay, as QEMU build steps run.
+    Qemu,
+}
+
+/// `kiln base …`.
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// List the registered VM bases.
+    Ls(JsonArg),
+    /// Remove a VM base's name (its layers stay until pruned or deleted).
+    Rm(BaseRmArgs),
+    /// Register a disk image (qcow2, raw, vmdk, vhdx, vdi) whose sshd lets USER log in
+    /// with KEY and sudo without a password: checked (format, size, that it boots and
+    /// answers on SSH) before it is stored.
+    Import(BaseImportArgs),
+    /// Make a bootable VM base from a Debian base the way a careful cloud image is made
+    /// (kernel, DHCP, key-only SSH for a `build` user with passwordless sudo, host keys
+    /// and machine-id made at first boot).
+    Build(BaseBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BaseRmArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseImportArgs {
+    /// The base's name, used as `(from vm:NAME)`.
+    pub name: String,
+    /// The disk image.
+    pub file: PathBuf,
+    /// The user kiln logs in as (it must have passwordless sudo).
+    #[arg(long)]
+    pub user: String,
+    /// That user's private key (copied into the store, mode 600).
+    #[arg(long, value_name = "PRIVATE_KEY")]
+    pub key: PathBuf,
+    /// Seconds the image may take to boot and answer on SSH.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub timeout: u64,
+    /// Memory of the check's VM, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=1048576))]
+    pub qemu_memory: u32,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseBuildArgs {
+    /// The base's name, used as `(from vm:NAME)`.
+    pub name: String,
+    /// The Debian base to start from.
+    #[arg(long, value_name = "BASE", default_value = "debian:bookworm")]
+    pub from: String,
+    /// The public key the `build` user accepts [default: a new key pair, kept in the
+    /// store beside the base: see `kiln base ls`].
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `kiln shell --network`.

@@ -5,7 +5,7 @@
 //! The temporary layer is an ordinary `result-tmp/<id>` under its step lock, so a kiln
 //! killed mid-shell leaves nothing the next open does not purge.
 
-use crate::cli::{NamesArgs, NetworkArg, ShellArgs};
+use crate::cli::{NamesArgs, NetworkArg, ShellArgs, ShellSandboxArg};
 use crate::layers::resolve_id;
 use anyhow::{bail, Context};
 use kiln_build::context;
@@ -19,10 +19,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// How the shell ended, and what became of its layer.
-struct Ending {
+pub(crate) struct Ending {
     /// The shell's exit code (128 + N when killed by signal N, 130 when interrupted).
-    status: i32,
-    saved: Option<LayerId>,
+    pub(crate) status: i32,
+    pub(crate) saved: Option<LayerId>,
 }
 
 pub fn shell(store_dir: &Path, args: ShellArgs) -> anyhow::Result<ExitCode> {
@@ -32,6 +32,9 @@ pub fn shell(store_dir: &Path, args: ShellArgs) -> anyhow::Result<ExitCode> {
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let store = FsStore::open(store_dir)?;
     let parent = resolve_id(&store, &args.layer)?;
+    if args.sandbox == ShellSandboxArg::Qemu {
+        return crate::cmd_shell_vm::shell(&store, parent, &args);
+    }
     let _pin = store.pin(&parent)?;
     let id = captured_id(&parent, args.save.as_deref().unwrap_or(""))?;
     let chain = store.chain(&parent)?;
@@ -79,7 +82,7 @@ fn run_shell(spec: &RunSpec, out: &mut dyn Write) -> Result<i32, SandboxError> {
 
 /// Commits the layer and moves the name to it when asked to and the shell ended well (or
 /// the user confirms); otherwise throws the layer away.
-fn finish(
+pub(crate) fn finish(
     store: &FsStore,
     tmp: kiln_store::TmpLayer,
     status: i32,
@@ -116,7 +119,7 @@ fn confirm_save(status: i32) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn report(ending: &Ending, args: &ShellArgs) {
+pub(crate) fn report(ending: &Ending, args: &ShellArgs) {
     if args.json {
         let json = serde_json::json!({
             "id": ending.saved.as_ref().map(|id| id.as_str()),
@@ -174,7 +177,7 @@ fn shell_spec(
 }
 
 /// The config of the base at the bottom of `id`'s chain (env, workdir).
-fn base_config(store: &FsStore, id: &LayerId) -> anyhow::Result<BaseConfig> {
+pub(crate) fn base_config(store: &FsStore, id: &LayerId) -> anyhow::Result<BaseConfig> {
     let mut current = id.clone();
     loop {
         let info = store
@@ -226,7 +229,7 @@ fn numeric_user(chain: &[PathBuf], user: Option<&str>) -> anyhow::Result<(u32, u
 
 /// A fresh id no build step can have: sha256 over a tag of its own, the parent, the name,
 /// the time and 16 random bytes.
-fn captured_id(parent: &LayerId, name: &str) -> anyhow::Result<LayerId> {
+pub(crate) fn captured_id(parent: &LayerId, name: &str) -> anyhow::Result<LayerId> {
     use sha2::Digest;
     let mut random = [0u8; 16];
     std::fs::File::open("/dev/urandom")

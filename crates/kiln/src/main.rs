@@ -5,11 +5,13 @@
 
 mod builder;
 mod cli;
+mod cmd_base;
 mod cmd_build;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
 mod cmd_shell;
+mod cmd_shell_vm;
 mod cmd_store;
 mod cmd_vm;
 mod layers;
@@ -46,6 +48,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Healthcheck(args) => cmd_store::healthcheck(&store_dir, args),
         cli::Command::Shell(args) => cmd_shell::shell(&store_dir, args),
         cli::Command::Names(args) => cmd_shell::names(&store_dir, args),
+        cli::Command::Base(cmd) => cmd_base::base(&store_dir, cmd),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
     }

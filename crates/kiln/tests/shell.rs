@@ -8,30 +8,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// `kiln --store STORE ARGS…` in `dir` with `input` on its stdin.
-fn kiln_stdin(store: &Path, dir: &Path, args: &[&str], input: &str) -> Run {
-    let mut child = Command::new(KILN)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .current_dir(dir)
-        .env(NO_DOCKER_HUB.0, NO_DOCKER_HUB.1)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kiln");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).expect("writing stdin");
-    drop(stdin);
-    let out = child.wait_with_output().expect("waiting for kiln");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Builds the busybox base alone; returns its id.
 fn busybox_base(store: &Path, dir: &Path) -> String {
     let spec = format!("((from file:{}))\n", busybox_tar().display());

@@ -85,6 +85,21 @@ pub fn info(image: &Path) -> Result<ImageInfo, ImageError> {
     })
 }
 
+/// The first `sectors` 512-byte sectors of the disk in `src` (qemu's format `format`)
+/// as a raw file at `dst` (`qemu-img dd`): enough to read its partition table.
+pub fn read_head(src: &Path, format: &str, dst: &Path, sectors: u64) -> Result<(), ImageError> {
+    let mut cmd = QEMU_IMG.command()?;
+    cmd.args(["dd", "-U", "-f", format, "-O", "raw", "bs=512"])
+        .arg(format!("count={sectors}"))
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", dst.display()));
+    QEMU_IMG.run(
+        &mut cmd,
+        &format!("reading the first sectors of {} ({format})", src.display()),
+    )?;
+    Ok(())
+}
+
 /// Converts `src` (in qemu's format `format`) back to a raw disk at `dst`.
 pub fn convert_to_raw(src: &Path, format: &str, dst: &Path) -> Result<(), ImageError> {
     let mut cmd = QEMU_IMG.command()?;

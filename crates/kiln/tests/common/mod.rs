@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -270,4 +270,28 @@ pub fn tree_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// `kiln --store STORE ARGS…` in `dir` with `input` on its stdin.
+pub fn kiln_stdin(store: &Path, dir: &Path, args: &[&str], input: &str) -> Run {
+    let mut child = Command::new(KILN)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .current_dir(dir)
+        .env(NO_DOCKER_HUB.0, NO_DOCKER_HUB.1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kiln");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("writing stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("waiting for kiln");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
