@@ -85,6 +85,25 @@ fn fingerprint(tar: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// The bytes of `path` in the first partition of the raw image `raw` (as its manifest
+/// places it), read with debugfs.
+fn file_in_image(raw: &Path, path: &str) -> Vec<u8> {
+    let manifest = PathBuf::from(format!("{}.manifest.json", raw.display()));
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(manifest).unwrap()).unwrap();
+    let offset = m["partitions"][0]["offset"].as_u64().unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(format!("{}?offset={offset}", raw.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -131,6 +150,24 @@ fn the_same_spec_gives_the_same_files_in_namespaces_and_in_a_vm() {
         b"hi there from app in /home/app\n"
     );
     assert!(a.contains_key("usr/bin/jq"), "apt ran with the network");
+
+    // A VM-built layer exports to a disk image as a namespace-built one does.
+    let raw = dir.join("qemu.raw");
+    kiln(
+        &store,
+        &dir,
+        &[
+            "export",
+            &qemu.got(),
+            "-o",
+            raw.to_str().unwrap(),
+            "--boot",
+            "none",
+        ],
+    )
+    .ok();
+    let greeting = file_in_image(&raw, "/home/app/greeting.txt");
+    assert_eq!(greeting, b"hi there from app in /home/app\n");
 
     // A second QEMU build is fully cached: no VM boots.
     let again = kiln(
