@@ -70,6 +70,33 @@ fn base_ls(store: &Path, dir: &Path) -> serde_json::Value {
     serde_json::from_str(&ls.stdout).unwrap()
 }
 
+/// `kiln base import NAME IMAGE --user tester --key KEY --timeout SECS`.
+fn import_as_tester(
+    store: &Path,
+    dir: &Path,
+    name: &str,
+    image: &Path,
+    key: &Path,
+    secs: &str,
+) -> Run {
+    kiln(
+        store,
+        dir,
+        &[
+            "base",
+            "import",
+            name,
+            image.to_str().unwrap(),
+            "--user",
+            "tester",
+            "--key",
+            key.to_str().unwrap(),
+            "--timeout",
+            secs,
+        ],
+    )
+}
+
 #[test]
 fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
     let (image, key) = ssh_image();
@@ -77,23 +104,7 @@ fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
     let dir = test_dir("vm-bases-import");
     let name = format!("imported-{}", &nonce()[..8]);
     let started = Instant::now();
-    let import = kiln(
-        &store,
-        &dir,
-        &[
-            "base",
-            "import",
-            &name,
-            image.to_str().unwrap(),
-            "--user",
-            "tester",
-            "--key",
-            key.to_str().unwrap(),
-            "--timeout",
-            "300",
-        ],
-    )
-    .ok();
+    let import = import_as_tester(&store, &dir, &name, &image, &key, "300").ok();
     eprintln!(
         "import: {:.0} s\n{}",
         started.elapsed().as_secs_f64(),
@@ -167,22 +178,7 @@ fn an_image_that_never_answers_on_ssh_fails_within_its_timeout_with_console_line
     keygen(&stranger);
     let name = format!("silent-{}", &nonce()[..8]);
     let started = Instant::now();
-    let run = kiln(
-        &store,
-        &dir,
-        &[
-            "base",
-            "import",
-            &name,
-            image.to_str().unwrap(),
-            "--user",
-            "tester",
-            "--key",
-            stranger.to_str().unwrap(),
-            "--timeout",
-            "45",
-        ],
-    );
+    let run = import_as_tester(&store, &dir, &name, &image, &stranger, "45");
     let took = started.elapsed();
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(took < Duration::from_secs(45 + 40), "took {took:?}");
