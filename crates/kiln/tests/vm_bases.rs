@@ -153,6 +153,38 @@ fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
     let again = build(&store, &dir, &spec, &[]).ok();
     assert_eq!(again.got(), built.got());
 
+    // copy over SSH is byte-exact; a secret reaches the step and no layer.
+    let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(dir.join("payload.bin"), &payload).unwrap();
+    let secret = format!("ssh-secret-{n}");
+    fs::write(dir.join("tok"), &secret).unwrap();
+    let secret_spec = format!(
+        "((from vm:{name})\n (copy (src payload.bin) (dst /opt/))\n (run (secrets (tok (target /run/secrets/tok))) (shell \"sha256sum < /opt/payload.bin > /opt/payload.sha && sha256sum < /run/secrets/tok > /opt/tok.sha\")))\n"
+    );
+    fs::write(dir.join("secret.spec"), &secret_spec).unwrap();
+    let copied = kiln(
+        &store,
+        &dir,
+        &["build", "--secret", "tok:tok", "-f", "secret.spec", "."],
+    )
+    .ok();
+    let tar = export_tar(&store, &dir, &copied.got());
+    assert_eq!(tar_read(&tar, "opt/payload.bin").unwrap(), payload);
+    let want = |bytes: &[u8]| format!("{}  -\n", hex_sha256(bytes));
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "opt/payload.sha").unwrap()).unwrap(),
+        want(&payload)
+    );
+    assert_eq!(
+        String::from_utf8(tar_read(&tar, "opt/tok.sha").unwrap()).unwrap(),
+        want(secret.as_bytes())
+    );
+    let layer = store.join("result").join(copied.got());
+    assert!(
+        tree_contains(&layer, secret.as_bytes()).is_none(),
+        "the secret is in the layer"
+    );
+
     kiln(&store, &dir, &["base", "rm", &name]).ok();
     assert!(!base_ls(&store, &dir)
         .as_array()
