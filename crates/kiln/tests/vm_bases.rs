@@ -104,7 +104,7 @@ fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
     let dir = test_dir("vm-bases-import");
     let name = format!("imported-{}", &nonce()[..8]);
     let started = Instant::now();
-    let import = import_as_tester(&store, &dir, &name, &image, &key, "300").ok();
+    let import = import_as_tester(&store, &dir, &name, image, key, "300").ok();
     eprintln!(
         "import: {:.0} s\n{}",
         started.elapsed().as_secs_f64(),
@@ -210,7 +210,7 @@ fn an_image_that_never_answers_on_ssh_fails_within_its_timeout_with_console_line
     keygen(&stranger);
     let name = format!("silent-{}", &nonce()[..8]);
     let started = Instant::now();
-    let run = import_as_tester(&store, &dir, &name, &image, &stranger, "45");
+    let run = import_as_tester(&store, &dir, &name, image, &stranger, "45");
     let took = started.elapsed();
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(took < Duration::from_secs(45 + 40), "took {took:?}");
