@@ -99,10 +99,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn hash(&mut self) -> Result<Hash, FormatError> {
         Ok(self.take(32)?.try_into().unwrap_or_default())
@@ -206,8 +210,13 @@ impl Header {
             return Err(corrupt("header", "index inside the header"));
         }
         let min_index = header.chunk_count as u64 * (INDEX_ENTRY_FIXED_LEN + RANGE_LEN) as u64;
-        if header.index_len < min_index || header.index_offset.checked_add(header.index_len).is_none() {
-            return Err(corrupt("header", format!("index length {}", header.index_len)));
+        if header.index_len < min_index
+            || header.index_offset.checked_add(header.index_len).is_none()
+        {
+            return Err(corrupt(
+                "header",
+                format!("index length {}", header.index_len),
+            ));
         }
         Ok(header)
     }
@@ -253,7 +262,10 @@ fn parse_ranges(
 ) -> Result<Vec<DiskRange>, FormatError> {
     let what = r.what;
     if count == 0 || count > data_len {
-        return Err(corrupt(what, format!("{count} ranges for {data_len} bytes")));
+        return Err(corrupt(
+            what,
+            format!("{count} ranges for {data_len} bytes"),
+        ));
     }
     // Bounded by the bytes present, whatever `count` claims.
     let mut ranges = Vec::with_capacity((count as usize).min(r.buf.len() / RANGE_LEN));
@@ -347,7 +359,10 @@ impl Meta {
             }
             let ranges = parse_ranges(&mut r, range_count, header.disk_size, data_len)?;
             if ranges[0].offset < prev_end {
-                return Err(corrupt("index", format!("chunk {i} overlaps the one before")));
+                return Err(corrupt(
+                    "index",
+                    format!("chunk {i} overlaps the one before"),
+                ));
             }
             prev_end = ranges[ranges.len() - 1].end();
             expect_offset += record_len as u64;
@@ -367,7 +382,10 @@ impl Meta {
         }
         let total = total_hash(header, index.iter().map(|e| &e.hash));
         if total != header.total_hash {
-            return Err(corrupt("header", "total hash does not match the chunk hashes"));
+            return Err(corrupt(
+                "header",
+                "total hash does not match the chunk hashes",
+            ));
         }
         Ok(Meta {
             header: header.clone(),
@@ -636,7 +654,10 @@ mod tests {
     #[test]
     fn foreign_truncated_and_corrupt_files_are_refused() {
         let (file, meta) = sample();
-        assert_eq!(meta_of(b"PK\x03\x04 zip file.........").unwrap_err(), FormatError::Foreign);
+        assert_eq!(
+            meta_of(b"PK\x03\x04 zip file.........").unwrap_err(),
+            FormatError::Foreign
+        );
         assert!(matches!(
             meta_of(&file[..60]).unwrap_err(),
             FormatError::Truncated { .. }
@@ -651,7 +672,10 @@ mod tests {
         let mut bad = file.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1; // a chunk hash in the index
-        assert!(matches!(meta_of(&bad).unwrap_err(), FormatError::Corrupt { .. }));
+        assert!(matches!(
+            meta_of(&bad).unwrap_err(),
+            FormatError::Corrupt { .. }
+        ));
         let mut v2 = file.clone();
         v2[8] = 2;
         assert_eq!(meta_of(&v2).unwrap_err(), FormatError::Version(2));

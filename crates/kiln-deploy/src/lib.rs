@@ -7,3 +7,7 @@
 //! what a loader writes to, and [`net`] runs the protocol over UDP multicast.
 
 pub mod format;
+pub mod pack;
+pub mod scan;
+pub mod target;
+pub mod unpack;
