@@ -11,3 +11,4 @@ pub mod pack;
 pub mod scan;
 pub mod target;
 pub mod unpack;
+pub mod protocol;
