@@ -7,8 +7,11 @@
 //! what a loader writes to, and [`net`] runs the protocol over UDP multicast.
 
 pub mod format;
+pub mod http;
+pub mod net;
+pub mod nodes;
 pub mod pack;
+pub mod protocol;
 pub mod scan;
 pub mod target;
 pub mod unpack;
-pub mod protocol;

@@ -282,7 +282,9 @@ impl Frags {
         self.0[(i / 64) as usize] |= 1 << (i % 64);
     }
     fn get(&self, i: u32) -> bool {
-        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     fn count(&self) -> u32 {
         self.0.iter().map(|w| w.count_ones()).sum()
@@ -430,11 +432,7 @@ impl Sender {
     /// Handles a packet from a receiver.
     pub fn on_packet(&mut self, now: Duration, bytes: &[u8]) {
         match Packet::parse(bytes) {
-            Some(Packet::Request {
-                session,
-                wants,
-                ..
-            }) if session == self.session => {
+            Some(Packet::Request { session, wants, .. }) if session == self.session => {
                 self.last_request = now;
                 self.stats.requests += 1;
                 for want in wants {

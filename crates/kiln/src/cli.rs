@@ -68,6 +68,9 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
     Test(TestArgs),
+    /// Pack disks into chunked .kzi images and load them onto many machines at once by
+    /// multicast (`pack`, `unpack`, `serve`, `load`, or a nodes.toml file).
+    Deploy(crate::cmd_deploy::DeployArgs),
 }
 
 #[derive(Debug, Args)]

@@ -89,7 +89,14 @@ fn simulate(img: &Image, nodes: &mut [Node], net: &mut Net, limit: Duration) -> 
     };
     let session = session_of(&img.meta.header.uuid);
     let meta_hash = *blake3::hash(&img.blob).as_bytes();
-    let mut tx = Sender::new(session, img.blob.len() as u32, meta_hash, lens, cfg, Duration::ZERO);
+    let mut tx = Sender::new(
+        session,
+        img.blob.len() as u32,
+        meta_hash,
+        lens,
+        cfg,
+        Duration::ZERO,
+    );
     let step = Duration::from_millis(1);
     let mut now = Duration::ZERO;
     let mut credit = 0f64;
@@ -207,7 +214,11 @@ fn nodes(n: usize, chunks: usize) -> Vec<Node> {
 
 fn assert_complete(img: &Image, nodes: &[Node]) {
     for (i, node) in nodes.iter().enumerate() {
-        assert!(node.complete, "node {i} incomplete: {:?}", node.rx.progress());
+        assert!(
+            node.complete,
+            "node {i} incomplete: {:?}",
+            node.rx.progress()
+        );
         assert_eq!(node.bad_writes, 0, "node {i} wrote a bad chunk");
         let held = node.disk.len() + node.present.iter().filter(|&&p| p).count();
         assert_eq!(held, img.records.len(), "node {i}");
@@ -386,17 +397,30 @@ fn sender_merges_duplicate_requests() {
         sent.push((object, frag));
         if sent.len() == 1 {
             // A repair for object 1 arriving mid-send joins it; nothing is sent twice.
-            for p in encode_requests(1, 9, &[Want {
-                object: 1,
-                frags: Some(vec![0b1000]),
-            }]) {
+            for p in encode_requests(
+                1,
+                9,
+                &[Want {
+                    object: 1,
+                    frags: Some(vec![0b1000]),
+                }],
+            ) {
                 tx.on_packet(now, &p);
             }
         }
     }
     assert_eq!(
         sent,
-        vec![(1, 0), (1, 1), (1, 2), (1, 3), (0, 0), (0, 1), (0, 2), (0, 3)]
+        vec![
+            (1, 0),
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (0, 3)
+        ]
     );
     assert!(!tx.finished(now));
     assert!(tx.finished(now + Duration::from_secs(1)));
