@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
 # Build: libc6-dev, the static C library kiln-init (the boot initramfs' /init) is linked with.
 # Deploy: iproute2 (netns, veth, bridge, tc netem) for its tests; udpcast, zstd and gnuplot-nox for
-# bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot).
+# bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot); openssl
+# (fast SHA-256 of the loaded disks in the tests).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod udpcast zstd gnuplot-nox)
+          kmod udpcast zstd gnuplot-nox openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

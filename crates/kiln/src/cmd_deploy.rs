@@ -123,6 +123,9 @@ pub struct LoadArgs {
     /// Chunks asked for at once.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// At the end, read every chunk back from the target and check its hash again.
+    #[arg(long)]
+    pub readback: bool,
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -330,7 +333,9 @@ fn load_cmd(a: LoadArgs) -> Result<ExitCode> {
     let progress = Progress::new("chunks");
     let report = match &a.http {
         Some(url) => {
-            kiln_deploy::http::load(url, &a.target, a.zero_rest, &|d, t| progress.update(d, t))?
+            kiln_deploy::http::load(url, &a.target, a.zero_rest, a.readback, &|d, t| {
+                progress.update(d, t)
+            })?
         }
         None => {
             let opts = net::LoadOptions {
@@ -340,6 +345,7 @@ fn load_cmd(a: LoadArgs) -> Result<ExitCode> {
                 zero_rest: a.zero_rest,
                 timeout: Duration::from_secs_f64(a.timeout),
                 window: a.window.max(1),
+                readback: a.readback,
             };
             net::load(&opts, &|d, t| progress.update(d, t))?
         }
