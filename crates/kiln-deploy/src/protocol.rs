@@ -402,8 +402,8 @@ impl Sender {
     pub fn queued_bytes(&self) -> u64 {
         let pending: u64 = self
             .pending
-            .iter()
-            .map(|(_, f)| f.count() as u64 * FRAG as u64)
+            .values()
+            .map(|f| f.count() as u64 * FRAG as u64)
             .sum();
         let current = self
             .current

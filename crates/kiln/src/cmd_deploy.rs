@@ -332,11 +332,9 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
 fn load_cmd(a: LoadArgs) -> Result<ExitCode> {
     let progress = Progress::new("chunks");
     let report = match &a.http {
-        Some(url) => {
-            kiln_deploy::http::load(url, &a.target, a.zero_rest, a.readback, &|d, t| {
-                progress.update(d, t)
-            })?
-        }
+        Some(url) => kiln_deploy::http::load(url, &a.target, a.zero_rest, a.readback, &|d, t| {
+            progress.update(d, t)
+        })?,
         None => {
             let opts = net::LoadOptions {
                 group: a.group,

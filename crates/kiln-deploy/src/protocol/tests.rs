@@ -68,7 +68,7 @@ struct Net {
     corrupt: Option<u32>,
 }
 
-fn payload<'a>(img: &'a Image, object: u32, frag: u16) -> (&'a [u8], u32) {
+fn payload(img: &Image, object: u32, frag: u16) -> (&[u8], u32) {
     let obj: &[u8] = if object == META_OBJECT {
         &img.blob
     } else {
@@ -139,7 +139,7 @@ fn simulate(img: &Image, nodes: &mut [Node], net: &mut Net, limit: Duration) -> 
         if credit > 0.0 {
             credit = 0.0; // No bursts after idle time.
         }
-        if now.as_millis() % 5 == 0 {
+        if now.as_millis().is_multiple_of(5) {
             for node in nodes.iter_mut() {
                 if now < node.joins_at || node.complete {
                     continue;
