@@ -5,7 +5,8 @@
 #   2. throughput (disk bytes delivered per second) kiln / udpcast, N=8,
 #      without loss and with 5 % loss on every receiver link (tc netem)      goal ≥ 1.0×
 #      udpcast sends the raw disk, as it is used; a second row pipes it a
-#      zstd stream (--pipe), the fairest udpcast can be
+#      zstd stream (--pipe), the fairest udpcast can be. Targets are sparse
+#      files in RAM for both (udp-receiver | dd conv=sparse).
 #   3. pack ratio: .kzi size vs `zstd -3` of the whole raw disk              goal ≤ 1.0×
 # Draws the scaling as bench/out/deploy-scaling.png (gnuplot).
 # The disk: 1 GiB, 45 % holes, data about 4× compressible (like a root filesystem).
@@ -19,7 +20,8 @@ fi
 RATE=${RATE:-800m}
 out=$PWD/bench/out
 mkdir -p "$out"
-work=$(mktemp -d /var/tmp/kiln-deploy-bench.XXXXXX)
+# In RAM (tmpfs keeps holes): the host's disk is shared and would measure its other users.
+work=$(mktemp -d /dev/shm/kiln-deploy-bench.XXXXXX)
 P=kzb$$
 N_MAX=8
 cleanup() {
@@ -123,12 +125,13 @@ udpcast_round() {
   if [[ $mode == zstd ]]; then src=$work/disk.raw.zst; pipe=(--pipe "zstd -dc"); fi
   t0=$(now)
   local pids=()
+  # dd conv=sparse keeps the zeros out of RAM, as kiln's targets do.
   for i in $(seq 1 "$n"); do
-    ip netns exec "${P}r$i" udp-receiver --interface eth0 --portbase 9100 --nokbd \
-      --file "$work/u$i.raw" "${pipe[@]}" >/dev/null 2>&1 &
+    ip netns exec "${P}r$i" bash -c 'udp-receiver --interface eth0 --portbase 9100 --nokbd "${@:2}" \
+      2>/dev/null | dd of="$1" bs=1M iflag=fullblock conv=sparse status=none' _ "$work/u$i.raw" "${pipe[@]}" &
     pids+=($!)
   done
-  ip netns exec "$s" udp-sender --interface br0 --portbase 9100 --nokbd --file "$src" \
+  ip netns exec "$s" timeout 900 udp-sender --interface br0 --portbase 9100 --nokbd --file "$src" \
     --min-receivers "$n" --max-bitrate "$RATE" --max-wait 30 >/dev/null 2>&1
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(now)

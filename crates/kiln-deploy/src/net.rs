@@ -172,7 +172,7 @@ pub fn serve(kzi: &Kzi, opts: &ServeOptions, ready: &dyn Fn(SocketAddr)) -> Resu
             let Some(send) = sender.poll(now) else { break };
             let packet = match send {
                 Send::Hello => sender.hello(),
-                Send::Data { object, frag } => {
+                Send::Data { object, frag, seq } => {
                     let object_bytes: &[u8] = if object == META_OBJECT {
                         &meta_blob
                     } else {
@@ -188,6 +188,7 @@ pub fn serve(kzi: &Kzi, opts: &ServeOptions, ready: &dyn Fn(SocketAddr)) -> Resu
                         object,
                         object_len: object_bytes.len() as u32,
                         frag,
+                        seq,
                         payload,
                     }
                     .encode();

@@ -74,11 +74,15 @@ pub enum Packet<'a> {
         object: u32,
         object_len: u32,
         frag: u16,
+        /// The sender's packet counter: gaps tell a receiver its loss rate.
+        seq: u32,
         payload: &'a [u8],
     },
     Request {
         session: u64,
         receiver: u32,
+        /// The receiver's recent loss, in thousandths.
+        loss: u16,
         wants: Vec<Want>,
     },
     Done {
@@ -120,20 +124,23 @@ impl Packet<'_> {
                 object,
                 object_len,
                 frag,
+                seq,
                 payload,
             } => {
                 let mut p = head(KIND_DATA, *session);
                 p.extend_from_slice(&object.to_le_bytes());
                 p.extend_from_slice(&object_len.to_le_bytes());
                 p.extend_from_slice(&frag.to_le_bytes());
+                p.extend_from_slice(&seq.to_le_bytes());
                 p.extend_from_slice(payload);
                 p
             }
             Packet::Request {
                 session,
                 receiver,
+                loss,
                 wants,
-            } => encode_requests(*session, *receiver, wants).swap_remove(0),
+            } => encode_requests(*session, *receiver, *loss, wants).swap_remove(0),
             Packet::Done { session, receiver } => {
                 let mut p = head(KIND_DONE, *session);
                 p.extend_from_slice(&receiver.to_le_bytes());
@@ -163,7 +170,8 @@ impl Packet<'_> {
                 let object = u32_at(0)?;
                 let object_len = u32_at(4)?;
                 let frag = u16::from_le_bytes(body.get(8..10)?.try_into().ok()?);
-                let payload = &body[10..];
+                let seq = u32_at(10)?;
+                let payload = &body[14..];
                 // The payload must be exactly this fragment's share of the object.
                 let start = frag as usize * FRAG;
                 let want = (object_len as usize).checked_sub(start)?.min(FRAG);
@@ -172,13 +180,15 @@ impl Packet<'_> {
                     object,
                     object_len,
                     frag,
+                    seq,
                     payload,
                 })
             }
             KIND_REQUEST => {
                 let receiver = u32_at(0)?;
-                let n = u16::from_le_bytes(body.get(4..6)?.try_into().ok()?);
-                let mut at = 6;
+                let loss = u16::from_le_bytes(body.get(4..6)?.try_into().ok()?);
+                let n = u16::from_le_bytes(body.get(6..8)?.try_into().ok()?);
+                let mut at = 8;
                 let mut wants = Vec::with_capacity(n.min(256) as usize);
                 for _ in 0..n {
                     let object = u32_at(at)?;
@@ -199,6 +209,7 @@ impl Packet<'_> {
                 Some(Packet::Request {
                     session,
                     receiver,
+                    loss,
                     wants,
                 })
             }
@@ -212,11 +223,12 @@ impl Packet<'_> {
 }
 
 /// Request packets asking for `wants`, as many as needed to fit each in a frame.
-pub fn encode_requests(session: u64, receiver: u32, wants: &[Want]) -> Vec<Vec<u8>> {
+pub fn encode_requests(session: u64, receiver: u32, loss: u16, wants: &[Want]) -> Vec<Vec<u8>> {
     let mut packets = Vec::new();
     let start = || {
         let mut p = head(KIND_REQUEST, session);
         p.extend_from_slice(&receiver.to_le_bytes());
+        p.extend_from_slice(&loss.to_le_bytes());
         p.extend_from_slice(&0u16.to_le_bytes());
         (p, 0u16)
     };
@@ -224,7 +236,7 @@ pub fn encode_requests(session: u64, receiver: u32, wants: &[Want]) -> Vec<Vec<u
     for want in wants {
         let size = 5 + want.frags.as_ref().map_or(0, |b| 2 + b.len());
         if n > 0 && p.len() + size > MAX_PACKET {
-            p[HEAD + 4..HEAD + 6].copy_from_slice(&n.to_le_bytes());
+            p[HEAD + 6..HEAD + 8].copy_from_slice(&n.to_le_bytes());
             packets.push(std::mem::replace(&mut p, start().0));
             n = 0;
         }
@@ -239,7 +251,7 @@ pub fn encode_requests(session: u64, receiver: u32, wants: &[Want]) -> Vec<Vec<u
         }
         n += 1;
     }
-    p[HEAD + 4..HEAD + 6].copy_from_slice(&n.to_le_bytes());
+    p[HEAD + 6..HEAD + 8].copy_from_slice(&n.to_le_bytes());
     packets.push(p);
     packets
 }
@@ -300,6 +312,11 @@ impl Frags {
     }
 }
 
+/// Reported loss above which the sender slows down.
+const LOSS_HIGH: f64 = 0.15;
+/// Reported loss below which it speeds up again.
+const LOSS_LOW: f64 = 0.08;
+
 /// How the sender paces itself and when it stops.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
@@ -317,8 +334,8 @@ pub struct SenderConfig {
 pub enum Send {
     /// Multicast [`Sender::hello`].
     Hello,
-    /// Multicast fragment `frag` of `object`.
-    Data { object: u32, frag: u16 },
+    /// Multicast fragment `frag` of `object` as packet number `seq`.
+    Data { object: u32, frag: u16, seq: u32 },
 }
 
 /// Counters for reports.
@@ -346,9 +363,11 @@ pub struct Sender {
     last_request: Duration,
     last_hello: Option<Duration>,
     rate: f64,
+    /// The worst loss a receiver reported since the last rate adjustment.
     loss: f64,
     loss_samples: u32,
     last_adjust: Duration,
+    seq: u32,
     done: std::collections::HashSet<u32>,
     pub stats: SenderStats,
 }
@@ -379,6 +398,7 @@ impl Sender {
             rate,
             loss: 0.0,
             loss_samples: 0,
+            seq: 0,
             last_adjust: now,
             done: Default::default(),
             stats: SenderStats::default(),
@@ -432,9 +452,16 @@ impl Sender {
     /// Handles a packet from a receiver.
     pub fn on_packet(&mut self, now: Duration, bytes: &[u8]) {
         match Packet::parse(bytes) {
-            Some(Packet::Request { session, wants, .. }) if session == self.session => {
+            Some(Packet::Request {
+                session,
+                loss,
+                wants,
+                ..
+            }) if session == self.session => {
                 self.last_request = now;
                 self.stats.requests += 1;
+                self.loss = self.loss.max(loss as f64 / 1000.0);
+                self.loss_samples += 1;
                 for want in wants {
                     self.want(want);
                 }
@@ -456,13 +483,7 @@ impl Sender {
         let n = frag_count(len);
         let frags = match &want.frags {
             None => Frags::all(n),
-            Some(bits) => {
-                let f = Frags::from_bitmap(bits, n);
-                // Loss report: the share of the object this receiver missed.
-                self.loss = 0.7 * self.loss + 0.3 * (f.count() as f64 / n as f64);
-                self.loss_samples += 1;
-                f
-            }
+            Some(bits) => Frags::from_bitmap(bits, n),
         };
         if frags.count() == 0 {
             return;
@@ -521,9 +542,11 @@ impl Sender {
                     *next = frag + 1;
                     self.stats.data_packets += 1;
                     self.stats.data_bytes += (len - frag as usize * FRAG).min(FRAG) as u64;
+                    self.seq = self.seq.wrapping_add(1);
                     return Some(Send::Data {
                         object: *object,
                         frag: frag as u16,
+                        seq: self.seq,
                     });
                 }
                 self.current = None;
@@ -535,22 +558,21 @@ impl Sender {
         }
     }
 
-    /// Multiplicative decrease when receivers report much loss, additive increase when
-    /// they report little; checked ten times a second.
+    /// Ten times a second: multiplicative decrease when the worst receiver reports heavy
+    /// loss (more than a lossy link's own: it is drowning), additive increase when all
+    /// report little or nothing.
     fn adjust_rate(&mut self, now: Duration) {
         if now < self.last_adjust + Duration::from_millis(100) {
             return;
         }
         self.last_adjust = now;
         let max = self.cfg.max_rate as f64;
-        if self.loss_samples > 0 && self.loss > 0.25 {
-            self.rate = (self.rate * 0.7).max(self.cfg.min_rate as f64);
-        } else if self.loss < 0.12 {
+        if self.loss_samples > 0 && self.loss > LOSS_HIGH {
+            self.rate = (self.rate * 0.75).max(self.cfg.min_rate as f64);
+        } else if self.loss < LOSS_LOW {
             self.rate = (self.rate + max / 20.0).min(max);
         }
-        if self.loss_samples == 0 {
-            self.loss *= 0.5;
-        }
+        self.loss = 0.0;
         self.loss_samples = 0;
     }
 
@@ -683,6 +705,11 @@ pub struct Receiver {
     order_at: usize,
     remaining: usize,
     seq: u64,
+    /// Loss measured from the gaps in the sender's packet numbers.
+    last_data_seq: Option<u32>,
+    seen: u64,
+    expected: u64,
+    loss: f64,
     pub stats: ReceiverStats,
 }
 
@@ -707,6 +734,10 @@ impl Receiver {
             order_at: 0,
             remaining: 0,
             seq: 0,
+            last_data_seq: None,
+            seen: 0,
+            expected: 0,
+            loss: 0.0,
             stats: ReceiverStats::default(),
         }
     }
@@ -779,9 +810,11 @@ impl Receiver {
                 object,
                 object_len,
                 frag,
+                seq,
                 payload,
             }) if self.session() == Some(session) => {
                 self.seq += 1;
+                self.count_loss(seq);
                 self.stats.data_packets += 1;
                 if object == META_OBJECT {
                     self.on_meta_data(now, object_len, frag, payload)
@@ -790,6 +823,25 @@ impl Receiver {
                 }
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Updates the loss estimate from the sender's packet number `seq`.
+    fn count_loss(&mut self, seq: u32) {
+        let gap = self.last_data_seq.map(|last| seq.wrapping_sub(last));
+        self.last_data_seq = Some(seq);
+        match gap {
+            // Reordered, repeated, or the sender restarted: start counting again.
+            Some(g) if g == 0 || g > 1 << 20 => return,
+            Some(g) => self.expected += g as u64,
+            None => return,
+        }
+        self.seen += 1;
+        if self.expected >= 256 {
+            let sample = 1.0 - self.seen as f64 / self.expected as f64;
+            self.loss = 0.5 * self.loss + 0.5 * sample.max(0.0);
+            self.seen = 0;
+            self.expected = 0;
         }
     }
 
@@ -997,7 +1049,8 @@ impl Receiver {
         if wants.is_empty() {
             return Vec::new();
         }
-        let packets = encode_requests(session, self.id, &wants);
+        let loss = (self.loss * 1000.0).round().min(1000.0) as u16;
+        let packets = encode_requests(session, self.id, loss, &wants);
         self.stats.request_packets += packets.len() as u64;
         packets.into_iter().map(Event::Send).collect()
     }

@@ -109,7 +109,7 @@ fn simulate(img: &Image, nodes: &mut [Node], net: &mut Net, limit: Duration) -> 
             let Some(send) = tx.poll(now) else { break };
             let packet = match send {
                 Send::Hello => tx.hello(),
-                Send::Data { object, frag } => {
+                Send::Data { object, frag, seq } => {
                     let (bytes, len) = payload(img, object, frag);
                     credit -= bytes.len() as f64;
                     let mut p = Packet::Data {
@@ -117,6 +117,7 @@ fn simulate(img: &Image, nodes: &mut [Node], net: &mut Net, limit: Duration) -> 
                         object,
                         object_len: len,
                         frag,
+                        seq,
                         payload: bytes,
                     }
                     .encode();
@@ -233,7 +234,7 @@ fn packets_round_trip_and_fit_a_frame() {
             frags: (i % 2 == 0).then(|| vec![0xAA; 94]),
         })
         .collect();
-    let packets = encode_requests(9, 3, &wants);
+    let packets = encode_requests(9, 3, 42, &wants);
     assert!(packets.len() > 1);
     let mut back = Vec::new();
     for p in &packets {
@@ -242,6 +243,7 @@ fn packets_round_trip_and_fit_a_frame() {
             Some(Packet::Request {
                 session: 9,
                 receiver: 3,
+                loss: 42,
                 wants,
             }) => back.extend(wants),
             other => panic!("{other:?}"),
@@ -253,6 +255,7 @@ fn packets_round_trip_and_fit_a_frame() {
         object: 2,
         object_len: 3000,
         frag: 2,
+        seq: 9,
         payload: &[7; 200],
     };
     assert_eq!(Packet::parse(&data.encode()), Some(data.clone()));
@@ -261,6 +264,7 @@ fn packets_round_trip_and_fit_a_frame() {
         object: 2,
         object_len: 3000,
         frag: 0,
+        seq: 10,
         payload: &[7; FRAG],
     }
     .encode();
@@ -388,18 +392,19 @@ fn sender_merges_duplicate_requests() {
         frags: None,
     };
     for r in 0..5 {
-        for p in encode_requests(1, r, &[whole(1), whole(0), whole(1)]) {
+        for p in encode_requests(1, r, 0, &[whole(1), whole(0), whole(1)]) {
             tx.on_packet(now, &p);
         }
     }
     let mut sent = Vec::new();
-    while let Some(Send::Data { object, frag }) = tx.poll(now) {
+    while let Some(Send::Data { object, frag, .. }) = tx.poll(now) {
         sent.push((object, frag));
         if sent.len() == 1 {
             // A repair for object 1 arriving mid-send joins it; nothing is sent twice.
             for p in encode_requests(
                 1,
                 9,
+                0,
                 &[Want {
                     object: 1,
                     frags: Some(vec![0b1000]),
@@ -438,4 +443,80 @@ fn malformed_packets_are_ignored() {
         let _ = Packet::parse(&p);
         let _ = rx.on_packet(Duration::ZERO, &p);
     }
+}
+
+#[test]
+fn sender_backs_off_on_heavy_loss_and_recovers() {
+    let cfg = SenderConfig {
+        max_rate: 100_000_000,
+        min_rate: 1_000_000,
+        hello_interval: Duration::from_secs(100),
+        idle_timeout: Duration::from_secs(100),
+    };
+    let mut tx = Sender::new(1, 100, [0; 32], vec![5000; 4], cfg, Duration::ZERO);
+    let mut now = Duration::ZERO;
+    let report = |tx: &mut Sender, now, loss| {
+        for p in encode_requests(
+            1,
+            1,
+            loss,
+            &[Want {
+                object: 0,
+                frags: None,
+            }],
+        ) {
+            tx.on_packet(now, &p);
+        }
+    };
+    // A lossy link's own 5 % does not slow it down.
+    for _ in 0..10 {
+        now += Duration::from_millis(101);
+        report(&mut tx, now, 50);
+        tx.poll(now);
+    }
+    assert_eq!(tx.rate(), 100_000_000);
+    // A receiver missing 40 % does.
+    for _ in 0..10 {
+        now += Duration::from_millis(101);
+        report(&mut tx, now, 400);
+        tx.poll(now);
+    }
+    let slowed = tx.rate();
+    assert!(slowed < 10_000_000, "{slowed}");
+    // Quiet again: it climbs back to the cap.
+    for _ in 0..30 {
+        now += Duration::from_millis(101);
+        tx.poll(now);
+    }
+    assert_eq!(tx.rate(), 100_000_000);
+}
+
+#[test]
+fn receiver_measures_loss_from_sequence_gaps() {
+    let img = image(4, 32 << 10, 11);
+    let mut rx = Receiver::new(1, 1, ReceiverConfig::default());
+    let session = session_of(&img.meta.header.uuid);
+    let hello = Packet::Hello {
+        session,
+        meta_len: img.blob.len() as u32,
+        meta_hash: *blake3::hash(&img.blob).as_bytes(),
+        queued: 0,
+        rate: 1,
+    }
+    .encode();
+    rx.on_packet(Duration::ZERO, &hello);
+    // Every fifth packet lost.
+    for seq in (1..3000u32).filter(|s| s % 5 != 0) {
+        let p = Packet::Data {
+            session,
+            object: 99,
+            object_len: 10,
+            frag: 0,
+            seq,
+            payload: &[0; 10],
+        }
+        .encode();
+        rx.on_packet(Duration::ZERO, &p);
+    }
+    assert!((rx.loss - 0.2).abs() < 0.03, "{}", rx.loss);
 }
