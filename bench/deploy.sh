@@ -81,7 +81,24 @@ for i in $(seq 1 $N_MAX); do
   ip -n "$r" link set eth0 up
   ip -n "$r" route add 224.0.0.0/4 dev eth0
 done
+# Loss on every receiver link: tc netem, or where the kernel has no sch_netem, iptables'
+# statistic match dropping the same share of what each end receives.
+if ip netns exec "$s" tc qdisc replace dev p1 root netem loss 1% 2>/dev/null; then
+  ip netns exec "$s" tc qdisc del dev p1 root
+  loss_tool=netem
+else
+  loss_tool=iptables
+fi
 set_loss() {
+  local ns
+  for ns in "$s" $(seq -f "${P}r%g" 1 $N_MAX); do
+    if [[ $loss_tool == iptables ]]; then
+      ip netns exec "$ns" iptables -F INPUT
+      [[ $1 == 0 ]] || ip netns exec "$ns" iptables -A INPUT -m statistic --mode random \
+        --probability "$(echo "$1 / 100" | bc -l)" -j DROP
+    fi
+  done
+  [[ $loss_tool == netem ]] || return 0
   for i in $(seq 1 $N_MAX); do
     if [[ $1 == 0 ]]; then
       ip netns exec "$s" tc qdisc del dev "p$i" root 2>/dev/null || true
@@ -164,8 +181,8 @@ row "udpcast raw N=1 / N=8 (s)" "" "$(f2 "$u1") / $(f2 "$u8")" ""
 # Throughput = disk bytes delivered per second: the ratio is the inverse of the times.
 row "throughput kiln/udpcast raw, N=8 (goal >= 1.0x)" "$(f2 "${kt[8]}")" "$(f2 "$u8")" "$(ratio "$u8" "${kt[8]}")"
 row "throughput kiln/udpcast zstd pipe, N=8" "$(f2 "${kt[8]}")" "$(f2 "$z8")" "$(ratio "$z8" "${kt[8]}")"
-row "  with 5% loss: kiln/udpcast raw" "$(f2 "$kl")" "$(f2 "$ul")" "$(ratio "$ul" "$kl")"
-row "  with 5% loss: kiln/udpcast zstd pipe" "$(f2 "$kl")" "$(f2 "$zl")" "$(ratio "$zl" "$kl")"
+row "  with 5% loss ($loss_tool): kiln/udpcast raw" "$(f2 "$kl")" "$(f2 "$ul")" "$(ratio "$ul" "$kl")"
+row "  with 5% loss ($loss_tool): kiln/udpcast zstd pipe" "$(f2 "$kl")" "$(f2 "$zl")" "$(ratio "$zl" "$kl")"
 row "pack size: .kzi vs zstd -3 of the raw (MiB)" "$((kzi_bytes >> 20))" "$((zst_bytes >> 20))" "$(ratio "$kzi_bytes" "$zst_bytes")"
 row "pack ratio (disk / file)" "$(ratio "$disk_bytes" "$kzi_bytes")" "$(ratio "$disk_bytes" "$zst_bytes")" ""
 
