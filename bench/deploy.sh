@@ -68,7 +68,7 @@ s=${P}s
 ip netns add "$s"
 ip -n "$s" link set lo up
 ip -n "$s" link add br0 type bridge
-ip -n "$s" addr add 10.98.0.1/24 dev br0
+ip -n "$s" addr add 10.98.0.1/24 brd + dev br0
 ip -n "$s" link set br0 up
 ip -n "$s" route add 224.0.0.0/4 dev br0
 for i in $(seq 1 $N_MAX); do
@@ -77,7 +77,7 @@ for i in $(seq 1 $N_MAX); do
   ip -n "$r" link set lo up
   ip link add "p$i" netns "$s" type veth peer name eth0 netns "$r"
   ip -n "$s" link set "p$i" master br0 up
-  ip -n "$r" addr add "10.98.0.$((i + 1))/24" dev eth0
+  ip -n "$r" addr add "10.98.0.$((i + 1))/24" brd + dev eth0
   ip -n "$r" link set eth0 up
   ip -n "$r" route add 224.0.0.0/4 dev eth0
 done
@@ -144,7 +144,7 @@ udpcast_round() {
   local pids=()
   # dd conv=sparse keeps the zeros out of RAM, as kiln's targets do.
   for i in $(seq 1 "$n"); do
-    ip netns exec "${P}r$i" bash -c 'udp-receiver --interface eth0 --portbase 9100 --nokbd "${@:2}" \
+    ip netns exec "${P}r$i" bash -c 'timeout 900 udp-receiver --interface eth0 --portbase 9100 --nokbd "${@:2}" \
       2>/dev/null | dd of="$1" bs=1M iflag=fullblock conv=sparse status=none' _ "$work/u$i.raw" "${pipe[@]}" &
     pids+=($!)
   done
@@ -162,6 +162,7 @@ for n in $(seq 1 $N_MAX); do
   kt[$n]=$(kiln_round "$n")
   printf '%s\t%.3f\n' "$n" "${kt[$n]}" >> "$out/deploy-scaling.tsv"
 done
+printf 'kiln N=1..8 (s):'; for n in $(seq 1 $N_MAX); do printf ' %.2f' "${kt[$n]}"; done; echo
 u1=$(udpcast_round 1 raw)
 u8=$(udpcast_round $N_MAX raw)
 z8=$(udpcast_round $N_MAX zstd)
