@@ -46,7 +46,18 @@ impl Net {
         let s = net.server();
         ip(&["netns", "add", &s]);
         ip(&["-n", &s, "link", "set", "lo", "up"]);
-        ip(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
+        // No IGMP snooping: a plain switch that floods multicast.
+        ip(&[
+            "-n",
+            &s,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         ip(&["-n", &s, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
         ip(&["-n", &s, "link", "set", "br0", "up"]);
         ip(&["-n", &s, "route", "add", "224.0.0.0/4", "dev", "br0"]);
