@@ -8,7 +8,7 @@
 #      zstd stream (--pipe), the fairest udpcast can be. Targets are sparse
 #      files in RAM for both (udp-receiver | dd conv=sparse).
 #   3. pack ratio: .kzi size vs `zstd -3` of the whole raw disk              goal ≤ 1.0×
-# Draws the scaling as bench/out/deploy-scaling.png (gnuplot).
+# Draws the scaling as target/bench/deploy-scaling.png (gnuplot).
 # The disk: 1 GiB, 45 % holes, data about 4× compressible (like a root filesystem).
 # Usage: bench/deploy.sh    (KILN=path/to/kiln to use another build; RATE=800m the cap)
 set -euo pipefail
@@ -20,7 +20,7 @@ fi
 RATE=${RATE:-800m}
 # udpcast rounds that take longer than this count as failed.
 PEER_TIMEOUT=${PEER_TIMEOUT:-240}
-out=$PWD/bench/out
+out=$PWD/target/bench
 mkdir -p "$out"
 # In RAM (tmpfs keeps holes): the host's disk is shared and would measure its other users.
 work=$(mktemp -d /dev/shm/kiln-deploy-bench.XXXXXX)
