@@ -80,8 +80,8 @@ pub struct ServeArgs {
     /// Interface to send on.
     #[arg(long)]
     pub iface: Option<String>,
-    /// Most bits per second (K, M, G suffixes).
-    #[arg(long, default_value = "800M", value_parser = parse_size)]
+    /// Most bits per second (K, M, G suffixes: powers of 1000).
+    #[arg(long, default_value = "800M", value_parser = parse_rate)]
     pub rate: u64,
     /// Exit after this many seconds without a request.
     #[arg(long, default_value_t = 30.0)]
@@ -131,8 +131,7 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// `123`, `64K`, `1M`, `2G` (powers of 1024 for sizes; rates use the same suffixes as
-/// powers of 1000, see [`serve`]).
+/// `123`, `64K`, `1M`, `2G`: bytes, in powers of 1024.
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (digits, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
@@ -147,15 +146,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// Bits per second from `parse_size`'s binary multiple, as decimal bits → bytes.
-fn rate_bytes(binary: u64) -> u64 {
-    let decimal = match binary {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => b / (1 << 30) * 1_000_000_000,
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => b / (1 << 20) * 1_000_000,
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => b / (1 << 10) * 1_000,
-        b => b,
-    };
-    decimal / 8
+/// `800M` bits per second (powers of 1000) as bytes per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    nodes::parse_rate(s).map_err(|e| format!("{e:#}"))
 }
 
 /// A progress reporter: a bar on a terminal, else a line per second on stderr.
@@ -305,7 +298,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let opts = net::ServeOptions {
         group: a.group,
         iface: a.iface,
-        rate: rate_bytes(a.rate),
+        rate: a.rate,
         idle_timeout: Duration::from_secs_f64(a.idle_timeout),
         ttl: a.ttl,
         corrupt_chunk: a.test_corrupt_chunk,
@@ -372,8 +365,9 @@ mod tests {
     fn sizes_and_rates() {
         assert_eq!(parse_size("1M").unwrap(), 1 << 20);
         assert_eq!(parse_size("64k").unwrap(), 64 << 10);
-        assert_eq!(rate_bytes(parse_size("800M").unwrap()), 100_000_000);
-        assert_eq!(rate_bytes(parse_size("1G").unwrap()), 125_000_000);
+        assert_eq!(parse_rate("800M").unwrap(), 100_000_000);
+        assert_eq!(parse_rate("1G").unwrap(), 125_000_000);
+        assert!(parse_rate("fast").is_err());
         assert!(parse_size("fast").is_err());
     }
 }
