@@ -68,6 +68,9 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
     Test(TestArgs),
+    /// newc cpio archives (initramfs): list, unpack safely, pack, merge.
+    #[command(subcommand)]
+    Cpio(CpioCommand),
 }
 
 #[derive(Debug, Args)]
@@ -449,4 +452,71 @@ pub struct CleanArgs {
     /// Also delete the downloaded .deb cache.
     #[arg(long)]
     pub all: bool,
+}
+
+/// `kiln cpio …`: newc archives, read gzip-, zstd-compressed or plain (by magic number).
+#[derive(Debug, Subcommand)]
+pub enum CpioCommand {
+    /// List an archive's entries: mode, owner, size, time, path (and a link's target).
+    Ls(CpioLsArgs),
+    /// Unpack an archive into DIR. An archive with an absolute path, a `..` component or
+    /// an entry written through a symbolic link is refused whole: nothing is written.
+    Unpack(CpioUnpackArgs),
+    /// Pack DIR into an archive: names sorted, owners and modes kept, one time for all.
+    Pack(CpioPackArgs),
+    /// Merge archives into one; an entry of a later archive replaces the earlier one's.
+    Merge(CpioMergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CpioLsArgs {
+    pub archive: PathBuf,
+    /// One JSON object per entry.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioUnpackArgs {
+    pub archive: PathBuf,
+    /// Created if missing.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioPackArgs {
+    pub dir: PathBuf,
+    /// The archive to write (replaced atomically).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub compress: CompressArg,
+    /// Every entry's time (seconds since 1970); default SOURCE_DATE_EPOCH, else 0.
+    #[arg(long)]
+    pub mtime: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioMergeArgs {
+    /// Two or more archives, earliest first.
+    #[arg(required = true, num_args = 2..)]
+    pub archives: Vec<PathBuf>,
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub compress: CompressArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CompressArg {
+    /// Compression of the written archive; default from its name (.gz, .zst, else none).
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressionArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
 }
