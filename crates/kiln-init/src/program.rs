@@ -640,7 +640,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-
 /// Appliance mode (`kiln.appliance`, or no `root=` and an `/app/run`): the initramfs is
 /// the whole system, made by `kiln appliance`. kiln-init mounts /tmp and /run, loads the
 /// drivers of the devices present, brings up `lo` (and eth0 with `appIp=`), then runs
@@ -719,7 +718,10 @@ mod appliance {
     }
 
     fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
-        let parts: Vec<u8> = text.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let parts: Vec<u8> = text
+            .split('.')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
         parts.try_into().ok()
     }
 
@@ -763,7 +765,9 @@ mod appliance {
                     }
                     Some(("appGw", v)) => match parse_ipv4(v) {
                         Some(gw) => p.gateway = Some(gw),
-                        None => p.errors.push(format!("appGw={v}: expected an IPv4 address")),
+                        None => p
+                            .errors
+                            .push(format!("appGw={v}: expected an IPv4 address")),
                     },
                     None if word == "appDebug" => p.debug = true,
                     _ => {}
@@ -839,7 +843,11 @@ mod appliance {
         loader.loaded.len()
     }
 
-    fn configure_eth0(addr: [u8; 4], mask: [u8; 4], gateway: Option<[u8; 4]>) -> Result<(), String> {
+    fn configure_eth0(
+        addr: [u8; 4],
+        mask: [u8; 4],
+        gateway: Option<[u8; 4]>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while fs::symlink_metadata("/sys/class/net/eth0").is_err() {
             if Instant::now() > deadline {
