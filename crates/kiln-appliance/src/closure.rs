@@ -8,7 +8,7 @@
 
 use crate::elf::{self, ElfInfo};
 use crate::root::{host, resolve};
-use globset::GlobSet;
+pub use globset::GlobSet;
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
@@ -285,4 +285,18 @@ mod tests {
         assert!(!c.paths.contains("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert!(is_virtual("/dev/null") && is_virtual("/proc") && !is_virtual("/devices"));
     }
+}
+
+/// A glob set from patterns written as absolute in-root paths (`/usr/lib/**/*.so`);
+/// an invalid one is an error naming it.
+pub fn globs(patterns: &[String], flag: &str) -> Result<GlobSet, String> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("{flag} {p}: {e}"))?;
+        b.add(glob);
+    }
+    b.build().map_err(|e| format!("{flag}: {e}"))
 }

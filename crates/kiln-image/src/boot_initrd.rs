@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// directory): virtio (PCI transport, block, SCSI, network), SATA/IDE as QEMU and gem5
 /// emulate them, NVMe, SCSI disks, and virtio-serial (the QEMU sandbox's agent port). Only
 /// those whose device is present get loaded.
-const DRIVERS: [&str; 10] = [
+pub const DRIVERS: [&str; 10] = [
     "drivers/virtio/",
     "drivers/block/virtio_blk.ko",
     "drivers/scsi/virtio_scsi.ko",
@@ -70,7 +70,7 @@ pub fn write(
     epoch: i64,
 ) -> Result<BootInitrd, ImageError> {
     let scratch = tempfile::tempdir().map_err(|e| ImageError::io(std::env::temp_dir(), e))?;
-    let (plan, modules_dir) = plan_for(rootfs, release, &FILESYSTEMS, scratch.path())?;
+    let (plan, modules_dir) = plan_for(rootfs, release, &DRIVERS, &FILESYSTEMS, scratch.path())?;
     let tmp = dest.with_extension("kiln-tmp");
     let file = fs::File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
     let written =
@@ -94,6 +94,7 @@ pub fn write(
 pub fn plan_for(
     rootfs: &Path,
     release: &str,
+    drivers: &[&str],
     filesystems: &[&str],
     scratch: &Path,
 ) -> Result<(Plan, PathBuf), ImageError> {
@@ -104,7 +105,7 @@ pub fn plan_for(
         modules_dir = crate::tools::depmod::tables_beside(&modules_dir, release, scratch)?;
     }
     let plan = if modules_dir.join("modules.dep").is_file() {
-        Plan::with_filesystems(&read_tables(&modules_dir)?, filesystems)
+        Plan::select(&read_tables(&modules_dir)?, drivers, filesystems)
     } else {
         Plan::default()
     };
@@ -210,12 +211,12 @@ fn without_compression(path: &str) -> &str {
 impl Plan {
     /// Chooses the modules from a kernel's tables. Pure.
     pub fn from_tables(t: &Tables) -> Plan {
-        Plan::with_filesystems(t, &FILESYSTEMS)
+        Plan::select(t, &DRIVERS, &FILESYSTEMS)
     }
 
-    /// The drivers, and `filesystems` to preload (none for an appliance, whose root is
-    /// the initramfs). Pure.
-    pub fn with_filesystems(t: &Tables, filesystems: &[&str]) -> Plan {
+    /// `drivers` (paths under `kernel/` as in [`DRIVERS`]) and `filesystems` to preload
+    /// (none for an appliance, whose root is the initramfs). Pure.
+    pub fn select(t: &Tables, drivers: &[&str], filesystems: &[&str]) -> Plan {
         let dep = parse_dep(&t.dep);
         let aliases = parse_alias(&t.alias);
         let mut plan = Plan::default();
@@ -223,7 +224,7 @@ impl Plan {
             .keys()
             .filter(|name| {
                 let path = without_compression(&dep[*name].0);
-                DRIVERS.iter().any(|d| match d.strip_suffix('/') {
+                drivers.iter().any(|d| match d.strip_suffix('/') {
                     Some(dir) => path.starts_with(&format!("kernel/{dir}/")),
                     None => path == format!("kernel/{d}"),
                 })

@@ -68,6 +68,9 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
     Test(TestArgs),
+    /// Make a RAM-only appliance for one program: trace a training run, keep only what it
+    /// touched (and what that needs), boot it with kiln-init from a cpio initrd.
+    Appliance(ApplianceArgs),
     /// newc cpio archives (initramfs): list, unpack safely, pack, merge.
     #[command(subcommand)]
     Cpio(CpioCommand),
@@ -185,8 +188,12 @@ pub enum BootArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The disk image (its IMAGE.manifest.json tells how it boots).
+    /// The disk image (its IMAGE.manifest.json tells how it boots), or an app directory
+    /// made by `kiln appliance`.
     pub image: PathBuf,
+    /// Append to the kernel command line (e.g. "appEnd=halt appArgs='-m 64'").
+    #[arg(long, value_name = "TEXT")]
+    pub append: Option<String>,
     /// Forward a host port to a guest port: HOST:GUEST (repeatable; host side on 127.0.0.1).
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
     pub publish: Vec<String>,
@@ -519,4 +526,49 @@ pub enum CompressionArg {
     None,
     Gzip,
     Zstd,
+}
+
+/// `kiln appliance`.
+#[derive(Debug, Args)]
+pub struct ApplianceArgs {
+    /// The spec whose result is the appliance's layer (built first, cached as usual).
+    #[arg(short = 'f', long = "file", conflicts_with = "layer")]
+    pub file: Option<PathBuf>,
+    /// The build context of --file.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// A stored layer (id, prefix or name) instead of a spec.
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// A training command (sh -c, in a throw-away layer on top, loopback network only),
+    /// traced to find what the program touches; repeatable, run in order.
+    #[arg(long = "train", value_name = "COMMAND")]
+    pub train: Vec<String>,
+    /// The command the appliance runs as /app/run (kiln-init adds appArgs).
+    #[arg(long = "run", value_name = "COMMAND")]
+    pub run: String,
+    /// Shell commands run before /app/run (/app/prerun).
+    #[arg(long, value_name = "COMMANDS")]
+    pub prerun: Option<String>,
+    /// Shell commands run after /app/run (/app/postrun).
+    #[arg(long, value_name = "COMMANDS")]
+    pub postrun: Option<String>,
+    /// Also include the layer's files matching this glob (e.g. '/usr/lib/python3*/json/**').
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// The kernel to boot (default: the layer's /boot/vmlinuz-*).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Compression of the initrd.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+    pub compress: CompressionArg,
+    /// The app directory to write (replaced whole): vmlinuz, initrd.cpio.*, cmdline, report.json.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print report.json on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
 }

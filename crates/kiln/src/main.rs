@@ -5,6 +5,7 @@
 
 mod builder;
 mod cli;
+mod cmd_appliance;
 mod cmd_base;
 mod cmd_build;
 mod cmd_cpio;
@@ -53,6 +54,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
         cli::Command::Cpio(cmd) => cmd_cpio::cpio(cmd),
+        cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
     }
 }
 
