@@ -197,16 +197,14 @@ impl<'r> Closure<'r> {
             .filter(|(n, _)| n == name)
             .map(|(_, p)| p.clone())
             .collect();
-        for candidate in cached.into_iter().chain(
-            elf::default_dirs(info)
-                .into_iter()
-                .map(|d| format!("{d}/{name}")),
-        ) {
-            if self.compatible(&candidate, info) {
-                return Some(candidate);
-            }
-        }
-        None
+        cached
+            .into_iter()
+            .chain(
+                elf::default_dirs(info)
+                    .into_iter()
+                    .map(|d| format!("{d}/{name}")),
+            )
+            .find(|candidate| self.compatible(candidate, info))
     }
 
     /// Whether `candidate` exists in the root as an ELF file of the same class and machine.
@@ -223,6 +221,20 @@ impl<'r> Closure<'r> {
 /// the full layer, so this is the layer's problem, reported on stderr and not fatal.
 fn tracing_free_warning(object: &str, lib: &str) {
     eprintln!("kiln: warning: {object} needs {lib}, which is not in the layer");
+}
+
+/// A glob set from patterns written as absolute in-root paths (`/usr/lib/**/*.so`);
+/// an invalid one is an error naming it.
+pub fn globs(patterns: &[String], flag: &str) -> Result<GlobSet, String> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("{flag} {p}: {e}"))?;
+        b.add(glob);
+    }
+    b.build().map_err(|e| format!("{flag}: {e}"))
 }
 
 #[cfg(test)]
@@ -285,18 +297,4 @@ mod tests {
         assert!(!c.paths.contains("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert!(is_virtual("/dev/null") && is_virtual("/proc") && !is_virtual("/devices"));
     }
-}
-
-/// A glob set from patterns written as absolute in-root paths (`/usr/lib/**/*.so`);
-/// an invalid one is an error naming it.
-pub fn globs(patterns: &[String], flag: &str) -> Result<GlobSet, String> {
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        let glob = globset::GlobBuilder::new(p.trim_start_matches('/'))
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("{flag} {p}: {e}"))?;
-        b.add(glob);
-    }
-    b.build().map_err(|e| format!("{flag}: {e}"))
 }

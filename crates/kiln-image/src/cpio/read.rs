@@ -99,7 +99,7 @@ impl<R: Read> Reader<R> {
             break;
         }
         let at = self.offset;
-        if &magic != MAGIC.as_bytes() && &magic != MAGIC_CRC.as_bytes() {
+        if magic != MAGIC.as_bytes() && magic != MAGIC_CRC.as_bytes() {
             return Err(bad(
                 at,
                 format!(
