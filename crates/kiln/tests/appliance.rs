@@ -26,11 +26,12 @@ const SPEC: &str = r#"((from debian:bookworm)
  (copy (src app.py) (dst /srv/app.py)))
 "#;
 
-/// Imports inside main(): nothing of csv (and its C extension), ipaddress or base64
-/// is loaded before the program runs, so only tracing the run can find them.
-const APP_PY: &str = "def main():\n    import csv, io, ipaddress, base64\n    rows = list(csv.reader(io.StringIO('a,b\\n1,2\\n')))\n    net = ipaddress.ip_network('10.0.2.0/24')\n    print('py-result', rows[1], net.num_addresses, base64.b64encode(b'kiln').decode(), flush=True)\n\nmain()\n";
+/// Imports inside main(): nothing of csv, ipaddress, base64 or hashlib (whose OpenSSL
+/// backend is a C extension, dlopen'd from lib-dynload, linked with libcrypto) is loaded
+/// before the program runs, so only tracing the run can find them.
+const APP_PY: &str = "def main():\n    import csv, io, ipaddress, base64, hashlib\n    rows = list(csv.reader(io.StringIO('a,b\\n1,2\\n')))\n    net = ipaddress.ip_network('10.0.2.0/24')\n    import _hashlib\n    digest = hashlib.sha256(b'kiln').hexdigest()[:12]\n    print('py-result', rows[1], net.num_addresses, base64.b64encode(b'kiln').decode(), digest, flush=True)\n\nmain()\n";
 
-const PY_RESULT: &str = "py-result ['1', '2'] 256 a2lsbg==";
+const PY_RESULT: &str = "py-result ['1', '2'] 256 a2lsbg== cdfe9ad58b46";
 
 /// A directory holding the spec and app.py.
 fn context(name: &str) -> PathBuf {
@@ -360,10 +361,11 @@ fn python_appliance_with_lazily_imported_modules() {
     );
     let r = report(&app);
     let traced = r["traced"].to_string();
-    for module in ["csv.py", "ipaddress.py", "base64.py", "_csv"] {
+    for module in ["csv.py", "ipaddress.py", "base64.py", "lib-dynload/_hashlib"] {
         assert!(traced.contains(module), "{module} not traced: {traced}");
     }
     let files = r["files"].to_string();
+    assert!(files.contains("libcrypto.so"), "the extension's library: {files}");
     assert!(
         !files.contains("argparse.py"),
         "a module never imported was kept"
