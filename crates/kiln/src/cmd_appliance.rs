@@ -300,10 +300,13 @@ fn train(
     store.abort(tmp)?;
     let outcome = outcome?;
     let log = String::from_utf8_lossy(&log);
-    if outcome != Outcome::Exited(0) {
-        bail!(
-            "training command `{cmd}` failed ({outcome:?}); nothing was written. Its output:\n{log}"
-        );
+    let how = match outcome {
+        Outcome::Exited(0) => None,
+        Outcome::Exited(code) => Some(format!("exit status {code}")),
+        Outcome::Signalled(sig) => Some(format!("killed by signal {sig}")),
+    };
+    if let Some(how) = how {
+        bail!("training command `{cmd}` failed ({how}); nothing was written. Its output:\n{log}");
     }
     let bytes = fs::read(&trace_file)
         .with_context(|| format!("reading the traced paths {}", trace_file.display()))?;
