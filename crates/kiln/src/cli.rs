@@ -544,9 +544,10 @@ pub struct ApplianceArgs {
     /// traced to find what the program touches; repeatable, run in order.
     #[arg(long = "train", value_name = "COMMAND")]
     pub train: Vec<String>,
-    /// The command the appliance runs as /app/run (kiln-init adds appArgs).
+    /// The command the appliance runs as /app/run (kiln-init adds appArgs); default: the
+    /// spec's `(appliance (run …))`.
     #[arg(long = "run", value_name = "COMMAND")]
-    pub run: String,
+    pub run: Option<String>,
     /// Shell commands run before /app/run (/app/prerun).
     #[arg(long, value_name = "COMMANDS")]
     pub prerun: Option<String>,
@@ -562,9 +563,9 @@ pub struct ApplianceArgs {
     /// The kernel to boot (default: the layer's /boot/vmlinuz-*).
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
-    /// Compression of the initrd.
-    #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
-    pub compress: CompressionArg,
+    /// Compression of the initrd (default: the spec's, else zstd).
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressionArg>,
     /// The app directory to write (replaced whole): vmlinuz, initrd.cpio.*, cmdline, report.json.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,

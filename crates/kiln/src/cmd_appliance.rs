@@ -29,10 +29,12 @@ pub const CMDLINE: &str = "console=ttyS0,115200 kiln.appliance appIp=10.0.2.15/2
 /// The app directory's file names.
 pub const REPORT: &str = "report.json";
 
-pub fn appliance(store_dir: &Path, args: ApplianceArgs) -> anyhow::Result<ExitCode> {
-    let run_argv: Vec<&str> = args.run.split_whitespace().collect();
+pub fn appliance(store_dir: &Path, mut args: ApplianceArgs) -> anyhow::Result<ExitCode> {
+    with_spec_form(&mut args)?;
+    let run = args.run.clone().unwrap_or_default();
+    let run_argv: Vec<&str> = run.split_whitespace().collect();
     let Some(&program) = run_argv.first() else {
-        bail!("--run is empty: give the command the appliance runs");
+        bail!("no command to run: give --run COMMAND or (appliance (run \"COMMAND\")) in the spec");
     };
     let includes = closure::globs(&args.include, "--include").map_err(anyhow::Error::msg)?;
     let excludes = closure::globs(&args.exclude, "--exclude").map_err(anyhow::Error::msg)?;
@@ -57,6 +59,40 @@ pub fn appliance(store_dir: &Path, args: ApplianceArgs) -> anyhow::Result<ExitCo
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds the spec's `(appliance …)` form to the command line's choices: its training
+/// commands and globs come first, its run, prerun, postrun and compression apply unless
+/// the command line gives them.
+fn with_spec_form(args: &mut ApplianceArgs) -> anyhow::Result<()> {
+    let Some(file) = &args.file else {
+        return Ok(());
+    };
+    let text =
+        fs::read_to_string(file).with_context(|| format!("reading spec {}", file.display()))?;
+    let spec = kiln_spec::parse_file(&text, &file.display().to_string())?;
+    let Some(form) = spec.appliance.map(|a| a.value) else {
+        return Ok(());
+    };
+    let first = |spec: Vec<String>, cli: &mut Vec<String>| {
+        let mut all = spec;
+        all.append(cli);
+        *cli = all;
+    };
+    first(form.train, &mut args.train);
+    first(form.include, &mut args.include);
+    first(form.exclude, &mut args.exclude);
+    args.run = args.run.take().or(Some(form.run));
+    args.prerun = args.prerun.take().or(form.prerun);
+    args.postrun = args.postrun.take().or(form.postrun);
+    if args.compress.is_none() {
+        args.compress = match form.compress.as_deref() {
+            Some("gzip") => Some(CompressionArg::Gzip),
+            Some("none") => Some(CompressionArg::None),
+            _ => Some(CompressionArg::Zstd),
+        };
+    }
+    Ok(())
 }
 
 /// The layer to make the appliance from, and the epoch of its files' times.
@@ -120,8 +156,12 @@ fn make(
         );
     }
     let env = layer_env(store, id, chain)?;
-    let program_path = find_program(&view_root, program, &env)
-        .with_context(|| format!("--run {}: nothing was written", args.run))?;
+    let program_path = find_program(&view_root, program, &env).with_context(|| {
+        format!(
+            "--run {}: nothing was written",
+            args.run.as_deref().unwrap_or("")
+        )
+    })?;
 
     let mut traced = BTreeSet::new();
     for (n, cmd) in args.train.iter().enumerate() {
@@ -148,7 +188,7 @@ fn make(
 
     let release = kernel.as_ref().map(|k| k.release.clone());
     let req = Request {
-        run: args.run.clone(),
+        run: args.run.clone().unwrap_or_default(),
         prerun: args.prerun.clone(),
         postrun: args.postrun.clone(),
         release: release.clone(),
@@ -158,9 +198,9 @@ fn make(
     let (layer_files, layer_bytes) = assemble::tree_size(&view_root);
 
     let compression = match args.compress {
-        CompressionArg::None => Compression::None,
-        CompressionArg::Gzip => Compression::Gzip,
-        CompressionArg::Zstd => Compression::Zstd,
+        Some(CompressionArg::None) => Compression::None,
+        Some(CompressionArg::Gzip) => Compression::Gzip,
+        Some(CompressionArg::Zstd) | None => Compression::Zstd,
     };
     let stage = staging(&args.output)?;
     let written = (|| -> anyhow::Result<serde_json::Value> {

@@ -160,7 +160,6 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let source = cmd_image::ImageSource {
         layer: id.clone(),
         image: None,
-        appliance: None,
         partitions: BTreeMap::new(),
         spec_sha256: String::new(),
         source_date_epoch: match std::env::var("SOURCE_DATE_EPOCH") {

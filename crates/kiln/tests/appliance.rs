@@ -345,20 +345,22 @@ fn console_parameters_merged_override_reboot_and_sshd() {
 }
 
 /// Acceptance 2: a Python program whose standard-library modules (one a C extension) are
-/// imported only when it runs: tracing finds them, and the appliance runs it.
+/// imported only when it runs: tracing finds them, and the appliance runs it. The
+/// training and run commands come from the spec's `(appliance …)` form.
 #[test]
 fn python_appliance_with_lazily_imported_modules() {
     let dir = context("appliance-python");
-    let app = appliance(
+    // The spec's own (appliance …) form says what to train and run.
+    let spec = SPEC.trim_end().strip_suffix(')').unwrap().to_string()
+        + "\n (appliance (train \"python3 /srv/app.py\") (run \"/usr/bin/python3 /srv/app.py\")))\n";
+    std::fs::write(dir.join("py.spec"), spec).unwrap();
+    kiln(
+        &shared_store(),
         &dir,
-        "py",
-        &[
-            "--train",
-            "python3 /srv/app.py",
-            "--run",
-            "/usr/bin/python3 /srv/app.py",
-        ],
-    );
+        &["appliance", "-f", "py.spec", ".", "-o", "py"],
+    )
+    .ok();
+    let app = dir.join("py");
     let r = report(&app);
     let traced = r["traced"].to_string();
     for module in [
