@@ -7,7 +7,8 @@
 //!
 //! - A spec list always has one item per line: `((` before its first item, then each
 //!   further item on a new line, one column right of the spec's `(`. Items come in
-//!   a fixed order: child builds, `from`, `bootstrap`, the ops, `test`, `image`.
+//!   a fixed order: child builds, `from`, `bootstrap`, the ops, `test`, `image`,
+//!   `appliance`.
 //!   `test` and `image` go last because they say what to do with the result of
 //!   the ops (boot and check it, put it on a disk), and read best after them.
 //! - A child build is `(build NAME` then, on the next line and two columns right of

@@ -222,7 +222,7 @@ fn memcached_appliance_serves_and_halts() {
 
     let port = free_port();
     let mut vm = Console::boot(&app, "appEnd=halt", &[(port, 11211)]);
-    vm.wait_for("kiln-init: run: starting", Duration::from_secs(120));
+    vm.wait_for("kiln-init: run: starting", Duration::from_secs(240));
     let got = exchange(port, b"set kiln 0 0 5\r\nhello\r\nget kiln\r\n", "END\r\n");
     assert!(
         got.contains("STORED\r\nVALUE kiln 0 5\r\nhello\r\nEND"),
@@ -231,7 +231,7 @@ fn memcached_appliance_serves_and_halts() {
     // memcached -A: `shutdown` makes it exit, which ends the run phase.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"shutdown\r\n").unwrap();
-    assert!(vm.wait_exit(Duration::from_secs(60)), "{}", vm.text());
+    assert!(vm.wait_exit(Duration::from_secs(180)), "{}", vm.text());
     let text = vm.text();
     assert!(text.contains("kiln-init: run: exit status 0"), "{text}");
     assert!(text.contains("appEnd=halt: powering off"), "{text}");
@@ -307,11 +307,11 @@ fn console_parameters_merged_override_reboot_and_sshd() {
         "appDebug appCmds='echo cmd-one:echo cmd-$((2+3))' appArgs='a  b' appEnd=reboot",
         &[],
     );
-    vm.wait_for("appliance# ", Duration::from_secs(120));
+    vm.wait_for("appliance# ", Duration::from_secs(240));
     vm.send("echo dbg-$((6*7))\nexit\n");
-    vm.wait_for("dbg-42", Duration::from_secs(30));
-    vm.wait_for("appEnd=reboot: rebooting", Duration::from_secs(60));
-    vm.wait_for_n("Linux version", 2, Duration::from_secs(60));
+    vm.wait_for("dbg-42", Duration::from_secs(120));
+    vm.wait_for("appEnd=reboot: rebooting", Duration::from_secs(180));
+    vm.wait_for_n("Linux version", 2, Duration::from_secs(180));
     let text = vm.text();
     let order = [
         "appDebug: a shell",
@@ -337,7 +337,7 @@ fn console_parameters_merged_override_reboot_and_sshd() {
 
     let port = free_port();
     let vm = Console::boot(&app, "appEnd=sshd", &[(port, 22)]);
-    vm.wait_for("appEnd=sshd: starting", Duration::from_secs(120));
+    vm.wait_for("appEnd=sshd: starting", Duration::from_secs(240));
     let banner = exchange(port, b"", "SSH-2.0-OpenSSH");
     assert!(banner.starts_with("SSH-2.0-"), "{banner}");
     let text = vm.text();
@@ -381,8 +381,8 @@ fn python_appliance_with_lazily_imported_modules() {
         "a module never imported was kept"
     );
     let mut vm = Console::boot(&app, "appEnd=halt", &[]);
-    vm.wait_for(PY_RESULT, Duration::from_secs(120));
-    assert!(vm.wait_exit(Duration::from_secs(60)));
+    vm.wait_for(PY_RESULT, Duration::from_secs(240));
+    assert!(vm.wait_exit(Duration::from_secs(180)));
     assert!(
         vm.text().contains("kiln-init: run: exit status 0"),
         "{}",
