@@ -73,7 +73,7 @@ echo "  appliance: ${apps[*]}; full image: ${fulls[*]}" >&2
 initrd=$(ls "$work"/app/initrd.cpio.*)
 app_bytes=$(stat -c %s "$initrd")
 full_bytes=$(stat -c %s "$work/full.qcow2")
-layer_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layer"]["bytes"])' "$work/app/report.json")
+layer_bytes=$(sed -n '/"layer": {/,/}/s/.*"bytes": \([0-9]*\).*/\1/p' "$work/app/report.json")
 debian_initrd=$(stat -c %s "$work/full.qcow2.boot/initrd.img")
 mb() { printf %.1f "$(echo "$1 / 1048576" | bc -l)"; }
 

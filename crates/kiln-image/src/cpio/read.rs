@@ -57,10 +57,15 @@ impl<R: Read> Reader<R> {
                 return Ok(None);
             };
             let at = self.offset;
-            let mut data = vec![0; header.size as usize];
-            self.input
-                .read_exact(&mut data)
-                .map_err(|e| bad(at, format!("{}: data cut short ({e})", header.name)))?;
+            // Read as it arrives rather than allocating what a (possibly corrupt) header
+            // claims: a 4 GiB size in a 1 KiB file must fail, not allocate.
+            let mut data = Vec::new();
+            (&mut self.input)
+                .take(u64::from(header.size))
+                .read_to_end(&mut data)?;
+            if data.len() != header.size as usize {
+                return Err(bad(at, format!("{}: data cut short", header.name)));
+            }
             self.offset += u64::from(header.size);
             self.skip_padding()?;
             if header.name == TRAILER {
@@ -287,6 +292,30 @@ mod tests {
         assert!(e.contains("newc"), "{e}");
         let e = read_all(&b"070701zzzz"[..]).unwrap_err().to_string();
         assert!(e.contains("truncated") || e.contains("hex"), "{e}");
+    }
+
+    /// Every truncation and many single-byte corruptions of a valid archive: an error or
+    /// entries, never a panic or a huge allocation.
+    #[test]
+    fn damaged_archives_are_errors_not_panics() {
+        let good = sample();
+        for len in 0..good.len() {
+            let _ = read_all(&good[..len]);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..4000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bad = good.clone();
+            let at = (state % bad.len() as u64) as usize;
+            bad[at] = (state >> 32) as u8;
+            let _ = read_all(&bad[..]);
+        }
+        // A header claiming 4 GiB of data in a short file.
+        let mut huge = good.clone();
+        huge[54..62].copy_from_slice(b"ffffffff");
+        assert!(read_all(&huge[..]).is_err());
     }
 
     #[test]
