@@ -10,9 +10,12 @@ cd "$(dirname "$0")/.."
 # systemd-boot-efi (the UEFI loader), qemu-system-x86 + ovmf (kiln run/test), qemu-utils (qemu-img).
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
 # Build: libc6-dev, the static C library kiln-init (the boot initramfs' /init) is linked with.
+# Deploy: iproute2 (netns, veth, bridge, tc netem) for its tests; udpcast, zstd and gnuplot-nox for
+# bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot); openssl
+# (fast SHA-256 of the loaded disks in the tests).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod)
+          kmod udpcast zstd gnuplot-nox openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -74,6 +74,9 @@ pub enum Command {
     /// newc cpio archives (initramfs): list, unpack safely, pack, merge.
     #[command(subcommand)]
     Cpio(CpioCommand),
+    /// Pack disks into chunked .kzi images and load them onto many machines at once by
+    /// multicast (`pack`, `unpack`, `serve`, `load`, or a nodes.toml file).
+    Deploy(crate::cmd_deploy::DeployArgs),
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod cmd_appliance;
 mod cmd_base;
 mod cmd_build;
 mod cmd_cpio;
+mod cmd_deploy;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
@@ -55,6 +56,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Test(args) => cmd_vm::test(args),
         cli::Command::Cpio(cmd) => cmd_cpio::cpio(cmd),
         cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
+        cli::Command::Deploy(args) => cmd_deploy::deploy(args),
     }
 }
 

@@ -38,6 +38,7 @@ mod ctime;
 mod edits;
 mod esp;
 mod ext4;
+mod freemap;
 pub(crate) mod ids;
 mod layout;
 mod sparse;
@@ -53,6 +54,7 @@ use layout::{Extent, Want};
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use tree::{Content, Scan};
@@ -663,6 +665,35 @@ pub(crate) fn extract_region(
     let output = fs::File::create(dst).map_err(|e| ImageError::io(dst, e))?;
     output.set_len(len).map_err(|e| ImageError::io(dst, e))?;
     sparse::copy_region(&input, src_offset, len, &output, 0).map_err(|e| ImageError::io(dst, e))
+}
+
+/// The data extents of the first `len` bytes of `file`: everything but its holes.
+pub fn data_extents(file: &fs::File, len: u64) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+    sparse::data_extents(file, len)
+}
+
+/// The byte ranges of the disk `path` that its ext4 filesystems mark free, sorted: those
+/// of every partition of its GPT, or of a filesystem filling the whole disk.
+pub fn ext4_free_ranges(path: &Path) -> Result<Vec<std::ops::Range<u64>>, ImageError> {
+    let file = fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let mut signature = [0u8; 8];
+    let has_gpt = file.read_exact_at(&mut signature, SECTOR).is_ok() && &signature == b"EFI PART";
+    let offsets = if has_gpt {
+        let mut starts: Vec<u64> = sfdisk::read_table(path)?
+            .partitions
+            .iter()
+            .map(|p| p.start * SECTOR)
+            .collect();
+        starts.sort_unstable();
+        starts
+    } else {
+        vec![0]
+    };
+    let mut free = Vec::new();
+    for offset in offsets {
+        free.extend(freemap::free_ranges(&file, offset).map_err(|e| ImageError::io(path, e))?);
+    }
+    Ok(free)
 }
 
 /// Copies the file `src` to `dst`, keeping it sparse (holes and zero blocks are not written).
