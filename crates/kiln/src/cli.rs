@@ -102,6 +102,14 @@ pub struct BuildArgs {
     /// on a difference, name the first differing file.
     #[arg(long)]
     pub check_reproducible: bool,
+    /// Push every layer the build makes or uses to this registry repository
+    /// (`oci://HOST[:PORT]/REPO`), tagged by step id: a build cache other machines share.
+    #[arg(long, value_name = "oci://HOST/REPO")]
+    pub cache_to: Option<String>,
+    /// Before running a step, pull its layer from this registry repository if it has it
+    /// (verified; a tampered or mismatched layer is refused and the step is built).
+    #[arg(long, value_name = "oci://HOST/REPO")]
+    pub cache_from: Option<String>,
     #[command(flatten)]
     pub vm: VmArgs,
 }
