@@ -15,6 +15,7 @@
 //! Docker Hub, and the output says which one served. Loopback registries and those in
 //! `$KILN_INSECURE_REGISTRIES` use plain HTTP. See [`RegistrySettings`].
 
+pub mod artifact;
 mod credentials;
 mod reference;
 mod registry;

@@ -68,6 +68,76 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
     Test(TestArgs),
+    /// Push or pull a disk image as an OCI artifact (disk + metadata + signature) to or
+    /// from any registry.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+}
+
+/// `kiln artifact …`.
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Push a disk image (qcow2 as it is, raw compressed with zstd) with its metadata and
+    /// signature as one artifact (artifactType application/vnd.kiln.image.v1).
+    Push(ArtifactPushArgs),
+    /// Pull an artifact into a directory: disk.qcow2 or disk.raw (sparse), metadata.json,
+    /// signature.minisig; each verified against its digest before it appears there.
+    Pull(ArtifactPullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactPushArgs {
+    /// The disk image (qcow2 or raw; told apart by qcow2's magic).
+    pub disk: PathBuf,
+    /// Where: oci://HOST[:PORT]/REPO:TAG.
+    pub reference: String,
+    /// The image's metadata, a JSON file (the artifact's config).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: PathBuf,
+    /// A signature file (minisign) to push with it.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+    /// Annotation org.opencontainers.image.title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Annotation org.opencontainers.image.version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Annotation dev.kiln.image.os.
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Annotation dev.kiln.image.arch.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Another annotation KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Upload in PATCH chunks of at most 4 MiB instead of one streamed PUT.
+    #[arg(long)]
+    pub chunked: bool,
+    /// A repository of the same registry that may hold the disk already: it is mounted
+    /// from there instead of uploaded (repeatable).
+    #[arg(long, value_name = "REPO")]
+    pub mount_from: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactPullArgs {
+    /// What: oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:….
+    pub reference: String,
+    /// The directory to pull into (created; an interrupted pull resumes from
+    /// DIR/.kiln-partial).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Refuse an artifact that carries no signature.
+    #[arg(long)]
+    pub require_signature: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 mod builder;
 mod cli;
+mod cmd_artifact;
 mod cmd_base;
 mod cmd_build;
 mod cmd_dockerfile;
@@ -51,6 +52,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Base(cmd) => cmd_base::base(&store_dir, cmd),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
+        cli::Command::Artifact(cmd) => cmd_artifact::artifact(cmd),
     }
 }
 
