@@ -515,9 +515,9 @@ impl Remote {
                         self.registry.host,
                         delay.as_secs_f64()
                     );
-                    tracing::warn!("{notice}");
-                    if let Some(n) = &self.notices {
-                        n(&notice);
+                    match &self.notices {
+                        Some(n) => n(&notice),
+                        None => tracing::warn!("{notice}"),
                     }
                     std::thread::sleep(delay);
                 }
@@ -691,7 +691,13 @@ fn file_chunks(
 /// Why an error is worth another attempt, or `None`.
 fn transient(e: &OciDistributionError) -> Option<String> {
     match e {
-        OciDistributionError::RequestError(re) => Some(format!("request failed: {}", chain(re))),
+        OciDistributionError::RequestError(re) => match re.status().map(|s| s.as_u16()) {
+            Some(code) if code >= 500 || code == 429 || code == 408 => {
+                Some(format!("the registry answered HTTP {code}"))
+            }
+            Some(_) => None,
+            None => Some(format!("request failed: {}", chain(re))),
+        },
         OciDistributionError::ServerError { code, message, .. }
             if *code >= 500 || *code == 429 || *code == 408 =>
         {

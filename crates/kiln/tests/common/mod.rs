@@ -2,6 +2,7 @@
 //! against real stores, namespaces, overlayfs and Debian's mirror.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod registry;
 
 use std::fs;
