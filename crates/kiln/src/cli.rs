@@ -249,6 +249,10 @@ pub enum OutputFormat {
     Vdi,
     Tar,
     Dir,
+    /// A KubeVirt containerDisk: an OCI image archive of one layer holding the disk as
+    /// /disk/disk.qcow2, owned by 107:107.
+    #[value(name = "containerdisk")]
+    ContainerDisk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -338,6 +342,10 @@ pub struct ExportArgs {
     /// Output: a tar (`-` for stdout), a directory (--format dir) or a disk image.
     #[command(flatten)]
     pub image: ImageArgs,
+    /// With --format containerdisk: also push the image to oci://HOST[:PORT]/REPO:TAG
+    /// (-o may then be left out).
+    #[arg(long, value_name = "oci://HOST/REPO:TAG")]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Args)]

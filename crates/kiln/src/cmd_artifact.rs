@@ -172,3 +172,49 @@ fn progress(bar: &indicatif::ProgressBar) -> Progress {
     let bar = bar.clone();
     Arc::new(move |done| bar.set_position(done))
 }
+
+/// Pushes a containerDisk image (`kiln export --format containerdisk --push oci://…`):
+/// its layer from the file `layer`, its config and manifest from `image`.
+pub fn push_containerdisk(
+    text: &str,
+    image: &kiln_image::containerdisk::ContainerDisk,
+    layer: &Path,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    use kiln_fetch::oci::remote::{OciDescriptor, OciImageManifest};
+    use kiln_image::containerdisk::{CONFIG_MEDIA, LAYER_MEDIA};
+    let (remote, tag) = open(text)?;
+    if tag.starts_with("sha256:") {
+        bail!("--push {text}: push to a tag (…:TAG), not a digest");
+    }
+    let descriptor = |media: &str, blob: &kiln_image::containerdisk::Blob| OciDescriptor {
+        media_type: media.to_string(),
+        digest: blob.digest.clone(),
+        size: blob.size as i64,
+        urls: None,
+        annotations: None,
+        artifact_type: None,
+    };
+    let config_path = scratch.join("config.json");
+    fs::write(&config_path, &image.config.0)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let bar = bar(layer, "pushing");
+    let pushed = remote.push_blob(
+        layer,
+        &descriptor(LAYER_MEDIA, &image.layer),
+        &[],
+        Some(progress(&bar)),
+    );
+    bar.finish_and_clear();
+    pushed?;
+    remote.push_blob(
+        &config_path,
+        &descriptor(CONFIG_MEDIA, &image.config.1),
+        &[],
+        None,
+    )?;
+    let manifest: OciImageManifest = serde_json::from_slice(&image.manifest.0)?;
+    let digest = remote.put_manifest(&tag, &manifest)?;
+    println!("pushed {}@{digest}", remote.tagged(&tag));
+    Ok(())
+}

@@ -168,6 +168,9 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let store = FsStore::open(store_dir)?;
     let id = resolve_id(&store, &args.id)?;
+    if args.image.output.is_none() && args.push.is_some() {
+        return export_image(&store, &id, &args);
+    }
     let Some(output) = &args.image.output else {
         bail!("kiln export needs -o PATH (a .tar, a directory with --format dir, or a disk image)");
     };
@@ -185,8 +188,17 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
         written?;
         return Ok(ExitCode::SUCCESS);
     }
+    export_image(&store, &id, &args)
+}
+
+/// `kiln export` of a file, a directory or a disk image (and a containerDisk's push).
+fn export_image(
+    store: &FsStore,
+    id: &kiln_store::LayerId,
+    args: &ExportArgs,
+) -> anyhow::Result<ExitCode> {
     let info = store
-        .get(&id)?
+        .get(id)?
         .with_context(|| format!("layer {id} vanished"))?;
     let source = cmd_image::ImageSource {
         layer: id.clone(),
@@ -201,7 +213,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
             Err(_) => info.meta.created,
         },
     };
-    cmd_image::produce(&store, &source, &args.image)?;
+    cmd_image::produce_or_push(store, &source, &args.image, args.push.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -247,3 +247,107 @@ fn disks_round_trip_bit_exact_and_tampered_ones_are_refused() {
     assert!(leftovers.is_empty(), "the tampered blob was kept");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The JSON member `name` of a tar.
+fn tar_json(tar: &Path, name: &str) -> serde_json::Value {
+    let bytes = tar_read(tar, name).unwrap_or_else(|| panic!("{name} missing"));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn a_containerdisk_has_one_layer_with_the_disk_owned_by_qemu() {
+    let dir = test_dir("containerdisk");
+    let registry = Registry::start(&dir.join("registry"));
+    let store = dir.join("store");
+    let spec = format!(
+        "((from file:{})\n (run (shell \"echo {} > /etc/motd\")))\n",
+        busybox_tar().display(),
+        nonce()
+    );
+    let id = build(&store, &dir, &spec, &[]).ok().got();
+    let target = format!("{}/kiln/containerdisk:v1", registry.addr);
+    kiln(
+        &store,
+        &dir,
+        &[
+            "export",
+            &id,
+            "--format",
+            "containerdisk",
+            "--boot",
+            "none",
+            "-o",
+            "cd.tar",
+            "--push",
+            &format!("oci://{target}"),
+        ],
+    )
+    .ok();
+    // The OCI archive: one manifest, one layer, the disk at /disk/ owned by 107:107.
+    let archive = dir.join("cd.tar");
+    assert_eq!(
+        tar_json(&archive, "oci-layout")["imageLayoutVersion"],
+        "1.0.0"
+    );
+    let index = tar_json(&archive, "index.json");
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = tar_json(&archive, &format!("blobs/sha256/{}", &manifest_digest[7..]));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    let layer_digest = layers[0]["digest"].as_str().unwrap();
+    let layer = dir.join("layer.tar");
+    fs::write(
+        &layer,
+        tar_read(&archive, &format!("blobs/sha256/{}", &layer_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(format!("sha256:{}", file_sha256(&layer)), layer_digest);
+    let entries = tar_entries(&layer);
+    let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(paths, ["disk/", "disk/disk.qcow2"]);
+    for e in &entries {
+        assert_eq!(
+            (e.1, e.2),
+            (107, 107),
+            "{} must be owned by qemu (107)",
+            e.0
+        );
+    }
+    let disk = dir.join("disk.qcow2");
+    fs::write(&disk, tar_read(&layer, "disk/disk.qcow2").unwrap()).unwrap();
+    let info = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    // skopeo reads both the archive and the pushed image as ordinary one-layer images.
+    for source in [
+        format!("oci-archive:{}", archive.display()),
+        format!("docker://{target}"),
+    ] {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            info["Layers"].as_array().unwrap().len(),
+            1,
+            "{source}: {info}"
+        );
+        assert_eq!(info["Layers"][0], layer_digest);
+        assert_eq!(info["Os"], "linux");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
