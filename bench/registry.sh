@@ -6,6 +6,8 @@
 #   3. pull of it (`kiln artifact pull`: Range download, digest checked) vs the copy
 #                                                                                goal ≥ 0.7×
 #   4. peak memory (max RSS, /usr/bin/time -v) of kiln during the 1 GiB push     goal ≤ 64 MiB
+# and, as a second peer, curl moving the same blob to and from the same registry (one
+# streamed PUT, one GET): what the registry itself sustains, whoever the client is.
 # The disk is incompressible (random bytes behind qcow2's magic, so it travels as it is):
 # the transfer itself is measured, not zstd. Throughput is MB/s of the file's bytes over
 # the command's wall time (hashing included: kiln reads the file once to digest it, and
@@ -17,9 +19,15 @@ kiln=${KILN:-$PWD/target/release/kiln}
 if [[ -z "${KILN:-}" ]]; then
   cargo build --release -q -p kiln
 fi
-for tool in docker-registry python3 /usr/bin/time; do
+for tool in docker-registry python3 /usr/bin/time curl sha256sum; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
+# The disk, the registry's copy, a pulled copy and a curl copy: 4 GiB at the peak.
+free_kb=$(df -Pk /var/tmp | awk 'NR==2 {print $4}')
+if (( free_kb < 5 * 1024 * 1024 )); then
+  echo "bench: needs 5 GiB free in /var/tmp (has $((free_kb / 1024)) MiB)" >&2
+  exit 1
+fi
 work=$(mktemp -d /var/tmp/kiln-bench-registry.XXXXXX)
 registry_pid=
 cleanup() { [[ -n "$registry_pid" ]] && kill "$registry_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
@@ -104,7 +112,19 @@ row "push, 4 MiB chunks (MB/s) vs loopback copy" "$(printf %.0f "$chunked_mbs")"
 
 timed pull "$kiln" artifact pull "oci://127.0.0.1:$port/bench/disk:v1" -o "$work/pulled"
 pull_mbs=$(echo "$(mb) / $secs" | bc -l)
+pull_rss=$rss_kb
 cmp -s "$work/disk.qcow2" "$work/pulled/disk.qcow2" || { echo "bench: the pulled disk differs" >&2; exit 1; }
+rm -rf "$work/pulled"
 row "pull (MB/s) vs loopback copy" "$(printf %.0f "$pull_mbs")" "$(printf %.0f "$copy_mbs")" "$(printf %.2fx "$(echo "$pull_mbs / $copy_mbs" | bc -l)")"
+# The registry's own ceiling: curl, one streamed PUT to a fresh repository, then one GET.
+digest=sha256:$(sha256sum "$work/disk.qcow2" | cut -d' ' -f1)
+location=$(curl -si -X POST "http://127.0.0.1:$port/v2/bench/curl/blobs/uploads/" | awk -F': ' 'tolower($1)=="location" {print $2}' | tr -d '\r')
+timed curl_put curl -sf -o /dev/null -T "$work/disk.qcow2" "$location&digest=$digest"
+curl_put_mbs=$(echo "$(mb) / $secs" | bc -l)
+timed curl_get curl -sf -o "$work/curl.bin" "http://127.0.0.1:$port/v2/bench/curl/blobs/$digest"
+curl_get_mbs=$(echo "$(mb) / $secs" | bc -l)
+rm -f "$work/curl.bin"
+row "push (MB/s) vs curl PUT to the same registry" "$(printf %.0f "$push_mbs")" "$(printf %.0f "$curl_put_mbs")" "$(printf %.2fx "$(echo "$push_mbs / $curl_put_mbs" | bc -l)")"
+row "pull (MB/s) vs curl GET from the same registry" "$(printf %.0f "$pull_mbs")" "$(printf %.0f "$curl_get_mbs")" "$(printf %.2fx "$(echo "$pull_mbs / $curl_get_mbs" | bc -l)")"
 row "peak memory during the 1 GiB push (MiB)" "$(printf %.1f "$(echo "$push_rss / 1024" | bc -l)")" "64 goal" "$(printf %.2fx "$(echo "$push_rss / 1024 / 64" | bc -l)")"
-row "peak memory during the 1 GiB pull (MiB)" "$(printf %.1f "$(echo "$rss_kb / 1024" | bc -l)")" "64 goal" "$(printf %.2fx "$(echo "$rss_kb / 1024 / 64" | bc -l)")"
+row "peak memory during the 1 GiB pull (MiB)" "$(printf %.1f "$(echo "$pull_rss / 1024" | bc -l)")" "64 goal" "$(printf %.2fx "$(echo "$pull_rss / 1024 / 64" | bc -l)")"

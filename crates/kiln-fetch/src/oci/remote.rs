@@ -452,17 +452,27 @@ impl Remote {
                 s.stream
             }
         };
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .append(true)
             .open(part)
             .map_err(|e| Attempt::Fatal(self.io("opening", part, e)))?;
+        // Network chunks are small (tens of KiB): gather them into 1 MiB writes. Every way
+        // out flushes, so the file always holds exactly `state.written` bytes.
+        let mut file = io::BufWriter::with_capacity(1 << 20, file);
+        let flushed = |file: &mut io::BufWriter<fs::File>| {
+            file.flush()
+                .map_err(|e| Attempt::Fatal(self.io("writing", part, e)))
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 // The whole blob arrived: a trailing error (e.g. oci-client's own check on a
                 // full response) is left to the digest check that follows.
                 Err(_) if state.written == state.size => break,
-                Err(e) => return Err(Attempt::Transient(format!("the download broke off: {e}"))),
+                Err(e) => {
+                    flushed(&mut file)?;
+                    return Err(Attempt::Transient(format!("the download broke off: {e}")));
+                }
             };
             if state.written + chunk.len() as u64 > state.size {
                 let _ = fs::remove_file(part);
@@ -480,6 +490,7 @@ impl Remote {
                 p(state.written);
             }
         }
+        flushed(&mut file)?;
         if state.written < state.size {
             // A complete answer that is short: the registry holds a truncated blob.
             let _ = fs::remove_file(part);
