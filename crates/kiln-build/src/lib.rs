@@ -821,7 +821,7 @@ impl Builder<'_> {
         let tmp = self.store.begin(id, parent, layer.meta.flat)?;
         match cache
             .fetch(&layer, &tmp, &scratch.path)
-            .map_err(|e| Err(e))
+            .map_err(Err)
             .and_then(|()| self.check_cancelled().map_err(Ok))
         {
             Ok(()) => {

@@ -132,7 +132,7 @@ fn registry_caches(args: &BuildArgs) -> anyhow::Result<Caches> {
             format!("{flag} {text}: a registry repository is written oci://HOST[:PORT]/REPO")
         })?;
         Ok(Arc::new(
-            RegistryCache::open(text, &settings).with_context(|| format!("{flag}"))?,
+            RegistryCache::open(text, &settings).with_context(|| flag.to_string())?,
         ))
     };
     let from = args

@@ -107,6 +107,9 @@ pub enum BlobPush {
 /// Called with the bytes of a blob transferred so far (including those resumed from disk).
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Called with a line telling that a request is retried (and why).
+pub type Notices = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A manifest as the registry served it.
 #[derive(Debug, Clone)]
 pub struct FetchedManifest {
@@ -178,7 +181,7 @@ pub struct Remote {
     /// How blobs are uploaded.
     pub upload: UploadMode,
     /// Where retries are reported (`None`: only to the log).
-    pub notices: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub notices: Option<Notices>,
 }
 
 impl Remote {
@@ -406,13 +409,16 @@ impl Remote {
         let what = format!("blob {}", desc.digest);
         let shown = self.shown.clone();
         let target = self.blob_target();
-        let state_cell = std::cell::RefCell::new(&mut state);
-        self.block(&format!("downloading {what}"), &shown, || async {
-            let mut state = state_cell.borrow_mut();
-            self.download_range(&target, desc, part, &mut state, progress.as_ref(), &shown)
-                .await
+        self.attempts(&format!("downloading {what}"), &shown, || {
+            self.runtime.block_on(self.download_range(
+                &target,
+                desc,
+                part,
+                &mut state,
+                progress.as_ref(),
+                &shown,
+            ))
         })?;
-        drop(state_cell);
         let digest = format!("sha256:{}", hex::encode(state.hasher.finalize_reset()));
         if digest != desc.digest {
             let _ = fs::remove_file(part);
@@ -506,17 +512,29 @@ impl Remote {
         Ok(())
     }
 
-    /// Runs `op` until it succeeds, fails for good, or has been tried `retry.attempts` times.
+    /// Runs the request `op` makes until it succeeds, fails for good, or has been tried
+    /// `retry.attempts` times.
     fn block<T, F, Fut>(&self, what: &str, shown: &str, mut op: F) -> Result<T, RemoteError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
     {
+        self.attempts(what, shown, || self.runtime.block_on(op()))
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or has been tried `retry.attempts`
+    /// times, waiting longer after each passing failure.
+    fn attempts<T>(
+        &self,
+        what: &str,
+        shown: &str,
+        mut op: impl FnMut() -> Result<T, Attempt>,
+    ) -> Result<T, RemoteError> {
         let started = Instant::now();
         let attempts = self.retry.attempts.max(1);
         let mut attempt = 1;
         loop {
-            match self.runtime.block_on(op()) {
+            match op() {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Transient(why)) if attempt < attempts => {
