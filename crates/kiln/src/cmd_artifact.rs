@@ -117,43 +117,24 @@ fn pull(args: ArtifactPullArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.output.display()))?;
     let bar = indicatif::ProgressBar::new(0).with_message("pulling");
     bar.set_style(style());
-    let pulled = artifact::pull_image(&remote, &at, &args.output, Some(progress(&bar)));
+    let options = artifact::PullOptions {
+        require_signature: args.require_signature,
+    };
+    let pulled = artifact::pull_image(&remote, &at, &args.output, options, Some(progress(&bar)));
     bar.finish_and_clear();
     let pulled = pulled?;
-    if args.require_signature && pulled.signature.is_none() {
-        let _ = fs::remove_file(&pulled.disk);
-        bail!(
-            "{}: the artifact is unsigned and --require-signature was given; nothing was kept",
-            args.reference
-        );
-    }
-    write_new(&args.output.join("metadata.json"), &pulled.metadata)?;
-    if let Some(sig) = &pulled.signature {
-        write_new(&args.output.join("signature.minisig"), sig)?;
-    }
     if args.json {
         println!("{}", serde_json::to_string(&pulled)?);
     } else {
         println!(
             "pulled {}@{} into {} ({})",
-            remote.tagged(&at).split(':').next().unwrap_or_default(),
+            format!("{}/{}", remote.registry(), remote.reference().repository),
             pulled.digest,
             args.output.display(),
             pulled.disk.display()
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `bytes` to `path` through a temporary file renamed over it.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn style() -> indicatif::ProgressStyle {

@@ -225,12 +225,26 @@ pub fn push_image(
     })
 }
 
-/// Pulls the image `tag_or_digest` of `remote` into the directory `dest`: its disk appears
-/// there under [`DiskFormat::file_name`] once verified; metadata and signature are returned.
+/// The metadata's file name in a pull's destination.
+pub const METADATA_FILE: &str = "metadata.json";
+/// The signature's file name in a pull's destination.
+pub const SIGNATURE_FILE: &str = "signature.minisig";
+
+/// How to pull.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PullOptions {
+    /// Refuse an artifact without a signature layer before downloading anything.
+    pub require_signature: bool,
+}
+
+/// Pulls the image `tag_or_digest` of `remote` into the directory `dest`. Once every blob
+/// is verified, [`METADATA_FILE`] and [`SIGNATURE_FILE`] (when signed) are put in place,
+/// then the disk under [`DiskFormat::file_name`]: a disk in `dest` means a complete pull.
 pub fn pull_image(
     remote: &Remote,
     tag_or_digest: &str,
     dest: &Path,
+    options: PullOptions,
     progress: Option<Progress>,
 ) -> Result<PulledImage, RemoteError> {
     let shown = remote.tagged(tag_or_digest);
@@ -268,6 +282,14 @@ pub fn pull_image(
         .iter()
         .find(|d| d.media_type == QCOW2_MEDIA || d.media_type == RAW_ZSTD_MEDIA)
         .ok_or_else(|| refused("the manifest", "it has no disk layer".into()))?;
+    let signature_desc = m.layers.iter().find(|d| d.media_type == SIGNATURE_MEDIA);
+    if options.require_signature && signature_desc.is_none() {
+        return Err(RemoteError::Reference {
+            reference: shown.clone(),
+            message: "the artifact is unsigned and a signature is required; nothing was downloaded"
+                .into(),
+        });
+    }
     let format = if disk.media_type == QCOW2_MEDIA {
         DiskFormat::Qcow2
     } else {
@@ -282,7 +304,7 @@ pub fn pull_image(
     if serde_json::from_slice::<serde_json::Value>(&metadata).is_err() {
         return Err(refused("the metadata", "it is not JSON".into()));
     }
-    let signature = match m.layers.iter().find(|d| d.media_type == SIGNATURE_MEDIA) {
+    let signature = match signature_desc {
         Some(d) => {
             let path = part(d);
             remote.pull_blob(d, &path, None)?;
@@ -293,6 +315,14 @@ pub fn pull_image(
     let disk_part = part(disk);
     remote.pull_blob(disk, &disk_part, progress)?;
     let target = dest.join(format.file_name());
+    let place = |from: &Path, name: &str| {
+        let to = dest.join(name);
+        fs::rename(from, &to).map_err(|e| io("renaming into place", &to, e))
+    };
+    place(&metadata_path, METADATA_FILE)?;
+    if let Some(d) = signature_desc {
+        place(&part(d), SIGNATURE_FILE)?;
+    }
     match format {
         DiskFormat::Qcow2 => {
             fs::rename(&disk_part, &target).map_err(|e| io("renaming into place", &target, e))?
