@@ -169,3 +169,42 @@ fn a_second_store_builds_everything_from_the_registry_and_refuses_tampered_layer
     no_temporaries(&third_store);
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unreachable_cache_is_a_warning_for_cache_from_and_an_error_for_cache_to() {
+    let dir = test_dir("registry-cache-down");
+    let store = dir.join("store");
+    // Port 9 (discard): nothing listens there.
+    let down = "oci://127.0.0.1:9/kiln/cache";
+    let spec = format!(
+        "((from file:{})\n (run (shell \"echo {} > /a\"))\n (run (shell \"echo b > /b\")))\n",
+        busybox_tar().display(),
+        nonce()
+    );
+    fs::write(dir.join("build.spec"), &spec).unwrap();
+    let args = ["build", "-f", "build.spec", ".", "--cache-from", down];
+    let from = kiln_env(&store, &dir, &args, &[("KILN_REGISTRY_ATTEMPTS", "2")]).ok();
+    assert_eq!(from.count("---> saved as"), 3, "{}", from.stdout);
+    // Said once, then the build goes on without the cache.
+    assert_eq!(
+        from.count("building without it from here on"),
+        1,
+        "{}",
+        from.stdout
+    );
+    assert!(
+        from.stdout.contains("registry 127.0.0.1:9"),
+        "{}",
+        from.stdout
+    );
+
+    let args = ["build", "-f", "build.spec", ".", "--cache-to", down];
+    let to = kiln_env(&store, &dir, &args, &[("KILN_REGISTRY_ATTEMPTS", "2")]);
+    assert_eq!(to.code, 1, "{}\n{}", to.stdout, to.stderr);
+    assert!(
+        to.stderr.contains("--cache-to") && to.stderr.contains("registry 127.0.0.1:9"),
+        "{}",
+        to.stderr
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

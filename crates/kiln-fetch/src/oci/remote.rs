@@ -16,7 +16,7 @@
 
 use super::reference::OciRef;
 use super::registry::Registry;
-use super::settings::{Endpoint, RegistrySettings, Role};
+use super::settings::{Endpoint, RegistrySettings, Role, INSECURE_ENV};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci_client::client::BlobResponse;
@@ -257,7 +257,7 @@ impl Remote {
             self.registry
                 .by_tag(&self.reference.repository, tag_or_digest)
         };
-        let what = format!("manifest {tag_or_digest}");
+        let what = "looking up the manifest".to_string();
         let shown = self.shown_at(tag_or_digest);
         let pulled = self.block(&what, &shown, || async {
             let pulled = self
@@ -276,13 +276,17 @@ impl Remote {
         };
         let digest = sha256_digest(&raw);
         if by_digest && digest != tag_or_digest {
-            return Err(self.tampered(&shown, &what, format!("its bytes hash to {digest}")));
+            return Err(self.tampered(
+                &shown,
+                "the manifest",
+                format!("its bytes hash to {digest}"),
+            ));
         }
         let manifest: OciImageManifest =
             serde_json::from_slice(&raw).map_err(|e| RemoteError::Registry {
                 registry: self.registry.host.clone(),
                 reference: shown.clone(),
-                message: format!("{what} is not an OCI image manifest: {e}"),
+                message: format!("the manifest is not an OCI image manifest: {e}"),
             })?;
         Ok(Some(FetchedManifest {
             raw: raw.to_vec(),
@@ -726,6 +730,11 @@ fn transient(e: &OciDistributionError) -> Option<String> {
                 Some(format!("the registry answered HTTP {code}"))
             }
             Some(_) => None,
+            None if re.is_connect() => Some(format!(
+                "cannot connect ({}); check that the registry is running and reachable \
+                 (plain HTTP is used for loopback hosts and those in {INSECURE_ENV})",
+                innermost(re)
+            )),
             None => Some(format!("request failed: {}", chain(re))),
         },
         OciDistributionError::ServerError { code, message, .. }
@@ -761,6 +770,17 @@ fn is_not_found(e: &OciDistributionError) -> bool {
         }),
         _ => false,
     }
+}
+
+/// The deepest source of an error (the operating system's words, for connections).
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
 }
 
 /// An error and its sources, `: `-separated.
