@@ -127,8 +127,9 @@ fn pull(args: ArtifactPullArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&pulled)?);
     } else {
         println!(
-            "pulled {}@{} into {} ({})",
-            format!("{}/{}", remote.registry(), remote.reference().repository),
+            "pulled {}/{}@{} into {} ({})",
+            remote.registry(),
+            remote.reference().repository,
             pulled.digest,
             args.output.display(),
             pulled.disk.display()
