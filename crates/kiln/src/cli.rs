@@ -77,6 +77,76 @@ pub enum Command {
     /// Pack disks into chunked .kzi images and load them onto many machines at once by
     /// multicast (`pack`, `unpack`, `serve`, `load`, or a nodes.toml file).
     Deploy(crate::cmd_deploy::DeployArgs),
+    /// Push or pull a disk image as an OCI artifact (disk + metadata + signature) to or
+    /// from any registry.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+}
+
+/// `kiln artifact …`.
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Push a disk image (qcow2 as it is, raw compressed with zstd) with its metadata and
+    /// signature as one artifact (artifactType application/vnd.kiln.image.v1).
+    Push(ArtifactPushArgs),
+    /// Pull an artifact into a directory: disk.qcow2 or disk.raw (sparse), metadata.json,
+    /// signature.minisig; each verified against its digest before it appears there.
+    Pull(ArtifactPullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactPushArgs {
+    /// The disk image (qcow2 or raw; told apart by qcow2's magic).
+    pub disk: PathBuf,
+    /// Where: oci://HOST[:PORT]/REPO:TAG.
+    pub reference: String,
+    /// The image's metadata, a JSON file (the artifact's config).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: PathBuf,
+    /// A signature file (minisign) to push with it.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+    /// Annotation org.opencontainers.image.title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Annotation org.opencontainers.image.version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Annotation dev.kiln.image.os.
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Annotation dev.kiln.image.arch.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Another annotation KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Upload in PATCH chunks of at most 4 MiB instead of one streamed PUT.
+    #[arg(long)]
+    pub chunked: bool,
+    /// A repository of the same registry that may hold the disk already: it is mounted
+    /// from there instead of uploaded (repeatable).
+    #[arg(long, value_name = "REPO")]
+    pub mount_from: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactPullArgs {
+    /// What: oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:….
+    pub reference: String,
+    /// The directory to pull into (created; an interrupted pull resumes from
+    /// DIR/.kiln-partial).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Refuse an artifact that carries no signature.
+    #[arg(long)]
+    pub require_signature: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +181,14 @@ pub struct BuildArgs {
     /// on a difference, name the first differing file.
     #[arg(long)]
     pub check_reproducible: bool,
+    /// Push every layer the build makes or uses to this registry repository
+    /// (`oci://HOST[:PORT]/REPO`), tagged by step id: a build cache other machines share.
+    #[arg(long, value_name = "oci://HOST/REPO")]
+    pub cache_to: Option<String>,
+    /// Before running a step, pull its layer from this registry repository if it has it
+    /// (verified; a tampered or mismatched layer is refused and the step is built).
+    #[arg(long, value_name = "oci://HOST/REPO")]
+    pub cache_from: Option<String>,
     #[command(flatten)]
     pub vm: VmArgs,
 }
@@ -180,6 +258,10 @@ pub enum OutputFormat {
     Vdi,
     Tar,
     Dir,
+    /// A KubeVirt containerDisk: an OCI image archive of one layer holding the disk as
+    /// /disk/disk.qcow2, owned by 107:107.
+    #[value(name = "containerdisk")]
+    ContainerDisk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,6 +355,10 @@ pub struct ExportArgs {
     /// Output: a tar (`-` for stdout), a directory (--format dir) or a disk image.
     #[command(flatten)]
     pub image: ImageArgs,
+    /// With --format containerdisk: also push the image to oci://HOST[:PORT]/REPO:TAG
+    /// (-o may then be left out).
+    #[arg(long, value_name = "oci://HOST/REPO:TAG")]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Args)]

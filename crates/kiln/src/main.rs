@@ -6,6 +6,7 @@
 mod builder;
 mod cli;
 mod cmd_appliance;
+mod cmd_artifact;
 mod cmd_base;
 mod cmd_build;
 mod cmd_cpio;
@@ -57,6 +58,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Cpio(cmd) => cmd_cpio::cpio(cmd),
         cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
         cli::Command::Deploy(args) => cmd_deploy::deploy(args),
+        cli::Command::Artifact(cmd) => cmd_artifact::artifact(cmd),
     }
 }
 
