@@ -374,6 +374,38 @@ impl Metadata {
     }
 }
 
+/// A search over entries: every given criterion must hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Filter {
+    /// Words that must all appear ([`Metadata::matches_text`]).
+    #[serde(default)]
+    pub q: Option<String>,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// The endorser's e-mail (case-insensitive) or key id.
+    #[serde(default)]
+    pub endorser: Option<String>,
+    /// Also list entries whose validity ran out.
+    #[serde(default)]
+    pub include_expired: bool,
+}
+
+impl Filter {
+    /// Whether `m` passes the filter at `now`.
+    pub fn matches(&self, m: &Metadata, now: DateTime<Utc>) -> bool {
+        let given = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        (self.include_expired || !m.is_expired(now))
+            && given(&self.q).is_none_or(|q| m.matches_text(&q))
+            && given(&self.os).is_none_or(|os| m.has_os(&os))
+            && given(&self.arch).is_none_or(|arch| m.has_arch(&arch))
+            && given(&self.endorser).is_none_or(|e| {
+                m.endorser.email.eq_ignore_ascii_case(&e) || m.endorser.key_id.eq_ignore_ascii_case(&e)
+            })
+    }
+}
+
 /// The short form of a sha256 hex id: 80 bits, lowercase base32 without padding.
 pub fn short_id(id: &str) -> Result<String, MetadataError> {
     if !is_hex(id, 64) {
@@ -623,6 +655,21 @@ mod tests {
         assert!(m.is_named_by("abababab"));
         assert!(!m.is_named_by("abab"));
         assert!(m.is_named_by(&m.short_id.to_uppercase()));
+        let now = parse_time("2026-03-01T00:00:00Z", "t").unwrap();
+        let later = parse_time("2027-03-01T00:00:00Z", "t").unwrap();
+        let f = |q: &str, os: &str, arch: &str, e: &str, x: bool| Filter {
+            q: Some(q.into()),
+            os: Some(os.into()),
+            arch: Some(arch.into()),
+            endorser: Some(e.into()),
+            include_expired: x,
+        };
+        assert!(f("web", "debian", "amd64", "ME@lab.org", false).matches(&m, now));
+        assert!(f("", "", "", "", false).matches(&m, now));
+        assert!(!f("", "", "arm64", "", false).matches(&m, now));
+        assert!(!f("", "", "", "you@lab.org", false).matches(&m, now));
+        assert!(!f("", "", "", "", false).matches(&m, later));
+        assert!(f("", "", "", "", true).matches(&m, later));
     }
 
     #[test]
