@@ -352,3 +352,45 @@ pub fn delete(id: &str, target: &str, token: &str, key: &SigningKey) -> Result<(
         check_status(&url, "the deletion", resp).await.map(drop)
     })
 }
+
+/// Searches the marketplace at `target`; returns its listing (metadata plus `validity`,
+/// `download` and `pull`).
+pub fn search(target: &str, filter: &crate::metadata::Filter) -> Result<Vec<serde_json::Value>, CatalogError> {
+    let base = match parse_target(target)? {
+        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Marketplace { base, .. } => base,
+    };
+    let mut url = url::Url::parse(&format!("{base}/api/images"))
+        .map_err(|e| CatalogError::Usage(format!("{base}: {e}")))?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in [("q", &filter.q), ("os", &filter.os), ("arch", &filter.arch), ("endorser", &filter.endorser)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(k, v);
+            }
+        }
+        if filter.include_expired {
+            q.append_pair("include_expired", "1");
+        }
+    }
+    let url = url.to_string();
+    runtime()?.block_on(async {
+        let resp = http()?.get(&url).send().await.map_err(|e| net_err(&url, e))?;
+        let body: serde_json::Value = check_status(&url, "the search", resp)
+            .await?
+            .json_value(&url)
+            .await?;
+        Ok(body["images"].as_array().cloned().unwrap_or_default())
+    })
+}
+
+trait JsonValue {
+    async fn json_value(self, url: &str) -> Result<serde_json::Value, CatalogError>;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self, url: &str) -> Result<serde_json::Value, CatalogError> {
+        let bytes = self.bytes().await.map_err(|e| net_err(url, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Remote(format!("{url}: not JSON: {e}")))
+    }
+}

@@ -367,10 +367,11 @@ impl Metadata {
     }
 
     /// Whether `reference` names this entry: its full id, a hex prefix of at least 8
-    /// digits, or its short id.
+    /// digits, or its short id or a prefix of it of at least 6 characters.
     pub fn is_named_by(&self, reference: &str) -> bool {
         let r = reference.to_ascii_lowercase();
-        r == self.short_id || (r.len() >= 8 && is_hex(&r, r.len()) && self.id.starts_with(&r))
+        (r.len() >= 6 && self.short_id.starts_with(&r))
+            || (r.len() >= 8 && is_hex(&r, r.len()) && self.id.starts_with(&r))
     }
 }
 
@@ -654,6 +655,7 @@ mod tests {
         assert!(m.is_named_by(&"ab".repeat(32)));
         assert!(m.is_named_by("abababab"));
         assert!(!m.is_named_by("abab"));
+        assert!(m.is_named_by(&m.short_id[..6]) && !m.is_named_by(&m.short_id[..5]));
         assert!(m.is_named_by(&m.short_id.to_uppercase()));
         let now = parse_time("2026-03-01T00:00:00Z", "t").unwrap();
         let later = parse_time("2027-03-01T00:00:00Z", "t").unwrap();

@@ -7,9 +7,11 @@ mod builder;
 mod cli;
 mod cmd_base;
 mod cmd_build;
+mod cmd_catalog;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
+mod cmd_serve;
 mod cmd_shell;
 mod cmd_shell_vm;
 mod cmd_store;
@@ -51,6 +53,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Base(cmd) => cmd_base::base(&store_dir, cmd),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
+        cli::Command::Key(cmd) => cmd_catalog::key(cmd),
+        cli::Command::Image(cmd) => cmd_catalog::image(&store_dir, cmd),
+        cli::Command::Serve(args) => cmd_serve::serve(args),
     }
 }
 
