@@ -131,14 +131,16 @@ impl Catalog {
         let meta_path = dir.join(METADATA_FILE);
         let metadata_bytes = fs::read(&meta_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                CatalogError::NotFound(format!("no image {id} in the catalogue {}", self.dir.display()))
+                CatalogError::NotFound(format!(
+                    "no image {id} in the catalogue {}",
+                    self.dir.display()
+                ))
             } else {
                 CatalogError::io(&meta_path, e)
             }
         })?;
-        let metadata = Metadata::parse(&metadata_bytes).map_err(|e| {
-            CatalogError::Image(format!("{}: {e}", meta_path.display()))
-        })?;
+        let metadata = Metadata::parse(&metadata_bytes)
+            .map_err(|e| CatalogError::Image(format!("{}: {e}", meta_path.display())))?;
         if metadata.id != id {
             return Err(CatalogError::Image(format!(
                 "{}: holds the metadata of {}, not of {id}",
@@ -147,7 +149,8 @@ impl Catalog {
             )));
         }
         let sig_path = dir.join(SIGNATURE_FILE);
-        let signature = fs::read_to_string(&sig_path).map_err(|e| CatalogError::io(&sig_path, e))?;
+        let signature =
+            fs::read_to_string(&sig_path).map_err(|e| CatalogError::io(&sig_path, e))?;
         let image = dir.join(&metadata.file);
         let image = image.is_file().then_some(image);
         Ok(Entry {
@@ -265,14 +268,8 @@ impl Catalog {
 
 /// Exchanges two directories atomically (renameat2 RENAME_EXCHANGE).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    nix::fcntl::renameat2(
-        None,
-        a,
-        None,
-        b,
-        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-    )
-    .map_err(std::io::Error::from)
+    nix::fcntl::renameat2(None, a, None, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+        .map_err(std::io::Error::from)
 }
 
 pub(crate) fn write_synced(path: &Path, data: &[u8]) -> Result<(), CatalogError> {

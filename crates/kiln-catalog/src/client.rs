@@ -53,7 +53,11 @@ fn net_err(url: &str, e: reqwest::Error) -> CatalogError {
 }
 
 /// Turns a non-success response into an error carrying the server's `{"error": …}`.
-async fn check_status(url: &str, what: &str, resp: reqwest::Response) -> Result<reqwest::Response, CatalogError> {
+async fn check_status(
+    url: &str,
+    what: &str,
+    resp: reqwest::Response,
+) -> Result<reqwest::Response, CatalogError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -81,7 +85,14 @@ pub fn pull(
         Remote::Oci(location) => return Err(oci_unsupported(&location)),
         Remote::Marketplace { base, reference } => (base, reference.unwrap_or_default()),
     };
-    runtime()?.block_on(pull_async(catalog, &base, &reference, trust, allow_expired, progress))
+    runtime()?.block_on(pull_async(
+        catalog,
+        &base,
+        &reference,
+        trust,
+        allow_expired,
+        progress,
+    ))
 }
 
 async fn pull_async(
@@ -94,7 +105,11 @@ async fn pull_async(
 ) -> Result<Pulled, CatalogError> {
     let client = http()?;
     let meta_url = format!("{base}/api/images/{reference}");
-    let resp = client.get(&meta_url).send().await.map_err(|e| net_err(&meta_url, e))?;
+    let resp = client
+        .get(&meta_url)
+        .send()
+        .await
+        .map_err(|e| net_err(&meta_url, e))?;
     let meta_bytes = check_status(&meta_url, "the metadata request", resp)
         .await?
         .bytes()
@@ -110,14 +125,25 @@ async fn pull_async(
         )));
     }
     let sig_url = format!("{base}/api/images/{}/signature", meta.id);
-    let resp = client.get(&sig_url).send().await.map_err(|e| net_err(&sig_url, e))?;
+    let resp = client
+        .get(&sig_url)
+        .send()
+        .await
+        .map_err(|e| net_err(&sig_url, e))?;
     let signature = check_status(&sig_url, "the signature request", resp)
         .await?
         .text()
         .await
         .map_err(|e| net_err(&sig_url, e))?;
     // Refuse an untrusted, tampered or expired image before downloading it.
-    let verified = verify_metadata(&meta, &meta_bytes, &signature, trust, chrono::Utc::now(), allow_expired)?;
+    let verified = verify_metadata(
+        &meta,
+        &meta_bytes,
+        &signature,
+        trust,
+        chrono::Utc::now(),
+        allow_expired,
+    )?;
     if let Ok(existing) = catalog.read(&meta.id) {
         if let Some(image) = &existing.image {
             if verify_image_file(&meta, image).is_ok() {
@@ -215,11 +241,15 @@ async fn download(
                 meta.bytes
             )));
         }
-        file.write_all(&chunk).await.map_err(|e| CatalogError::io(part, e))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| CatalogError::io(part, e))?;
         done += chunk.len() as u64;
         progress(done, meta.bytes);
     }
-    file.sync_all().await.map_err(|e| CatalogError::io(part, e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| CatalogError::io(part, e))?;
     if done != meta.bytes {
         return Err(CatalogError::Remote(format!(
             "{url}: the transfer ended after {done} of {} bytes; run the same pull again to \
@@ -231,7 +261,12 @@ async fn download(
 }
 
 /// Uploads `entry` (its image and signed metadata) to the marketplace `target`.
-pub fn push(entry: &Entry, target: &str, token: &str, progress: Progress<'_>) -> Result<String, CatalogError> {
+pub fn push(
+    entry: &Entry,
+    target: &str,
+    token: &str,
+    progress: Progress<'_>,
+) -> Result<String, CatalogError> {
     let base = match parse_target(target)? {
         Remote::Oci(location) => return Err(oci_unsupported(&location)),
         Remote::Marketplace { base, .. } => base,
@@ -268,7 +303,9 @@ async fn push_async(
     let resp = check.send().await.map_err(|e| net_err(&check_url, e))?;
     check_status(&check_url, "the upload", resp).await?;
     let url = format!("{base}/api/images/{id}");
-    let file = tokio::fs::File::open(image).await.map_err(|e| CatalogError::io(image, e))?;
+    let file = tokio::fs::File::open(image)
+        .await
+        .map_err(|e| CatalogError::io(image, e))?;
     let total = entry.metadata.bytes;
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = sent.clone();
@@ -323,7 +360,9 @@ pub fn update_metadata(entry: &Entry, target: &str, token: &str) -> Result<(), C
             .send()
             .await
             .map_err(|e| net_err(&url, e))?;
-        check_status(&url, "the metadata update", resp).await.map(drop)
+        check_status(&url, "the metadata update", resp)
+            .await
+            .map(drop)
     })
 }
 
@@ -355,7 +394,10 @@ pub fn delete(id: &str, target: &str, token: &str, key: &SigningKey) -> Result<(
 
 /// Searches the marketplace at `target`; returns its listing (metadata plus `validity`,
 /// `download` and `pull`).
-pub fn search(target: &str, filter: &crate::metadata::Filter) -> Result<Vec<serde_json::Value>, CatalogError> {
+pub fn search(
+    target: &str,
+    filter: &crate::metadata::Filter,
+) -> Result<Vec<serde_json::Value>, CatalogError> {
     let base = match parse_target(target)? {
         Remote::Oci(location) => return Err(oci_unsupported(&location)),
         Remote::Marketplace { base, .. } => base,
@@ -364,7 +406,12 @@ pub fn search(target: &str, filter: &crate::metadata::Filter) -> Result<Vec<serd
         .map_err(|e| CatalogError::Usage(format!("{base}: {e}")))?;
     {
         let mut q = url.query_pairs_mut();
-        for (k, v) in [("q", &filter.q), ("os", &filter.os), ("arch", &filter.arch), ("endorser", &filter.endorser)] {
+        for (k, v) in [
+            ("q", &filter.q),
+            ("os", &filter.os),
+            ("arch", &filter.arch),
+            ("endorser", &filter.endorser),
+        ] {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                 q.append_pair(k, v);
             }
@@ -375,7 +422,11 @@ pub fn search(target: &str, filter: &crate::metadata::Filter) -> Result<Vec<serd
     }
     let url = url.to_string();
     runtime()?.block_on(async {
-        let resp = http()?.get(&url).send().await.map_err(|e| net_err(&url, e))?;
+        let resp = http()?
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| net_err(&url, e))?;
         let body: serde_json::Value = check_status(&url, "the search", resp)
             .await?
             .json_value(&url)
@@ -391,6 +442,7 @@ trait JsonValue {
 impl JsonValue for reqwest::Response {
     async fn json_value(self, url: &str) -> Result<serde_json::Value, CatalogError> {
         let bytes = self.bytes().await.map_err(|e| net_err(url, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Remote(format!("{url}: not JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CatalogError::Remote(format!("{url}: not JSON: {e}")))
     }
 }

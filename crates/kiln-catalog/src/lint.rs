@@ -47,9 +47,23 @@ pub struct Finding {
 /// Directories whose files are read for private key blocks. The rest of the tree (/usr:
 /// packaged files, test keys of libraries) is what the distribution ships, not what a
 /// build leaves behind.
-const KEY_DIRS: &[&str] = &["etc", "root", "home", "srv", "opt", "var", "tmp", "usr/local"];
+const KEY_DIRS: &[&str] = &[
+    "etc",
+    "root",
+    "home",
+    "srv",
+    "opt",
+    "var",
+    "tmp",
+    "usr/local",
+];
 /// Below these the files belong to package managers and are skipped.
-const SKIP_DIRS: &[&str] = &["var/lib/dpkg", "var/cache/apt", "var/lib/apt", "var/cache/debconf"];
+const SKIP_DIRS: &[&str] = &[
+    "var/lib/dpkg",
+    "var/cache/apt",
+    "var/lib/apt",
+    "var/cache/debconf",
+];
 /// How much of a file is read looking for a key block.
 const HEAD_BYTES: usize = 16 * 1024;
 /// Larger files are not read (a key is small; an image's data files are not).
@@ -157,7 +171,9 @@ fn private_keys(root: &Path, out: &mut Vec<Finding>) -> std::io::Result<()> {
                 out.push(Finding {
                     kind: Kind::PrivateKey,
                     path: inside(root, entry.path()),
-                    detail: format!("holds a {what}: a secret shipped to everyone who pulls the image"),
+                    detail: format!(
+                        "holds a {what}: a secret shipped to everyone who pulls the image"
+                    ),
                 });
             }
         }
@@ -168,10 +184,15 @@ fn private_keys(root: &Path, out: &mut Vec<Finding>) -> std::io::Result<()> {
 /// The kind of private key block that starts a line in the head of `path`, if any.
 fn key_block(path: &Path) -> Option<String> {
     let mut head = vec![0u8; HEAD_BYTES];
-    let n = fs::File::open(path).and_then(|mut f| read_up_to(&mut f, &mut head)).ok()?;
+    let n = fs::File::open(path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .ok()?;
     let text = String::from_utf8_lossy(&head[..n]);
     text.lines().find_map(|line| {
-        let label = line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----")?;
+        let label = line
+            .trim()
+            .strip_prefix("-----BEGIN ")?
+            .strip_suffix("-----")?;
         (label.ends_with("PRIVATE KEY") || label == "PGP PRIVATE KEY BLOCK")
             .then(|| label.to_lowercase())
     })
@@ -306,10 +327,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         write(r, "etc/machine-id", "");
-        write(r, "etc/shadow", "root:*:19000:0:99999:7:::\nbuild:!:19000::::::\n");
+        write(
+            r,
+            "etc/shadow",
+            "root:*:19000:0:99999:7:::\nbuild:!:19000::::::\n",
+        );
         write(r, "etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA");
         write(r, "root/.bash_history", "");
-        write(r, "usr/share/doc/x/test.pem", "-----BEGIN RSA PRIVATE KEY-----\n");
+        write(
+            r,
+            "usr/share/doc/x/test.pem",
+            "-----BEGIN RSA PRIVATE KEY-----\n",
+        );
         write(r, "etc/ssl/certs/ca.pem", "-----BEGIN CERTIFICATE-----\n");
         assert_eq!(lint_root(r).unwrap(), vec![]);
     }
@@ -320,9 +349,17 @@ mod tests {
         let r = dir.path();
         write(r, "etc/machine-id", "0123456789abcdef0123456789abcdef\n");
         write(r, "etc/shadow", "root:$6$salt$hash:19000:0:99999:7:::\n");
-        write(r, "etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n");
+        write(
+            r,
+            "etc/ssh/ssh_host_ed25519_key",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n",
+        );
         write(r, "home/alice/.bash_history", "ls\n");
-        write(r, "root/.ssh/id_rsa", "-----BEGIN RSA PRIVATE KEY-----\nx\n");
+        write(
+            r,
+            "root/.ssh/id_rsa",
+            "-----BEGIN RSA PRIVATE KEY-----\nx\n",
+        );
         write(r, "var/lib/dhcp/dhclient.eth0.leases", "lease {}\n");
         let kinds: Vec<(Kind, String)> = lint_root(r)
             .unwrap()

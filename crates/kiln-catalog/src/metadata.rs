@@ -267,7 +267,10 @@ impl Metadata {
             return invalid("checksums.sha512 is not 128 lowercase hex digits".into());
         }
         if self.short_id != short_id(&self.id)? {
-            return invalid(format!("short_id {:?} does not match the id", self.short_id));
+            return invalid(format!(
+                "short_id {:?} does not match the id",
+                self.short_id
+            ));
         }
         if !is_safe_file_name(&self.file) {
             return invalid(format!(
@@ -396,13 +399,19 @@ pub struct Filter {
 impl Filter {
     /// Whether `m` passes the filter at `now`.
     pub fn matches(&self, m: &Metadata, now: DateTime<Utc>) -> bool {
-        let given = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let given = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         (self.include_expired || !m.is_expired(now))
             && given(&self.q).is_none_or(|q| m.matches_text(&q))
             && given(&self.os).is_none_or(|os| m.has_os(&os))
             && given(&self.arch).is_none_or(|arch| m.has_arch(&arch))
             && given(&self.endorser).is_none_or(|e| {
-                m.endorser.email.eq_ignore_ascii_case(&e) || m.endorser.key_id.eq_ignore_ascii_case(&e)
+                m.endorser.email.eq_ignore_ascii_case(&e)
+                    || m.endorser.key_id.eq_ignore_ascii_case(&e)
             })
     }
 }
@@ -598,7 +607,9 @@ mod tests {
         );
         let canon = parsed.canonical_json();
         let text = std::str::from_utf8(&canon).unwrap();
-        assert!(text.ends_with("}\n") && !text.contains(": ") && !text[..text.len() - 1].contains('\n'));
+        assert!(
+            text.ends_with("}\n") && !text.contains(": ") && !text[..text.len() - 1].contains('\n')
+        );
         assert!(text.contains(r#""zz_future":{"a":[true,null],"b":1}"#));
         let keys: Vec<String> = serde_json::from_slice::<serde_json::Map<String, Value>>(&canon)
             .unwrap()

@@ -186,8 +186,7 @@ mod tests {
         assert_eq!(loaded.key_id, made.key_id);
         let sig = sign(&loaded, b"hello\n", "kiln test").unwrap();
         assert_eq!(signature_key_id(&sig).unwrap(), made.key_id);
-        let public =
-            load_public(&fs::read_to_string(dir.path().join("me.pub")).unwrap()).unwrap();
+        let public = load_public(&fs::read_to_string(dir.path().join("me.pub")).unwrap()).unwrap();
         assert_eq!(verify(&public, b"hello\n", &sig).unwrap(), "kiln test");
         assert!(verify(&public, b"hellp\n", &sig).is_err());
         let other = generate(&dir.path().join("o.key"), "", "o").unwrap();

@@ -50,7 +50,10 @@ impl Trust {
             };
             let text = fs::read_to_string(&path).map_err(|e| CatalogError::io(&path, e))?;
             let public = load_public(&text).map_err(|e| {
-                CatalogError::Trust(format!("{}: not a minisign public key: {e}", path.display()))
+                CatalogError::Trust(format!(
+                    "{}: not a minisign public key: {e}",
+                    path.display()
+                ))
             })?;
             keys.push(TrustedKey {
                 key_id: key_id(public.keynum()),

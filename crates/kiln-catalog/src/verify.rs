@@ -72,10 +72,9 @@ pub fn verify_image_file(metadata: &Metadata, image: &Path) -> Result<(), Catalo
             metadata.bytes
         )));
     }
-    let digests = kiln_image::manifest::hash_file(image)
-        .map_err(|e| CatalogError::Image(e.to_string()))?;
-    if digests.sha256 != metadata.checksums.sha256 || digests.sha512 != metadata.checksums.sha512
-    {
+    let digests =
+        kiln_image::manifest::hash_file(image).map_err(|e| CatalogError::Image(e.to_string()))?;
+    if digests.sha256 != metadata.checksums.sha256 || digests.sha512 != metadata.checksums.sha512 {
         return Err(CatalogError::Checksum(format!(
             "{} has sha256 {}, the metadata says {}: the image was changed or damaged",
             image.display(),

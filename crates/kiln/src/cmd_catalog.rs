@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use kiln_catalog::catalog::{Catalog, Entry, ImageSource};
 use kiln_catalog::lint::{lint_root, Finding};
-use kiln_catalog::metadata::{parse_duration, rfc3339, Author, Deprecation, Describe, Filter, Metadata};
+use kiln_catalog::metadata::{
+    parse_duration, rfc3339, Author, Deprecation, Describe, Filter, Metadata,
+};
 use kiln_catalog::sign::{self, load_secret, password_from_env};
 use kiln_catalog::trust::Trust;
 use kiln_catalog::verify::{verify_image_file, verify_metadata};
@@ -35,7 +37,10 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("key id {}", made.key_id);
                 println!("secret key: {} (keep it private)", args.output.display());
-                println!("public key: {} (give it to those who verify your images)", public.display());
+                println!(
+                    "public key: {} (give it to those who verify your images)",
+                    public.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -179,7 +184,10 @@ pub fn print_added(entry: &Entry, json: bool) {
         let m = &entry.metadata;
         println!("added {} ({})", m.short_id, m.title);
         println!("id {}", m.id);
-        println!("signed by {} (key {}), valid until {}", m.endorser.email, m.endorser.key_id, m.valid_until);
+        println!(
+            "signed by {} (key {}), valid until {}",
+            m.endorser.email, m.endorser.key_id, m.valid_until
+        );
     }
 }
 
@@ -187,15 +195,28 @@ fn listing(entry: &Entry) -> serde_json::Value {
     let mut v = serde_json::to_value(&entry.metadata).unwrap_or_default();
     v["validity"] = entry.metadata.validity(Utc::now()).as_str().into();
     v["image_path"] = serde_json::to_value(&entry.image).unwrap_or_default();
-    v["metadata_path"] = entry.dir.join(kiln_catalog::catalog::METADATA_FILE).display().to_string().into();
-    v["signature_path"] = entry.dir.join(kiln_catalog::catalog::SIGNATURE_FILE).display().to_string().into();
+    v["metadata_path"] = entry
+        .dir
+        .join(kiln_catalog::catalog::METADATA_FILE)
+        .display()
+        .to_string()
+        .into();
+    v["signature_path"] = entry
+        .dir
+        .join(kiln_catalog::catalog::SIGNATURE_FILE)
+        .display()
+        .to_string()
+        .into();
     v
 }
 
 fn print_table(entries: &[&Entry], json: bool) {
     if json {
         let rows: Vec<_> = entries.iter().map(|e| listing(e)).collect();
-        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
         return;
     }
     println!(
@@ -208,7 +229,18 @@ fn print_table(entries: &[&Entry], json: bool) {
         let os: Vec<String> = m
             .partitions
             .iter()
-            .map(|p| format!("{}{}/{}", p.os, if p.os_version.is_empty() { String::new() } else { format!("-{}", p.os_version) }, p.arch))
+            .map(|p| {
+                format!(
+                    "{}{}/{}",
+                    p.os,
+                    if p.os_version.is_empty() {
+                        String::new()
+                    } else {
+                        format!("-{}", p.os_version)
+                    },
+                    p.arch
+                )
+            })
             .collect();
         println!(
             "{:<16}  {:<24}  {:<8}  {:<14}  {:<20}  {:<10}  {}",
@@ -299,18 +331,35 @@ fn show(store_dir: &Path, args: ImageRefArgs) -> anyhow::Result<ExitCode> {
         println!("description:  {}", m.description);
     }
     println!("author:       {} <{}>", m.author.name, m.author.email);
-    println!("endorser:     {} (key {})", m.endorser.email, m.endorser.key_id);
+    println!(
+        "endorser:     {} (key {})",
+        m.endorser.email, m.endorser.key_id
+    );
     println!("created:      {}", m.created);
-    println!("valid until:  {} ({})", m.valid_until, m.validity(Utc::now()).as_str());
+    println!(
+        "valid until:  {} ({})",
+        m.valid_until,
+        m.validity(Utc::now()).as_str()
+    );
     if let Some(d) = &m.deprecated {
         println!("deprecated:   {} ({})", d.reason, d.at);
     }
-    println!("file:         {} ({}, {} bytes, virtual {} bytes)", m.file, m.format, m.bytes, m.virtual_size);
+    println!(
+        "file:         {} ({}, {} bytes, virtual {} bytes)",
+        m.file, m.format, m.bytes, m.virtual_size
+    );
     println!("sha256:       {}", m.checksums.sha256);
     println!("sha512:       {}", m.checksums.sha512);
     for p in &m.partitions {
-        let default = if m.default_partition.as_deref() == Some(p.name.as_str()) { " (default)" } else { "" };
-        println!("partition {}:  {} {} {} {}{default}", p.index, p.name, p.os, p.os_version, p.arch);
+        let default = if m.default_partition.as_deref() == Some(p.name.as_str()) {
+            " (default)"
+        } else {
+            ""
+        };
+        println!(
+            "partition {}:  {} {} {} {}{default}",
+            p.index, p.name, p.os, p.os_version, p.arch
+        );
     }
     if !m.node_types.is_empty() {
         println!("node types:   {}", m.node_types.join(", "));
@@ -356,7 +405,10 @@ fn deprecate(store_dir: &Path, args: ImageDeprecateArgs) -> anyhow::Result<ExitC
     if args.json.json {
         println!("{}", listing(&entry));
     } else {
-        println!("deprecated {} ({}): {}", metadata.short_id, metadata.title, args.reason);
+        println!(
+            "deprecated {} ({}): {}",
+            metadata.short_id, metadata.title, args.reason
+        );
         if let Some(remote) = &args.remote {
             println!("marketplace {remote} updated");
         }
@@ -379,7 +431,10 @@ fn rm(store_dir: &Path, args: ImageRmArgs) -> anyhow::Result<ExitCode> {
     }
     let entry = catalog.resolve(&args.id)?;
     catalog.remove(&entry.metadata.id)?;
-    println!("removed {} ({})", entry.metadata.short_id, entry.metadata.title);
+    println!(
+        "removed {} ({})",
+        entry.metadata.short_id, entry.metadata.title
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -424,9 +479,11 @@ fn verify(store_dir: &Path, args: ImageVerifyArgs) -> anyhow::Result<ExitCode> {
 fn byte_bar(message: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(message.to_string());
     bar
@@ -446,9 +503,15 @@ fn push(store_dir: &Path, args: ImagePushArgs) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     if args.json.json {
-        println!("{}", serde_json::json!({ "id": entry.metadata.id, "url": url }));
+        println!(
+            "{}",
+            serde_json::json!({ "id": entry.metadata.id, "url": url })
+        );
     } else {
-        println!("pushed {} ({}) to {}", entry.metadata.short_id, entry.metadata.title, args.target);
+        println!(
+            "pushed {} ({}) to {}",
+            entry.metadata.short_id, entry.metadata.title, args.target
+        );
         println!("pull it with: kiln image pull {url}");
     }
     Ok(ExitCode::SUCCESS)
@@ -458,10 +521,16 @@ fn pull(store_dir: &Path, args: ImagePullArgs) -> anyhow::Result<ExitCode> {
     let catalog = open_catalog(store_dir, &args.catalog)?;
     let trust = load_trust(&catalog, &args.trust)?;
     let bar = byte_bar("pulling");
-    let pulled = client::pull(&catalog, &args.source, &trust, args.trust.allow_expired, &|done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
+    let pulled = client::pull(
+        &catalog,
+        &args.source,
+        &trust,
+        args.trust.allow_expired,
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    );
     bar.finish_and_clear();
     let pulled = pulled?;
     for w in &pulled.verified.warnings {
@@ -492,7 +561,12 @@ fn pull(store_dir: &Path, args: ImagePullArgs) -> anyhow::Result<ExitCode> {
 
 fn report_findings(findings: &[Finding], what: &str) {
     for f in findings {
-        eprintln!("kiln: lint: {what}: {} {}: {}", f.kind.as_str(), f.path, f.detail);
+        eprintln!(
+            "kiln: lint: {what}: {} {}: {}",
+            f.kind.as_str(),
+            f.path,
+            f.detail
+        );
     }
 }
 
@@ -505,7 +579,10 @@ fn lint(store_dir: &Path, args: ImageLintArgs) -> anyhow::Result<ExitCode> {
     } else {
         let catalog = open_catalog(store_dir, &args.catalog)?;
         let entry = catalog.resolve(&args.image).with_context(|| {
-            format!("{} is neither a file, a directory nor a catalogue image", args.image)
+            format!(
+                "{} is neither a file, a directory nor a catalogue image",
+                args.image
+            )
         })?;
         let image = entry
             .image
@@ -555,7 +632,10 @@ pub fn lint_image_file(image: &Path) -> anyhow::Result<Vec<Finding>> {
     let filesystems = kiln_vm::partitions::ext_filesystems(&raw)
         .with_context(|| format!("reading the partition table of {}", image.display()))?;
     if filesystems.is_empty() {
-        bail!("{}: no ext2/3/4 filesystem found; kiln lints ext filesystems only", image.display());
+        bail!(
+            "{}: no ext2/3/4 filesystem found; kiln lints ext filesystems only",
+            image.display()
+        );
     }
     let several = filesystems.len() > 1;
     let mut findings = Vec::new();

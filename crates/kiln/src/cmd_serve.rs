@@ -20,8 +20,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.token_file = Some(f);
     }
     if let Some(size) = &args.max_upload {
-        config.max_upload_bytes =
-            Some(crate::size::parse_size(size).map_err(anyhow::Error::msg)?);
+        config.max_upload_bytes = Some(crate::size::parse_size(size).map_err(anyhow::Error::msg)?);
     }
     if let Some(t) = args.trust {
         config.trust_dir = Some(t);

@@ -122,7 +122,9 @@ impl From<CatalogError> for ApiError {
             CatalogError::Usage(_) => StatusCode::BAD_REQUEST,
             CatalogError::Metadata(_) => StatusCode::BAD_REQUEST,
             CatalogError::Signature(_) | CatalogError::Endorser(_) => StatusCode::FORBIDDEN,
-            CatalogError::Checksum(_) | CatalogError::Expired(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CatalogError::Checksum(_) | CatalogError::Expired(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -159,7 +161,10 @@ pub async fn serve(bound: Bound, data: &Path, config: Config) -> Result<(), Cata
         (None, None) => None,
     }
     .filter(|t| !t.is_empty());
-    let trust_dir = config.trust_dir.clone().unwrap_or_else(|| data.join("trust"));
+    let trust_dir = config
+        .trust_dir
+        .clone()
+        .unwrap_or_else(|| data.join("trust"));
     std::fs::create_dir_all(&trust_dir).map_err(|e| CatalogError::io(&trust_dir, e))?;
     let state = Arc::new(AppState {
         catalog,
@@ -207,16 +212,20 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut app = app.clone();
-                async move { app.call(req.map(Body::new)).await }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    async move { app.call(req.map(Body::new)).await }
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!("connection: {e}");
             }
         });
@@ -245,9 +254,11 @@ async fn entries(state: &Shared) -> Result<Vec<Entry>, ApiError> {
 
 async fn resolve(state: &Shared, reference: String) -> Result<Entry, ApiError> {
     let catalog = state.catalog.clone();
-    Ok(tokio::task::spawn_blocking(move || catalog.resolve(&reference))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+    Ok(
+        tokio::task::spawn_blocking(move || catalog.resolve(&reference))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    )
 }
 
 /// The filter a query string asks for (`include_expired` is on for `1`, `true`, `on`).
@@ -332,7 +343,10 @@ async fn download(
     let image = entry.image.ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
-            format!("the marketplace holds only the metadata of {}", entry.metadata.id),
+            format!(
+                "the marketplace holds only the metadata of {}",
+                entry.metadata.id
+            ),
         )
     })?;
     // tower-http's ServeFile streams from the open file and answers Range and If-Range.
@@ -350,7 +364,9 @@ async fn download(
         headers.insert(header::ETAG, v);
     }
     // `file` passed is_safe_file_name: no quotes or separators to escape.
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", entry.metadata.file)) {
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", entry.metadata.file))
+    {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
@@ -371,10 +387,14 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Api
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "wrong bearer token".into())),
+        Some(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token".into(),
+        )),
         None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer TOKEN` (kiln: --token or $KILN_MARKETPLACE_TOKEN)".into(),
+            "missing `Authorization: Bearer TOKEN` (kiln: --token or $KILN_MARKETPLACE_TOKEN)"
+                .into(),
         )),
     }
 }
@@ -412,14 +432,20 @@ async fn update_metadata(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     upload::check_id(&id)?;
-    let update: MetadataUpdate = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad(format!("the body is not the JSON {{\"metadata\", \"signature\"}} this call takes: {e}")))?;
+    let update: MetadataUpdate = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body is not the JSON {{\"metadata\", \"signature\"}} this call takes: {e}"
+        ))
+    })?;
     let bytes = decode_b64("metadata", &update.metadata)?;
     let sig = String::from_utf8(decode_b64("signature", &update.signature)?)
         .map_err(|_| ApiError::bad("the signature is not text"))?;
     let meta = Metadata::parse(&bytes).map_err(|e| ApiError::bad(e.to_string()))?;
     if meta.id != id {
-        return Err(ApiError::bad(format!("the metadata is for {}, not {id}", meta.id)));
+        return Err(ApiError::bad(format!(
+            "the metadata is for {}, not {id}",
+            meta.id
+        )));
     }
     let old = resolve(&state, id.clone()).await?;
     if old.metadata.endorser.key_id != meta.endorser.key_id {
@@ -432,7 +458,9 @@ async fn update_metadata(
         ));
     }
     if canonical_differs(&meta, &bytes) {
-        return Err(ApiError::bad("the metadata is not in canonical form (sorted keys, no spaces, final newline)"));
+        return Err(ApiError::bad(
+            "the metadata is not in canonical form (sorted keys, no spaces, final newline)",
+        ));
     }
     let trust = load_trust(&state)?;
     verify_metadata(&meta, &bytes, &sig, &trust, Utc::now(), true)?;
@@ -442,7 +470,11 @@ async fn update_metadata(
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::OK, Json(serde_json::json!({ "id": id, "updated": true }))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({ "id": id, "updated": true })),
+    )
+        .into_response())
 }
 
 pub(crate) fn canonical_differs(meta: &Metadata, bytes: &[u8]) -> bool {
@@ -478,25 +510,40 @@ async fn delete(
             format!("the delete request was signed at {when}, more than {DELETE_WINDOW_SECS} s from now (check the clock)"),
         ));
     }
-    let sig = String::from_utf8(decode_b64("Kiln-Signature", &header_text("kiln-signature")?)?)
-        .map_err(|_| ApiError::bad("the signature is not text"))?;
+    let sig = String::from_utf8(decode_b64(
+        "Kiln-Signature",
+        &header_text("kiln-signature")?,
+    )?)
+    .map_err(|_| ApiError::bad("the signature is not text"))?;
     let entry = resolve(&state, id.clone()).await?;
     let trust = load_trust(&state)?;
     let key = trust.key(&entry.metadata.endorser.key_id).ok_or_else(|| {
         ApiError(
             StatusCode::FORBIDDEN,
-            format!("the endorser's key {} is no longer trusted here", entry.metadata.endorser.key_id),
+            format!(
+                "the endorser's key {} is no longer trusted here",
+                entry.metadata.endorser.key_id
+            ),
         )
     })?;
-    crate::sign::verify(&key.public, delete_statement(&id, when).as_bytes(), &sig).map_err(|e| {
-        ApiError(
-            StatusCode::FORBIDDEN,
-            format!("only the endorser {} may delete this image: {e}", entry.metadata.endorser.email),
-        )
-    })?;
+    crate::sign::verify(&key.public, delete_statement(&id, when).as_bytes(), &sig).map_err(
+        |e| {
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "only the endorser {} may delete this image: {e}",
+                    entry.metadata.endorser.email
+                ),
+            )
+        },
+    )?;
     let catalog = state.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.remove(&id))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::OK, Json(serde_json::json!({ "deleted": entry.metadata.id }))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({ "deleted": entry.metadata.id })),
+    )
+        .into_response())
 }

@@ -112,6 +112,7 @@ pub(crate) async fn index(
         .filter(|e| e.image.is_some() && filter.matches(&e.metadata, now))
         .map(|e| &e.metadata)
         .collect();
+    let total = all.iter().filter(|e| e.image.is_some()).count();
     let value = |k: &str| esc(query.get(k).map(String::as_str).unwrap_or(""));
     let mut out = String::new();
     let _ = write!(
@@ -130,8 +131,7 @@ pub(crate) async fn index(
         endorser = value("endorser"),
         checked = if filter.include_expired { " checked" } else { "" },
         n = shown.len(),
-        total = all.iter().filter(|e| e.image.is_some()).count(),
-        s = if all.len() == 1 { "" } else { "s" },
+        s = if total == 1 { "" } else { "s" },
     );
     out.push_str(
         "<table id=\"images\"><thead><tr><th>image</th><th>id</th><th>OS</th><th>endorser</th>\
@@ -140,7 +140,10 @@ pub(crate) async fn index(
     for m in shown {
         row(&mut out, m, &base);
     }
-    let _ = write!(out, "</tbody></table><script>{SCRIPT}</script></body></html>\n");
+    let _ = write!(
+        out,
+        "</tbody></table><script>{SCRIPT}</script></body></html>\n"
+    );
     Ok(Html(out))
 }
 
@@ -150,7 +153,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(esc("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }

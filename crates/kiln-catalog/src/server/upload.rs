@@ -7,7 +7,9 @@
 //! renamed into `entries/`. Any failure, a dropped connection or an idle client removes the
 //! temporary file (and a killed server's are removed at its next start).
 
-use super::{authorize, canonical_differs, decode_b64, load_trust, ApiError, Shared, BODY_IDLE_TIMEOUT};
+use super::{
+    authorize, canonical_differs, decode_b64, load_trust, ApiError, Shared, BODY_IDLE_TIMEOUT,
+};
 use crate::catalog::ImageSource;
 use crate::metadata::{is_hex, Metadata};
 use crate::verify::verify_metadata;
@@ -65,8 +67,11 @@ fn precheck(state: &Shared, id: &str, headers: &HeaderMap) -> Result<Accepted, A
             .ok_or_else(|| ApiError::bad(format!("missing header {name} (base64)")))
     };
     let meta_bytes = decode_b64("Kiln-Metadata", header_text("kiln-metadata")?)?;
-    let signature = String::from_utf8(decode_b64("Kiln-Signature", header_text("kiln-signature")?)?)
-        .map_err(|_| ApiError::bad("the signature is not text"))?;
+    let signature = String::from_utf8(decode_b64(
+        "Kiln-Signature",
+        header_text("kiln-signature")?,
+    )?)
+    .map_err(|_| ApiError::bad("the signature is not text"))?;
     let meta = Metadata::parse(&meta_bytes).map_err(|e| ApiError::bad(e.to_string()))?;
     if meta.id != id {
         return Err(ApiError::bad(format!(
@@ -133,7 +138,10 @@ pub(crate) async fn upload(
         if len > state.max_upload {
             return Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is {len} bytes; this marketplace takes at most {}", state.max_upload),
+                format!(
+                    "the body is {len} bytes; this marketplace takes at most {}",
+                    state.max_upload
+                ),
             ));
         }
         if len != meta.bytes {
@@ -159,7 +167,10 @@ pub(crate) async fn upload(
             Err(_) => {
                 return Err(ApiError(
                     StatusCode::REQUEST_TIMEOUT,
-                    format!("the client sent nothing for {} s", BODY_IDLE_TIMEOUT.as_secs()),
+                    format!(
+                        "the client sent nothing for {} s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    ),
                 ))
             }
             Ok(None) => break,
@@ -188,7 +199,10 @@ pub(crate) async fn upload(
             meta.bytes
         )));
     }
-    let (got256, got512) = (hex::encode(sha256.finalize()), hex::encode(sha512.finalize()));
+    let (got256, got512) = (
+        hex::encode(sha256.finalize()),
+        hex::encode(sha512.finalize()),
+    );
     if got256 != meta.checksums.sha256 || got512 != meta.checksums.sha512 {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -229,5 +243,9 @@ fn internal(msg: String) -> ApiError {
 fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
