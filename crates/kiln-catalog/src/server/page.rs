@@ -81,7 +81,7 @@ fn row(out: &mut String, m: &Metadata, base: &str) {
 <td class=\"endorser\">{endorser}<br><small>key {key}</small></td>\
 <td class=\"state {class}\">{state}<br><small>until {until}</small></td>\
 <td>{format}, {size}</td>\
-<td><div class=\"pull\"><input class=\"pull-command\" readonly value=\"{pull}\"><button class=\"copy\" type=\"button\">copy</button></div></td></tr>\n",
+<td><div class=\"pull\"><input class=\"pull-command\" readonly value=\"{pull}\"><button class=\"copy\" type=\"button\">copy</button></div></td></tr>",
         id = esc(&m.id),
         title = esc(&m.title),
         version = esc(&m.version),
@@ -96,6 +96,7 @@ fn row(out: &mut String, m: &Metadata, base: &str) {
         size = human_bytes(m.bytes),
         pull = esc(&pull),
     );
+    out.push('\n');
 }
 
 pub(crate) async fn index(
@@ -140,10 +141,7 @@ pub(crate) async fn index(
     for m in shown {
         row(&mut out, m, &base);
     }
-    let _ = write!(
-        out,
-        "</tbody></table><script>{SCRIPT}</script></body></html>\n"
-    );
+    let _ = writeln!(out, "</tbody></table><script>{SCRIPT}</script></body></html>");
     Ok(Html(out))
 }
 
