@@ -141,7 +141,10 @@ pub(crate) async fn index(
     for m in shown {
         row(&mut out, m, &base);
     }
-    let _ = writeln!(out, "</tbody></table><script>{SCRIPT}</script></body></html>");
+    let _ = writeln!(
+        out,
+        "</tbody></table><script>{SCRIPT}</script></body></html>"
+    );
     Ok(Html(out))
 }
 
