@@ -686,6 +686,27 @@ mod tests {
     }
 
     #[test]
+    fn published_schema_names_every_field() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../../docs/catalog-metadata.schema.json"))
+                .unwrap();
+        let m = Metadata::from_manifest(&manifest(), &describe()).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        let props = schema["properties"].as_object().unwrap();
+        for k in &keys {
+            assert!(props.contains_key(k.as_str()), "{k} is not in the schema");
+        }
+        for r in schema["required"].as_array().unwrap() {
+            assert!(
+                keys.iter().any(|k| *k == r.as_str().unwrap()),
+                "{r} required but not written"
+            );
+        }
+        assert_eq!(props["schema"]["const"], SCHEMA);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("180d").unwrap(), Duration::days(180));
         assert_eq!(parse_duration("2w").unwrap(), Duration::days(14));

@@ -76,6 +76,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Serve a catalogue directory as a marketplace: JSON API and web page.
     Serve(ServeArgs),
+    /// One command from a base: generate a spec (base + packages + setup script), build the
+    /// image, test it, and add it to the catalogue signed (with --key).
+    Create(CreateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -719,4 +722,58 @@ pub struct ServeArgs {
     /// Trusted endorsers' keys (overrides the config; default DATA/trust).
     #[arg(long)]
     pub trust: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The base: a catalogue image (id, id prefix or short id) or a spec `from` source
+    /// (debian:bookworm, file:root.tar, …).
+    #[arg(long)]
+    pub from: String,
+    /// Debian packages to install, comma-separated (repeatable).
+    #[arg(short = 'a', long = "packages", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// A shell script run as root in the image after the packages are installed.
+    #[arg(short = 's', long = "script")]
+    pub script: Option<PathBuf>,
+    #[arg(long)]
+    pub author: String,
+    #[arg(long)]
+    pub email: String,
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    /// The image to write (format from the extension); the generated spec and its
+    /// context go to OUT.create/.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// A check the built image must pass: PORT:PATH, or PORT:PATH=TEXT that the page must
+    /// contain (repeatable). With checks the image is booted and tested.
+    #[arg(long = "check-http", value_name = "PORT:PATH[=TEXT]")]
+    pub check_http: Vec<String>,
+    /// Print the generated spec.
+    #[arg(long)]
+    pub print_spec: bool,
+    /// Only write and print the spec; build nothing.
+    #[arg(long)]
+    pub spec_only: bool,
+    /// Sign and add the image to the catalogue with this key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The endorser's e-mail [default: --email].
+    #[arg(long)]
+    pub endorser: Option<String>,
+    /// Title in the catalogue [default: the output's file name].
+    #[arg(long)]
+    pub title: Option<String>,
+    #[arg(long = "version", default_value = "1")]
+    pub image_version: String,
+    #[arg(long, default_value = "365d")]
+    pub valid_for: String,
+    /// Refuse to add the image when the hygiene check finds anything.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }

@@ -8,6 +8,7 @@ mod cli;
 mod cmd_base;
 mod cmd_build;
 mod cmd_catalog;
+mod cmd_create;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
@@ -56,6 +57,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Key(cmd) => cmd_catalog::key(cmd),
         cli::Command::Image(cmd) => cmd_catalog::image(&store_dir, cmd),
         cli::Command::Serve(args) => cmd_serve::serve(args),
+        cli::Command::Create(args) => cmd_create::create(&store_dir, args),
     }
 }
 
