@@ -6,7 +6,7 @@
 //! DIR/entries/<id>/metadata.json.minisig  its detached minisign signature
 //! DIR/entries/<id>/<file>                 the image (its metadata's `file` name), if held
 //! DIR/partial/<id>.part                   a download in progress (resumable)
-//! DIR/tmp/                                entries being assembled; purged at open
+//! DIR/tmp/PID-…                           entries being assembled; removed at open when PID is dead
 //! ```
 //!
 //! An entry becomes visible only by the rename of a complete directory from `tmp/` into
@@ -65,10 +65,26 @@ impl Catalog {
         }
         let tmp = catalog.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| CatalogError::io(&tmp, e))? {
-            let path = entry.map_err(|e| CatalogError::io(&tmp, e))?.path();
+            let entry = entry.map_err(|e| CatalogError::io(&tmp, e))?;
+            if owner_alive(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let path = entry.path();
             remove_any(&path).map_err(|e| CatalogError::io(&path, e))?;
         }
         Ok(catalog)
+    }
+
+    /// A name for a temporary file or directory in `tmp/`: it starts with this process's
+    /// id, so that [`Catalog::open`] removes only what dead processes left.
+    pub fn tmp_name(&self, what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir().join(format!(
+            "{}-{what}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     /// Opens a catalogue without cleaning up (for a server that cleans once at start and
@@ -203,7 +219,7 @@ impl Catalog {
     ) -> Result<Entry, CatalogError> {
         let id = metadata.id.as_str();
         let stage = tempfile::Builder::new()
-            .prefix(&format!("{}-", &id[..16]))
+            .prefix(&format!("{}-put-{}-", std::process::id(), &id[..16]))
             .tempdir_in(self.tmp_dir())
             .map_err(|e| CatalogError::io(&self.tmp_dir(), e))?;
         write_synced(&stage.path().join(METADATA_FILE), metadata_bytes)?;
@@ -258,9 +274,7 @@ impl Catalog {
                 self.dir.display()
             )));
         }
-        let gone = self
-            .tmp_dir()
-            .join(format!("rm-{id}-{}", std::process::id()));
+        let gone = self.tmp_name(&format!("rm-{}", &id[..16]));
         fs::rename(&target, &gone).map_err(|e| CatalogError::io(&target, e))?;
         fs::remove_dir_all(&gone).map_err(|e| CatalogError::io(&gone, e))
     }
@@ -283,6 +297,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| CatalogError::io(dir, e))
+}
+
+/// Whether the process whose id starts `name` (`PID-…`) is running. Names without one
+/// belong to nobody.
+fn owner_alive(name: &str) -> bool {
+    let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // Signal 0 checks existence; EPERM means it exists but is not ours.
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {

@@ -187,7 +187,13 @@ async fn download(
     progress: Progress<'_>,
 ) -> Result<u64, CatalogError> {
     let url = format!("{base}/api/images/{}/download", meta.id);
-    let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    // Held for the whole transfer: a second pull of the same image waits for nothing and
+    // says so rather than appending to the same file.
+    let guard = open_locked(part)?;
+    let mut have = guard
+        .metadata()
+        .map_err(|e| CatalogError::io(part, e))?
+        .len();
     if have > meta.bytes {
         have = 0;
     }
@@ -210,14 +216,10 @@ async fn download(
     } else {
         0
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(resumed_from == 0)
-        .append(resumed_from > 0)
-        .open(part)
-        .await
-        .map_err(|e| CatalogError::io(part, e))?;
+    if resumed_from == 0 {
+        guard.set_len(0).map_err(|e| CatalogError::io(part, e))?;
+    }
+    let mut file = tokio::fs::File::from_std(guard);
     let mut done = resumed_from;
     progress(done, meta.bytes);
     let mut stream = resp.bytes_stream();
@@ -258,6 +260,25 @@ async fn download(
         )));
     }
     Ok(resumed_from)
+}
+
+/// Opens (creating) the partial download `part` for appending, under an
+/// exclusive `flock`; fails at once when another pull holds it.
+fn open_locked(part: &Path) -> Result<std::fs::File, CatalogError> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(part)
+        .map_err(|e| CatalogError::io(part, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(CatalogError::Usage(format!(
+            "{}: another pull of this image is running; wait for it",
+            part.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Uploads `entry` (its image and signed metadata) to the marketplace `target`.

@@ -29,15 +29,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
+    let prepared = server::prepare(&args.data, config)?;
+    if !prepared.writable() {
+        eprintln!("kiln serve: no token configured: the marketplace is read-only");
+    }
     runtime.block_on(async {
         let bound = server::bind(&args.listen).await?;
         // Scripts and tests read the address (port 0 picks a free one) from this line.
         println!("kiln serve: listening on http://{}", bound.addr);
         let _ = std::io::stdout().flush();
-        if config.token.is_none() && config.token_file.is_none() {
-            eprintln!("kiln serve: no token configured: the marketplace is read-only");
-        }
-        server::serve(bound, &args.data, config).await
+        server::serve(bound, prepared).await;
+        Ok::<(), kiln_catalog::CatalogError>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -148,9 +148,13 @@ pub async fn bind(listen: &str) -> Result<Bound, CatalogError> {
     Ok(Bound { listener, addr })
 }
 
-/// Serves `data` on `bound` until the process ends.
-pub async fn serve(bound: Bound, data: &Path, config: Config) -> Result<(), CatalogError> {
-    raise_fd_limit();
+/// A data directory made ready to serve: what interrupted uploads left is removed, the
+/// token read, the trust directory made.
+pub struct Prepared(Shared);
+
+/// Prepares `data` with `config` (before the server announces its address, so that a
+/// client never sees the state from before the cleanup).
+pub fn prepare(data: &Path, config: Config) -> Result<Prepared, CatalogError> {
     let catalog = Catalog::open(data)?;
     let token = match (&config.token, &config.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
@@ -166,16 +170,26 @@ pub async fn serve(bound: Bound, data: &Path, config: Config) -> Result<(), Cata
         .clone()
         .unwrap_or_else(|| data.join("trust"));
     std::fs::create_dir_all(&trust_dir).map_err(|e| CatalogError::io(&trust_dir, e))?;
-    let state = Arc::new(AppState {
+    Ok(Prepared(Arc::new(AppState {
         catalog,
         trust_dir,
         token,
         max_upload: config.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD),
         public_url: config.public_url.clone(),
-    });
-    let app = router(state);
-    accept_loop(bound.listener, app).await;
-    Ok(())
+    })))
+}
+
+impl Prepared {
+    /// Whether uploads, updates and deletions are possible (a token is configured).
+    pub fn writable(&self) -> bool {
+        self.0.token.is_some()
+    }
+}
+
+/// Serves on `bound` until the process ends.
+pub async fn serve(bound: Bound, prepared: Prepared) {
+    raise_fd_limit();
+    accept_loop(bound.listener, router(prepared.0)).await;
 }
 
 fn router(state: Shared) -> Router {

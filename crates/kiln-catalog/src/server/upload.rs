@@ -151,10 +151,7 @@ pub(crate) async fn upload(
             )));
         }
     }
-    let tmp_path = state
-        .catalog
-        .tmp_dir()
-        .join(format!("upload-{}-{}", &id[..16], unique()));
+    let tmp_path = state.catalog.tmp_name(&format!("upload-{}", &id[..16]));
     let mut tmp = TempFile(Some(tmp_path.clone()));
     let mut file = tokio::fs::File::create(&tmp_path)
         .await
@@ -238,14 +235,4 @@ pub(crate) async fn upload(
 
 fn internal(msg: String) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg)
-}
-
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
