@@ -323,3 +323,25 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_removes_only_what_dead_processes_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let tmp = catalog.tmp_dir();
+        // pid 1 is always alive; 4194304 is above Linux's pid_max limit, so never alive.
+        fs::create_dir(tmp.join("1-put-live")).unwrap();
+        fs::write(tmp.join("4194304-upload-dead"), b"x").unwrap();
+        fs::write(tmp.join("stray"), b"x").unwrap();
+        Catalog::open(dir.path()).unwrap();
+        let left: Vec<String> = fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["1-put-live"]);
+    }
+}
