@@ -1392,3 +1392,63 @@ fn lint_flags_each_planted_item_and_passes_a_clean_kiln_image() {
     .ok();
     assert!(warned.stderr.contains("shell-history"), "{}", warned.stderr);
 }
+
+#[test]
+fn stalled_headers_and_stalled_uploads_are_dropped_after_the_configured_timeouts() {
+    let dir = test_dir("catalog-timeouts");
+    let me = new_key(&dir, "me");
+    let data = market_data(&dir, "market", &[&dir.join("me.pub")]);
+    fs::write(
+        data.join("config.json"),
+        format!(
+            r#"{{"token_file": "{}", "header_timeout_secs": 2, "body_idle_timeout_secs": 2}}"#,
+            dir.join("token").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&data, &[]);
+
+    // Half a request head, then nothing: the server closes the connection.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /api/images HTTP/1.1\r\nHo").unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+
+    // An upload that stops sending: dropped, its temporary file removed.
+    let blob = dir.join("blob.raw");
+    random_file(&blob, 2 << 20);
+    let body = fs::read(&blob).unwrap();
+    let (meta, bytes, sig) = signed_metadata(&blob, &me, "me@lab.org", "Blob");
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "PUT /api/images/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        meta.id,
+        body.len()
+    );
+    for (k, v) in upload_headers("tok-123", &bytes, &sig) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..64 << 10]).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("sent nothing for 2 s"), "{answer:?}");
+    assert!(
+        files_under(&data.join("tmp")).is_empty(),
+        "{:?}",
+        files_under(&data.join("tmp"))
+    );
+    assert!(files_under(&data.join("entries")).is_empty());
+    assert_eq!(http(&server.addr, "GET", "/healthz", &[], b"").0, 200);
+}

@@ -43,12 +43,13 @@ use std::time::Duration;
 
 /// Default largest accepted upload: 16 GiB.
 pub const DEFAULT_MAX_UPLOAD: u64 = 16 << 30;
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (default).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line + headers) hyper buffers; more gets HTTP 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How long an upload may send nothing before it is dropped (and its temp file removed).
-pub(crate) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upload may send nothing before it is dropped and its temp file removed
+/// (default).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Age within which a signed delete request is accepted (against replays).
 const DELETE_WINDOW_SECS: i64 = 300;
 
@@ -71,6 +72,12 @@ pub struct Config {
     /// Base URL shown in pull commands (default: from the request's Host header).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Seconds a client may take to send its request headers (default 30).
+    #[serde(default)]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds an upload may send nothing before it is dropped (default 60).
+    #[serde(default)]
+    pub body_idle_timeout_secs: Option<u64>,
 }
 
 impl Config {
@@ -80,7 +87,7 @@ impl Config {
         serde_json::from_slice(&text).map_err(|e| {
             CatalogError::Usage(format!(
                 "{}: not a kiln serve config ({e}); keys: token, token_file, trust_dir, \
-                 max_upload_bytes, public_url",
+                 max_upload_bytes, public_url, header_timeout_secs, body_idle_timeout_secs",
                 path.display()
             ))
         })
@@ -94,6 +101,8 @@ pub(crate) struct AppState {
     pub token: Option<String>,
     pub max_upload: u64,
     pub public_url: Option<String>,
+    pub header_timeout: Duration,
+    pub body_idle_timeout: Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -176,6 +185,12 @@ pub fn prepare(data: &Path, config: Config) -> Result<Prepared, CatalogError> {
         token,
         max_upload: config.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD),
         public_url: config.public_url.clone(),
+        header_timeout: config
+            .header_timeout_secs
+            .map_or(HEADER_TIMEOUT, Duration::from_secs),
+        body_idle_timeout: config
+            .body_idle_timeout_secs
+            .map_or(BODY_IDLE_TIMEOUT, Duration::from_secs),
     })))
 }
 
@@ -189,7 +204,8 @@ impl Prepared {
 /// Serves on `bound` until the process ends.
 pub async fn serve(bound: Bound, prepared: Prepared) {
     raise_fd_limit();
-    accept_loop(bound.listener, router(prepared.0)).await;
+    let header_timeout = prepared.0.header_timeout;
+    accept_loop(bound.listener, router(prepared.0), header_timeout).await;
 }
 
 fn router(state: Shared) -> Router {
@@ -210,7 +226,7 @@ fn router(state: Shared) -> Router {
 
 /// Accepts connections forever; each is served by hyper's HTTP/1 with a header timeout
 /// and a header size limit (axum's own `serve` sets neither).
-async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Service;
     loop {
@@ -234,7 +250,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -7,9 +7,7 @@
 //! renamed into `entries/`. Any failure, a dropped connection or an idle client removes the
 //! temporary file (and a killed server's are removed at its next start).
 
-use super::{
-    authorize, canonical_differs, decode_b64, load_trust, ApiError, Shared, BODY_IDLE_TIMEOUT,
-};
+use super::{authorize, canonical_differs, decode_b64, load_trust, ApiError, Shared};
 use crate::catalog::ImageSource;
 use crate::metadata::{is_hex, Metadata};
 use crate::verify::verify_metadata;
@@ -160,13 +158,13 @@ pub(crate) async fn upload(
     let mut received: u64 = 0;
     let mut stream = body.into_data_stream();
     loop {
-        let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
+        let chunk = match tokio::time::timeout(state.body_idle_timeout, stream.next()).await {
             Err(_) => {
                 return Err(ApiError(
                     StatusCode::REQUEST_TIMEOUT,
                     format!(
                         "the client sent nothing for {} s",
-                        BODY_IDLE_TIMEOUT.as_secs()
+                        state.body_idle_timeout.as_secs()
                     ),
                 ))
             }
