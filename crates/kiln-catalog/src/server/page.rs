@@ -46,7 +46,8 @@ const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}.valid{color:#16651f}.expired{color:#8a5a00}.deprecated{color:#a11}\
 code{background:#f4f4f4;padding:.1em .3em}.pull{display:flex;gap:.3em}.pull input{font-family:monospace;width:34em}\
-form{margin:1em 0}form input{margin-right:.5em}small{color:#666}";
+form{margin:1em 0}form input{margin-right:.5em}small{color:#666}\
+dl.meta{font-size:.8em;display:grid;grid-template-columns:max-content auto;gap:0 .6em}dl.meta dd{margin:0;word-break:break-all}";
 
 const SCRIPT: &str = "document.querySelectorAll('button.copy').forEach(function(b){b.addEventListener('click',function(){\
 var i=b.previousElementSibling;i.select();\
@@ -76,7 +77,7 @@ fn row(out: &mut String, m: &Metadata, base: &str) {
     let _ = write!(
         out,
         "<tr class=\"image\" data-id=\"{id}\"><td><b class=\"title\">{title}</b> <span class=\"version\">{version}</span>\
-<br><small>{desc}</small></td>\
+<br><small>{desc}</small>{details}</td>\
 <td><code class=\"short-id\" title=\"{id}\">{short}</code></td><td class=\"os\">{os}</td>\
 <td class=\"endorser\">{endorser}<br><small>key {key}</small></td>\
 <td class=\"state {class}\">{state}<br><small>until {until}</small></td>\
@@ -95,8 +96,36 @@ fn row(out: &mut String, m: &Metadata, base: &str) {
         format = esc(&m.format),
         size = human_bytes(m.bytes),
         pull = esc(&pull),
+        details = details(m),
     );
     out.push('\n');
+}
+
+/// The rest of the metadata, folded: digests, dates, author, node types, locations.
+fn details(m: &Metadata) -> String {
+    let mut rows = vec![
+        ("sha256", m.checksums.sha256.clone()),
+        ("sha512", m.checksums.sha512.clone()),
+        ("created", m.created.clone()),
+        ("author", format!("{} <{}>", m.author.name, m.author.email)),
+        ("virtual size", human_bytes(m.virtual_size)),
+        ("boot", m.boot.clone()),
+    ];
+    if !m.node_types.is_empty() {
+        rows.push(("node types", m.node_types.join(", ")));
+    }
+    for l in &m.locations {
+        rows.push(("location", l.clone()));
+    }
+    if !m.comment.is_empty() {
+        rows.push(("comment", m.comment.clone()));
+    }
+    let mut out = String::from("<details><summary>details</summary><dl class=\"meta\">");
+    for (k, v) in rows {
+        let _ = write!(out, "<dt>{k}</dt><dd>{}</dd>", esc(&v));
+    }
+    out.push_str("</dl></details>");
+    out
 }
 
 pub(crate) async fn index(
