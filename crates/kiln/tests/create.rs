@@ -147,6 +147,7 @@ fn create_reproduces_the_apache_image_tests_its_page_and_catalogues_it() {
             .any(|l| l.trim_start_matches("./") == "var/www/html/cloud.txt"),
         "cloud.txt not in the base"
     );
+    // Hundreds of megabytes: the image, its catalogue copy, the base tarball.
     fs::remove_file(&tar).unwrap();
-    fs::remove_file(dir.join("web.qcow2")).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
 }
