@@ -322,8 +322,27 @@ async fn push_async(
         check = check.header(*k, v);
     }
     let resp = check.send().await.map_err(|e| net_err(&check_url, e))?;
-    check_status(&check_url, "the upload", resp).await?;
     let url = format!("{base}/api/images/{id}");
+    if resp.status() == StatusCode::CONFLICT {
+        // Already there: the same metadata is nothing to do, newer metadata (a
+        // deprecation, a re-endorsement) is sent as an update.
+        let remote = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| net_err(&url, e))?;
+        let remote = check_status(&url, "the metadata request", remote)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| net_err(&url, e))?;
+        if remote.as_ref() != entry.metadata_bytes.as_slice() {
+            send_metadata(&client, base, entry, token).await?;
+        }
+        progress(entry.metadata.bytes, entry.metadata.bytes);
+        return Ok(format!("{base}/{}", entry.metadata.short_id));
+    }
+    check_status(&check_url, "the upload", resp).await?;
     let file = tokio::fs::File::open(image)
         .await
         .map_err(|e| CatalogError::io(image, e))?;
@@ -366,25 +385,32 @@ pub fn update_metadata(entry: &Entry, target: &str, token: &str) -> Result<(), C
         Remote::Oci(location) => return Err(oci_unsupported(&location)),
         Remote::Marketplace { base, .. } => base,
     };
+    runtime()?.block_on(async { send_metadata(&http()?, &base, entry, token).await })
+}
+
+async fn send_metadata(
+    client: &reqwest::Client,
+    base: &str,
+    entry: &Entry,
+    token: &str,
+) -> Result<(), CatalogError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let url = format!("{base}/api/images/{}/metadata", entry.metadata.id);
     let body = serde_json::json!({
         "metadata": b64.encode(&entry.metadata_bytes),
         "signature": b64.encode(entry.signature.as_bytes()),
     });
-    runtime()?.block_on(async {
-        let resp = http()?
-            .put(&url)
-            .bearer_auth(token)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| net_err(&url, e))?;
-        check_status(&url, "the metadata update", resp)
-            .await
-            .map(drop)
-    })
+    let resp = client
+        .put(&url)
+        .bearer_auth(token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| net_err(&url, e))?;
+    check_status(&url, "the metadata update", resp)
+        .await
+        .map(drop)
 }
 
 /// Deletes image `id` from the marketplace at `target`, signed by the endorser's `key`.

@@ -596,6 +596,8 @@ fn add_sign_serve_search_resumed_pull_and_verify() {
         ),
         "OCI",
     );
+    // Pushing again is nothing to do.
+    with_token(&["image", "push", &short, &market], "tok-123").ok();
     let found = json(&k(&["image", "search", "web", "--remote", &market, "--json"]).ok());
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(found[0]["id"], id.as_str());
