@@ -1454,3 +1454,100 @@ fn stalled_headers_and_stalled_uploads_are_dropped_after_the_configured_timeouts
     assert!(files_under(&data.join("entries")).is_empty());
     assert_eq!(http(&server.addr, "GET", "/healthz", &[], b"").0, 200);
 }
+
+/// Writes a kiln manifest for an arbitrary file (what `kiln build -o` writes beside an image).
+fn fake_manifest(file: &Path) {
+    let d = kiln_image::manifest::hash_file(file).unwrap();
+    let manifest = serde_json::json!({
+        "schema": "kiln-image-manifest/1", "name": "blob", "file": file.file_name().unwrap().to_str().unwrap(),
+        "format": "raw", "bytes": d.bytes, "virtual_size": d.bytes, "sha256": d.sha256, "sha512": d.sha512,
+        "boot": "none", "default_partition": null, "node_types": [], "arches": [], "partitions": [],
+        "spec_sha256": "", "layer_id": "", "kiln_version": "test", "build_time": 0,
+        "build_time_utc": "1970-01-01T00:00:00Z"
+    });
+    fs::write(
+        kiln_image::manifest::manifest_path(file),
+        manifest.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn keys_made_by_the_stock_minisign_sign_for_kiln() {
+    let dir = test_dir("catalog-stock-keys");
+    let store = dir.join("store");
+    let blob = dir.join("blob.raw");
+    random_file(&blob, 64 << 10);
+    fake_manifest(&blob);
+    let gen = Command::new("minisign")
+        .args(["-G", "-W", "-p", "stock.pub", "-s", "stock.key"])
+        .current_dir(&dir)
+        .output()
+        .expect("minisign is missing: apt-get install minisign (scripts/setup.sh does)");
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let env = [("KILN_CATALOG", dir.join("cat"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.to_str().unwrap())).collect();
+    let added = json(
+        &kiln_env(
+            &store,
+            &dir,
+            &[
+                "image",
+                "add",
+                "blob.raw",
+                "--title",
+                "Blob",
+                "--endorser",
+                "me@lab.org",
+                "--key",
+                "stock.key",
+                "--no-lint",
+                "--json",
+            ],
+            &env,
+        )
+        .ok(),
+    );
+    let trust = dir.join("trust");
+    fs::create_dir_all(&trust).unwrap();
+    fs::copy(dir.join("stock.pub"), trust.join("stock.pub")).unwrap();
+    let id = added["id"].as_str().unwrap();
+    kiln_env(
+        &store,
+        &dir,
+        &["image", "verify", id, "--trust", trust.to_str().unwrap()],
+        &env,
+    )
+    .ok();
+    // A damaged key is refused when loaded, not at verification time.
+    let text = fs::read_to_string(dir.join("stock.key")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut key: Vec<char> = lines[1].chars().collect();
+    key[120] = if key[120] == 'A' { 'B' } else { 'A' };
+    lines[1] = key.into_iter().collect();
+    fs::write(dir.join("bad.key"), lines.join("\n") + "\n").unwrap();
+    fails(
+        kiln_env(
+            &store,
+            &dir,
+            &[
+                "image",
+                "add",
+                "blob.raw",
+                "--title",
+                "Blob",
+                "--endorser",
+                "me@lab.org",
+                "--key",
+                "bad.key",
+                "--no-lint",
+            ],
+            &env,
+        ),
+        "bad.key",
+    );
+}
