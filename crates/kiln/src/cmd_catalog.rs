@@ -329,6 +329,12 @@ fn show(store_dir: &Path, args: ImageRefArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&listing(&entry))?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_entry(&entry);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An entry's metadata for people (`kiln image show`, `kiln create`).
+pub fn print_entry(entry: &Entry) {
     let m = &entry.metadata;
     println!("{} {}", m.title, m.version);
     println!("id:           {}", m.id);
@@ -380,7 +386,6 @@ fn show(store_dir: &Path, args: ImageRefArgs) -> anyhow::Result<ExitCode> {
         Some(p) => println!("image:        {}", p.display()),
         None => println!("image:        not held (metadata only)"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn deprecate(store_dir: &Path, args: ImageDeprecateArgs) -> anyhow::Result<ExitCode> {

@@ -8,7 +8,7 @@
 //! `(from file:…)` from it: its steps then chain and cache like any other.
 
 use crate::cli::{Cli, Command, CreateArgs};
-use crate::cmd_catalog::{add_image, open_catalog, print_added, AddRequest};
+use crate::cmd_catalog::{add_image, open_catalog, print_added, print_entry, AddRequest};
 use anyhow::{bail, Context};
 use chrono::Utc;
 use clap::Parser;
@@ -308,6 +308,10 @@ pub fn create(store_dir: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     print_added(&entry, args.json.json);
+    if !args.json.json {
+        println!();
+        print_entry(&entry);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
