@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 # systemd-boot-efi (the UEFI loader), qemu-system-x86 + ovmf (kiln run/test), qemu-utils (qemu-img).
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
 # Build: libc6-dev, the static C library kiln-init (the boot initramfs' /init) is linked with.
-# Catalogue tests: minisign (the stock tool verifies kiln's signatures), chromium (the
+# Catalogue tests: minisign (the stock tool verifies kiln's signatures), chromium + a font (the
 # marketplace page, read headless).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod minisign chromium)
+          kmod minisign chromium fonts-liberation)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
