@@ -14,9 +14,11 @@ cd "$(dirname "$0")/.."
 # Deploy: iproute2 (netns, veth, bridge, tc netem) for its tests; udpcast, zstd and gnuplot-nox for
 # bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot); openssl
 # (fast SHA-256 of the loaded disks in the tests).
+# Catalogue tests: minisign (the stock tool verifies kiln's signatures), chromium + a font (the
+# marketplace page, read headless).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod udpcast zstd gnuplot-nox openssl time curl)
+          kmod udpcast zstd gnuplot-nox openssl time curl minisign chromium fonts-liberation)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -11,9 +11,12 @@ mod cmd_base;
 mod cmd_build;
 mod cmd_cpio;
 mod cmd_deploy;
+mod cmd_catalog;
+mod cmd_create;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
+mod cmd_serve;
 mod cmd_shell;
 mod cmd_shell_vm;
 mod cmd_store;
@@ -59,6 +62,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
         cli::Command::Deploy(args) => cmd_deploy::deploy(args),
         cli::Command::Artifact(cmd) => cmd_artifact::artifact(cmd),
+        cli::Command::Key(cmd) => cmd_catalog::key(cmd),
+        cli::Command::Image(cmd) => cmd_catalog::image(&store_dir, cmd),
+        cli::Command::Serve(args) => cmd_serve::serve(args),
+        cli::Command::Create(args) => cmd_create::create(&store_dir, args),
     }
 }
 
