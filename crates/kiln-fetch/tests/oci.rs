@@ -943,3 +943,76 @@ fn digest_references_resolve_without_the_network() {
     assert!(result.unwrap_err().to_string().contains("cannot connect"));
     assert!(tree(&tmp.path().join("rootfs")).is_empty());
 }
+
+#[test]
+fn image_artifacts_push_with_a_bearer_token_and_pull_anonymously() {
+    use kiln_fetch::oci::artifact::{
+        pull_image, push_image, DiskFormat, ImageArtifact, PushOptions,
+    };
+    use kiln_fetch::oci::Remote;
+    let tokens = TokenServer::start(&[("pusher", "push-pw")]);
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    let mut bytes = b"QFI\xfb".to_vec();
+    bytes.extend((0..3u32 << 20).map(|i| (i % 251) as u8));
+    std::fs::write(&disk, &bytes).unwrap();
+    let image = ImageArtifact {
+        disk: &disk,
+        format: DiskFormat::Qcow2,
+        metadata: br#"{"name":"tokens"}"#,
+        signature: Some(b"signature bytes"),
+        annotations: [(
+            "org.opencontainers.image.title".to_string(),
+            "t".to_string(),
+        )]
+        .into(),
+    };
+    let options = PushOptions {
+        mount_from: Vec::new(),
+        scratch: dir.path().join("scratch"),
+    };
+    let reference = format!("{}/kiln/images:v1", registry.host);
+
+    // Anonymous: the token it gets grants no push, and the error says how to log in.
+    let anonymous = Remote::open(&reference, &RegistrySettings::default()).unwrap();
+    let refused = push_image(&anonymous, "v1", &image, &options, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("registry {}", registry.host))
+            && refused.contains("access denied")
+            && refused.contains("KILN_REGISTRY_AUTH"),
+        "{refused}"
+    );
+
+    // KILN_REGISTRY_AUTH's credentials get a push token from the realm.
+    let settings = RegistrySettings {
+        auth: Some("pusher:push-pw".into()),
+        ..RegistrySettings::default()
+    };
+    let pusher = Remote::open(&reference, &settings).unwrap();
+    let pushed = push_image(&pusher, "v1", &image, &options, None).unwrap();
+    assert!(tokens
+        .requests()
+        .iter()
+        .any(|r| r.user.as_deref() == Some("pusher")
+            && r.scope == "repository:kiln/images:pull,push"
+            && r.status == 200));
+
+    // Anyone may pull it (a public repository), by tag or by the pushed digest.
+    let out = dir.path().join("out");
+    let pulled = pull_image(&anonymous, &pushed.digest, &out, Default::default(), None).unwrap();
+    assert_eq!(std::fs::read(&pulled.disk).unwrap(), bytes);
+    assert_eq!(pulled.metadata, br#"{"name":"tokens"}"#);
+    assert_eq!(pulled.signature.as_deref(), Some(&b"signature bytes"[..]));
+    assert_eq!(pulled.annotations["org.opencontainers.image.title"], "t");
+    assert_eq!(
+        std::fs::read(out.join("metadata.json")).unwrap(),
+        pulled.metadata
+    );
+    assert_eq!(
+        std::fs::read(out.join("signature.minisig")).unwrap(),
+        b"signature bytes"
+    );
+}
