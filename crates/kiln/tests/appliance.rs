@@ -191,6 +191,10 @@ fn memcached_appliance_serves_and_halts() {
             "memcached -u nobody -d; sleep 1; printf 'stats\\r\\nquit\\r\\n' | nc -q1 127.0.0.1 11211",
             "--run",
             "/usr/bin/memcached -u nobody -A",
+            "--include",
+            "/etc/memcached.conf",
+            "--exclude",
+            "/usr/bin/nc*",
             "-o",
             "apps/memcached",
         ],
@@ -215,6 +219,13 @@ fn memcached_appliance_serves_and_halts() {
     assert!(
         !files.contains(&"/usr/bin/python3.11"),
         "untouched files stay out"
+    );
+    assert!(files.contains(&"/etc/memcached.conf"), "--include");
+    let traced = r["traced"].to_string();
+    assert!(traced.contains("/usr/bin/nc"), "training ran nc: {traced}");
+    assert!(
+        !files.iter().any(|f| f.starts_with("/usr/bin/nc")),
+        "--exclude: {files:?}"
     );
     for name in ["vmlinuz", "initrd.cpio.zst", "cmdline"] {
         assert!(app.join(name).is_file(), "{name} missing");
@@ -429,6 +440,19 @@ fn bad_input_is_refused_and_writes_nothing() {
             "/usr/bin/no-such-program",
             "not an executable file in the layer",
         ],
+    );
+    refuse(
+        &[
+            &debian[..],
+            &[
+                "--run",
+                "/usr/bin/memcached",
+                "--include",
+                "/no/such/*.conf",
+            ],
+        ]
+        .concat(),
+        &["--include /no/such/*.conf", "matches nothing"],
     );
     std::fs::write(
         dir.join("busybox.spec"),
