@@ -656,7 +656,10 @@ mod appliance {
     pub const RUN: &str = "/app/run";
     const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     /// How long the set of devices must stay the same before drivers are taken as loaded.
-    const SETTLED: Duration = Duration::from_millis(300);
+    /// A driver probes its devices while its module loads, so the devices a bus driver
+    /// (virtio_pci) adds are already in /sys when the next scan runs; this only covers a
+    /// probe that finishes asynchronously.
+    const SETTLED: Duration = Duration::from_millis(100);
     const DRIVERS_WAIT: Duration = Duration::from_secs(10);
 
     /// What `appEnd` asks for.

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,14 +82,26 @@ impl Console {
             Box::new(child.stderr.take().unwrap()),
         ] {
             let text = text.clone();
+            // Chunks as they come, not lines: a shell's prompt ends without a newline.
             std::thread::spawn(move || {
-                let mut r = BufReader::new(stream);
-                let mut line = Vec::new();
-                while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // Keep an incomplete UTF-8 sequence for the next chunk.
+                    let valid = match std::str::from_utf8(&pending) {
+                        Ok(_) => pending.len(),
+                        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                        Err(_) => pending.len(),
+                    };
+                    let chunk: Vec<u8> = pending.drain(..valid).collect();
                     text.lock()
                         .unwrap()
-                        .push_str(&String::from_utf8_lossy(&line));
-                    line.clear();
+                        .push_str(&String::from_utf8_lossy(&chunk));
                 }
             });
         }
