@@ -11,9 +11,12 @@ cd "$(dirname "$0")/.."
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
 # Benchmarks: time (/usr/bin/time -v, peak memory in bench/registry.sh), curl (its peer).
 # Build: libc6-dev, the static C library kiln-init (the boot initramfs' /init) is linked with.
+# Deploy: iproute2 (netns, veth, bridge, tc netem) for its tests; udpcast, zstd and gnuplot-nox for
+# bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot); openssl
+# (fast SHA-256 of the loaded disks in the tests).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod time curl)
+          kmod udpcast zstd gnuplot-nox openssl time curl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

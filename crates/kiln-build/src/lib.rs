@@ -485,6 +485,7 @@ impl Builder<'_> {
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
                 interactive: false,
+                trace: None,
             };
             let outcome = sb.run(&spec, output);
             let ok = matches!(outcome, Ok(o) if o.success())

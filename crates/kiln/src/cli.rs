@@ -68,6 +68,15 @@ pub enum Command {
     Run(RunArgs),
     /// Boot a disk image and run a spec's (test …) checks against it.
     Test(TestArgs),
+    /// Make a RAM-only appliance for one program: trace a training run, keep only what it
+    /// touched (and what that needs), boot it with kiln-init from a cpio initrd.
+    Appliance(ApplianceArgs),
+    /// newc cpio archives (initramfs): list, unpack safely, pack, merge.
+    #[command(subcommand)]
+    Cpio(CpioCommand),
+    /// Pack disks into chunked .kzi images and load them onto many machines at once by
+    /// multicast (`pack`, `unpack`, `serve`, `load`, or a nodes.toml file).
+    Deploy(crate::cmd_deploy::DeployArgs),
     /// Push or pull a disk image as an OCI artifact (disk + metadata + signature) to or
     /// from any registry.
     #[command(subcommand)]
@@ -264,8 +273,12 @@ pub enum BootArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The disk image (its IMAGE.manifest.json tells how it boots).
+    /// The disk image (its IMAGE.manifest.json tells how it boots), or an app directory
+    /// made by `kiln appliance`.
     pub image: PathBuf,
+    /// Append to the kernel command line (e.g. "appEnd=halt appArgs='-m 64'").
+    #[arg(long, value_name = "TEXT")]
+    pub append: Option<String>,
     /// Forward a host port to a guest port: HOST:GUEST (repeatable; host side on 127.0.0.1).
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
     pub publish: Vec<String>,
@@ -535,4 +548,117 @@ pub struct CleanArgs {
     /// Also delete the downloaded .deb cache.
     #[arg(long)]
     pub all: bool,
+}
+
+/// `kiln cpio …`: newc archives, read gzip-, zstd-compressed or plain (by magic number).
+#[derive(Debug, Subcommand)]
+pub enum CpioCommand {
+    /// List an archive's entries: mode, owner, size, time, path (and a link's target).
+    Ls(CpioLsArgs),
+    /// Unpack an archive into DIR. An archive with an absolute path, a `..` component or
+    /// an entry written through a symbolic link is refused whole: nothing is written.
+    Unpack(CpioUnpackArgs),
+    /// Pack DIR into an archive: names sorted, owners and modes kept, one time for all.
+    Pack(CpioPackArgs),
+    /// Merge archives into one; an entry of a later archive replaces the earlier one's.
+    Merge(CpioMergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CpioLsArgs {
+    pub archive: PathBuf,
+    /// One JSON object per entry.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioUnpackArgs {
+    pub archive: PathBuf,
+    /// Created if missing.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioPackArgs {
+    pub dir: PathBuf,
+    /// The archive to write (replaced atomically).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub compress: CompressArg,
+    /// Every entry's time (seconds since 1970); default SOURCE_DATE_EPOCH, else 0.
+    #[arg(long)]
+    pub mtime: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpioMergeArgs {
+    /// Two or more archives, earliest first.
+    #[arg(required = true, num_args = 2..)]
+    pub archives: Vec<PathBuf>,
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub compress: CompressArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CompressArg {
+    /// Compression of the written archive; default from its name (.gz, .zst, else none).
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressionArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// `kiln appliance`.
+#[derive(Debug, Args)]
+pub struct ApplianceArgs {
+    /// The spec whose result is the appliance's layer (built first, cached as usual).
+    #[arg(short = 'f', long = "file", conflicts_with = "layer")]
+    pub file: Option<PathBuf>,
+    /// The build context of --file.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// A stored layer (id, prefix or name) instead of a spec.
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// A training command (sh -c, in a throw-away layer on top, loopback network only),
+    /// traced to find what the program touches; repeatable, run in order.
+    #[arg(long = "train", value_name = "COMMAND")]
+    pub train: Vec<String>,
+    /// The command the appliance runs as /app/run (kiln-init adds appArgs); default: the
+    /// spec's `(appliance (run …))`.
+    #[arg(long = "run", value_name = "COMMAND")]
+    pub run: Option<String>,
+    /// Shell commands run before /app/run (/app/prerun).
+    #[arg(long, value_name = "COMMANDS")]
+    pub prerun: Option<String>,
+    /// Shell commands run after /app/run (/app/postrun).
+    #[arg(long, value_name = "COMMANDS")]
+    pub postrun: Option<String>,
+    /// Also include the layer's files matching this glob (e.g. '/usr/lib/python3*/json/**').
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// The kernel to boot (default: the layer's /boot/vmlinuz-*).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Compression of the initrd (default: the spec's, else zstd).
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressionArg>,
+    /// The app directory to write (replaced whole): vmlinuz, initrd.cpio.*, cmdline, report.json.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print report.json on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -5,9 +5,12 @@
 
 mod builder;
 mod cli;
+mod cmd_appliance;
 mod cmd_artifact;
 mod cmd_base;
 mod cmd_build;
+mod cmd_cpio;
+mod cmd_deploy;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
@@ -52,6 +55,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Base(cmd) => cmd_base::base(&store_dir, cmd),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
+        cli::Command::Cpio(cmd) => cmd_cpio::cpio(cmd),
+        cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
+        cli::Command::Deploy(args) => cmd_deploy::deploy(args),
         cli::Command::Artifact(cmd) => cmd_artifact::artifact(cmd),
     }
 }

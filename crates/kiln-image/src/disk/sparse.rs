@@ -66,6 +66,25 @@ fn write_nonzero(dst: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The data extents of the first `len` bytes of `file` (its holes left out), as the
+/// filesystem reports them with `SEEK_DATA`/`SEEK_HOLE`.
+pub(crate) fn data_extents(file: &File, len: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+    let mut extents = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Some(data) = next_data(file, pos)? else {
+            break;
+        };
+        if data >= len {
+            break;
+        }
+        let hole = next_hole(file, data)?.min(len);
+        extents.push(data..hole);
+        pos = hole;
+    }
+    Ok(extents)
+}
+
 fn next_data(file: &File, from: u64) -> io::Result<Option<u64>> {
     seek(file, from, libc::SEEK_DATA)
 }
