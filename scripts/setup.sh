@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 # (fast SHA-256 of the loaded disks in the tests).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod udpcast zstd gnuplot-nox openssl time curl)
+          kmod udpcast zstd gnuplot-nox openssl time curl apache2-utils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
