@@ -1,7 +1,7 @@
 //! `kiln artifact push|pull`: disk images as OCI artifacts in any registry (the layer the
 //! catalogue's `kiln image push|pull` wraps with its metadata and trust checks).
 
-use crate::cli::{ArtifactCommand, ArtifactPullArgs, ArtifactPushArgs};
+use crate::cli::{ArtifactCommand, ArtifactInspectArgs, ArtifactPullArgs, ArtifactPushArgs};
 use anyhow::{bail, Context};
 use kiln_fetch::oci::artifact::{
     self, DiskFormat, ImageArtifact, PushOptions, ARCH_ANNOTATION, OS_ANNOTATION, TITLE_ANNOTATION,
@@ -20,6 +20,7 @@ pub fn artifact(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ArtifactCommand::Push(args) => push(args),
         ArtifactCommand::Pull(args) => pull(args),
+        ArtifactCommand::Inspect(args) => inspect(args),
     }
 }
 
@@ -199,4 +200,24 @@ pub fn push_containerdisk(
     let digest = remote.put_manifest(&tag, &manifest)?;
     println!("pushed {}@{digest}", remote.tagged(&tag));
     Ok(())
+}
+
+/// `kiln artifact inspect`: what `skopeo inspect --raw` shows, with the digest, as JSON
+/// (skopeo's plain `inspect` refuses artifacts whose config is not an image config).
+fn inspect(args: ArtifactInspectArgs) -> anyhow::Result<ExitCode> {
+    let (remote, at) = open(&args.reference)?;
+    let fetched = remote
+        .manifest(&at)?
+        .with_context(|| format!("{}: not found in the registry", args.reference))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&fetched.raw)?;
+    let out = serde_json::json!({
+        "reference": format!("{}/{}@{}", remote.registry(), remote.reference().repository, fetched.digest),
+        "digest": fetched.digest,
+        "artifactType": manifest.get("artifactType"),
+        "annotations": manifest.get("annotations"),
+        "config": manifest.get("config"),
+        "layers": manifest.get("layers"),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
 }
