@@ -291,6 +291,81 @@ fn catalogue_images_round_trip_through_a_registry_and_bad_ones_are_refused() {
         1
     );
 
+    // A deprecated image comes with a warning; an expired one is refused unless
+    // --allow-expired, before its disk is downloaded.
+    let fourth_dir = dir.join("fourth");
+    let fourth = with_catalog(fourth_dir.clone());
+    first(&[
+        "image",
+        "deprecate",
+        &id,
+        "--reason",
+        "superseded by 2.0",
+        "--key",
+        "me.key",
+    ])
+    .ok();
+    let deprecated = format!("oci://{host}/lab/web:deprecated");
+    first(&["image", "push", &id, &deprecated]).ok();
+    let run = fourth(&["image", "pull", &deprecated, "--trust", trust_s]).ok();
+    assert!(
+        run.stderr.contains("warning") && run.stderr.contains("superseded by 2.0"),
+        "{}",
+        run.stderr
+    );
+    let old = dir.join("old.raw");
+    raw_disk(&old);
+    manifest_for(&old);
+    let old_id = json(
+        &first(&[
+            "image",
+            "add",
+            "old.raw",
+            "--title",
+            "Old",
+            "--endorser",
+            "me@lab.org",
+            "--key",
+            "me.key",
+            "--valid-for",
+            "1s",
+            "--no-lint",
+            "--json",
+        ])
+        .ok(),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expired = format!("oci://{host}/lab/old:1");
+    first(&["image", "push", &old_id, &expired]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    fails(
+        fourth(&["image", "pull", &expired, "--trust", trust_s]),
+        "refused before its disk was downloaded: expired",
+    );
+    assert_eq!(
+        json(&fourth(&["image", "ls", "--json"]).ok())
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let run = fourth(&[
+        "image",
+        "pull",
+        &expired,
+        "--trust",
+        trust_s,
+        "--allow-expired",
+    ])
+    .ok();
+    assert!(run.stderr.contains("--allow-expired"), "{}", run.stderr);
+    assert_eq!(
+        sha256_file(&fourth_dir.join("entries").join(&old_id).join("old.raw")),
+        sha256_file(&old)
+    );
+
     // Bad artifacts, pushed with the artifact layer directly; each is refused by a
     // third catalogue that trusts "me", and leaves it empty.
     let third_dir = dir.join("third");
