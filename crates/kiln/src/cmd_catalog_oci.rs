@@ -117,6 +117,16 @@ pub fn pull(
     let (remote, at) = open_remote(location)?;
     let staging = staging_dir(catalog, location);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    // Two pulls of one location would write the same partial files: one at a time.
+    let lock_path = staging.join(".lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "{location}: another kiln is pulling it into this catalogue (it holds {}); wait for it",
+            lock_path.display()
+        );
+    }
     // An unsigned artifact is refused before its disk is downloaded.
     let options = PullOptions {
         require_signature: true,

@@ -5,12 +5,15 @@
 
 mod common;
 
+use common::fault_proxy::FaultProxy;
 use common::registry::Registry;
 use common::*;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout)
@@ -426,6 +429,132 @@ fn catalogue_images_round_trip_through_a_registry_and_bad_ones_are_refused() {
     pull_refused(
         &format!("oci://{host}/lab/bad:other"),
         "refused before its disk was downloaded: endorser refused",
+    );
+
+    drop(registry);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_catalogue_pull_killed_halfway_leaves_nothing_visible_and_resumes() {
+    let dir = test_dir("catalog-oci-resume");
+    let registry = Registry::start(&dir.join("registry"));
+    let proxy = FaultProxy::start(&registry.addr);
+    let store = dir.join("store");
+    let first_cat = dir.join("first");
+    let second_cat = dir.join("second");
+    let with = |cat: &Path, args: &[&str]| {
+        kiln_env(
+            &store,
+            &dir,
+            args,
+            &[("KILN_CATALOG", cat.to_str().unwrap())],
+        )
+    };
+    with(&first_cat, &["key", "generate", "-o", "me.key"]).ok();
+    let trust = dir.join("trust");
+    fs::create_dir_all(&trust).unwrap();
+    fs::copy(dir.join("me.pub"), trust.join("me.pub")).unwrap();
+    let trust_s = trust.to_str().unwrap();
+    // 16 MiB of random bytes: zstd cannot shrink them, so the transfer takes a while.
+    let disk = dir.join("big.raw");
+    let mut random = vec![0u8; 16 << 20];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut random)
+        .unwrap();
+    fs::write(&disk, &random).unwrap();
+    manifest_for(&disk);
+    let id = json(
+        &with(
+            &first_cat,
+            &[
+                "image",
+                "add",
+                "big.raw",
+                "--title",
+                "Big",
+                "--endorser",
+                "me@lab.org",
+                "--key",
+                "me.key",
+                "--no-lint",
+                "--json",
+            ],
+        )
+        .ok(),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Pushed straight to the registry, pulled through the slow proxy.
+    let pushed = format!("oci://{}/lab/big:1", registry.addr);
+    with(&first_cat, &["image", "push", &id, &pushed]).ok();
+    let through_proxy = format!("oci://{}/lab/big:1", proxy.addr);
+
+    proxy
+        .faults
+        .delay_us_per_64k
+        .store(15_000, Ordering::SeqCst);
+    let mut child = Command::new(KILN)
+        .arg("--store")
+        .arg(&store)
+        .args(["image", "pull", &through_proxy, "--trust", trust_s])
+        .env("KILN_CATALOG", &second_cat)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = second_cat.join("partial");
+    let largest = || {
+        walk(&partial)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while largest()
+        .and_then(|p| fs::metadata(p).ok())
+        .is_none_or(|m| m.len() < 4 << 20)
+    {
+        assert!(Instant::now() < deadline, "the pull never got 4 MiB down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Killed: nothing in the catalogue, the partial download kept.
+    assert!(files_under(&second_cat.join("entries")).is_empty());
+    let kept = fs::metadata(largest().unwrap()).unwrap().len();
+    assert!(kept >= 4 << 20);
+    assert_eq!(
+        json(&with(&second_cat, &["image", "ls", "--json"]).ok()),
+        serde_json::json!([])
+    );
+
+    // Run again: it resumes where the first stopped, and the image arrives verified.
+    proxy.faults.ranges.lock().unwrap().clear();
+    proxy.faults.delay_us_per_64k.store(0, Ordering::SeqCst);
+    with(
+        &second_cat,
+        &["image", "pull", &through_proxy, "--trust", trust_s],
+    )
+    .ok();
+    assert!(
+        proxy.range_starts().iter().any(|&start| start >= 4 << 20),
+        "the second pull started over: ranges {:?}",
+        proxy.faults.ranges.lock().unwrap()
+    );
+    with(&second_cat, &["image", "verify", &id, "--trust", trust_s]).ok();
+    assert_eq!(
+        sha256_file(&second_cat.join("entries").join(&id).join("big.raw")),
+        sha256_file(&disk)
+    );
+    assert!(
+        files_under(&partial).is_empty(),
+        "{:?}",
+        files_under(&partial)
     );
 
     drop(registry);
