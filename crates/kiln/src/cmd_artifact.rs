@@ -25,7 +25,7 @@ pub fn artifact(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// The registry reference of `text` (`oci://…`), its tag or digest, and a client for it.
-fn open(text: &str) -> anyhow::Result<(Remote, String)> {
+pub fn open_remote(text: &str) -> anyhow::Result<(Remote, String)> {
     let bare = text.strip_prefix(OCI_SCHEME).with_context(|| {
         format!("{text}: a registry reference is written oci://HOST[:PORT]/REPO:TAG")
     })?;
@@ -41,7 +41,7 @@ fn open(text: &str) -> anyhow::Result<(Remote, String)> {
 }
 
 fn push(args: ArtifactPushArgs) -> anyhow::Result<ExitCode> {
-    let (mut remote, tag) = open(&args.reference)?;
+    let (mut remote, tag) = open_remote(&args.reference)?;
     if tag.starts_with("sha256:") {
         bail!("{}: push to a tag (…:TAG), not a digest", args.reference);
     }
@@ -113,7 +113,7 @@ fn push(args: ArtifactPushArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn pull(args: ArtifactPullArgs) -> anyhow::Result<ExitCode> {
-    let (remote, at) = open(&args.reference)?;
+    let (remote, at) = open_remote(&args.reference)?;
     fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let bar = indicatif::ProgressBar::new(0).with_message("pulling");
@@ -166,7 +166,7 @@ pub fn push_containerdisk(
 ) -> anyhow::Result<()> {
     use kiln_fetch::oci::remote::{OciDescriptor, OciImageManifest};
     use kiln_image::containerdisk::{CONFIG_MEDIA, LAYER_MEDIA};
-    let (remote, tag) = open(text)?;
+    let (remote, tag) = open_remote(text)?;
     if tag.starts_with("sha256:") {
         bail!("--push {text}: push to a tag (…:TAG), not a digest");
     }
