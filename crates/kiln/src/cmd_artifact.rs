@@ -205,7 +205,7 @@ pub fn push_containerdisk(
 /// `kiln artifact inspect`: what `skopeo inspect --raw` shows, with the digest, as JSON
 /// (skopeo's plain `inspect` refuses artifacts whose config is not an image config).
 fn inspect(args: ArtifactInspectArgs) -> anyhow::Result<ExitCode> {
-    let (remote, at) = open(&args.reference)?;
+    let (remote, at) = open_remote(&args.reference)?;
     let fetched = remote
         .manifest(&at)?
         .with_context(|| format!("{}: not found in the registry", args.reference))?;
