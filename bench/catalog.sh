@@ -55,7 +55,7 @@ fetch() { curl -sf -o /dev/null "$1"; }
 t0=$(now); fetch "$url/api/images/$sha256/download"; t1=$(now); fetch "http://127.0.0.1:$port/big.raw"; t2=$(now)
 k=$(secs "$t0" "$t1"); p=$(secs "$t1" "$t2")
 row "1 download, 512 MiB (vs python http.server)" "$(printf %.2f "$k")" "$(printf %.2f "$p")" "$(ratio "$k" "$p")"
-par() { for _ in $(seq 16); do fetch "$1" & done; wait; }
+par() { local ps=(); for _ in $(seq 16); do fetch "$1" & ps+=($!); done; wait "${ps[@]}"; }
 t0=$(now); par "$url/api/images/$sha256/download"; t1=$(now); par "http://127.0.0.1:$port/big.raw"; t2=$(now)
 k=$(secs "$t0" "$t1"); p=$(secs "$t1" "$t2")
 row "16 parallel downloads (vs python http.server)" "$(printf %.2f "$k")" "$(printf %.2f "$p")" "$(ratio "$k" "$p")"

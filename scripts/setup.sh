@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Runtime: mmdebstrap bootstraps Debian bases (debootstrap is the fallback).
-# Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback.
+# Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback,
+# apache2-utils (htpasswd) writes the users of a registry with HTTP basic authentication.
 # Images: e2fsprogs (mke2fs -d, e2fsck), fdisk (sfdisk), dosfstools + mtools (the ESP),
 # systemd-boot-efi (the UEFI loader), qemu-system-x86 + ovmf (kiln run/test), qemu-utils (qemu-img).
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 # marketplace page, read headless).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod udpcast zstd gnuplot-nox openssl time curl minisign chromium fonts-liberation)
+          kmod udpcast zstd gnuplot-nox openssl time curl minisign chromium fonts-liberation apache2-utils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

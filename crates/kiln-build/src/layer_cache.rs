@@ -25,7 +25,7 @@ use kiln_fetch::oci::remote::{FetchedManifest, HashingWriter, Remote};
 use kiln_fetch::oci::RemoteError;
 use kiln_fetch::RegistrySettings;
 use kiln_image::tar_export::{write_tar_with, TarOptions};
-use kiln_store::{LayerId, LayerMeta, Store, TmpLayer};
+use kiln_store::{LayerId, LayerMeta, Store, TmpLayer, DISK_FILE};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,6 +39,10 @@ pub const LAYER_ARTIFACT: &str = "application/vnd.kiln.layer.v1";
 pub const META_MEDIA: &str = "application/vnd.kiln.layer.meta.v1+json";
 /// The layer's rootfs as a tar compressed with zstd.
 pub const ROOTFS_MEDIA: &str = "application/vnd.kiln.layer.v1.tar+zstd";
+/// The payload of a disk layer (QEMU sandbox): its `disk.qcow2` (an overlay whose backing
+/// file is named relative to the store, `../../result/PARENT/disk.qcow2`) and, for a VM
+/// base, its `boot/`, as a tar compressed with zstd.
+pub const DISK_MEDIA: &str = "application/vnd.kiln.layer.v1.disk.tar+zstd";
 /// The step's log.
 pub const LOG_MEDIA: &str = "application/vnd.kiln.layer.log.v1";
 /// Annotation naming the layer's id (also its tag).
@@ -98,8 +102,6 @@ pub enum Pushed {
     Present,
     /// It was uploaded (`bytes`: the rootfs blob's size).
     Uploaded { bytes: u64 },
-    /// Disk layers (QEMU sandbox) are not cached in registries.
-    Skipped,
 }
 
 /// A registry repository used as a build cache.
@@ -182,6 +184,12 @@ impl RegistryCache {
         if meta.id != *id {
             return Err(self.invalid(id, format!("its meta.json names layer {}", meta.id)));
         }
+        if meta.parent.is_none() && !meta.flat {
+            return Err(self.invalid(
+                id,
+                "its meta.json has neither a parent nor a full tree".into(),
+            ));
+        }
         Ok(Some(CachedLayer { meta, manifest }))
     }
 
@@ -195,16 +203,22 @@ impl RegistryCache {
     ) -> Result<(), CacheError> {
         let id = &layer.meta.id;
         let m = &layer.manifest.manifest;
+        // A tree layer's blob is its rootfs/; a disk layer's holds the files of its directory.
+        let (media, into) = if layer.meta.disk {
+            (DISK_MEDIA, &tmp.dir)
+        } else {
+            (ROOTFS_MEDIA, &tmp.rootfs)
+        };
         let rootfs = match m.layers.as_slice() {
-            [rootfs, ..] if rootfs.media_type == ROOTFS_MEDIA => rootfs,
-            _ => return Err(self.invalid(id, "its manifest has no rootfs blob".into())),
+            [rootfs, ..] if rootfs.media_type == media => rootfs,
+            _ => return Err(self.invalid(id, format!("its manifest has no {media} blob"))),
         };
         let blob = scratch.join("rootfs.tar.zst");
         self.remote.pull_blob(rootfs, &blob, None)?;
         let file = fs::File::open(&blob).map_err(|e| self.local(id, "opening", &blob, e))?;
         let decoder = zstd::stream::read::Decoder::new(BufReader::with_capacity(1 << 20, file))
             .map_err(|e| self.local(id, "reading", &blob, e))?;
-        kiln_fetch::unpack_tree(decoder, &tmp.rootfs).map_err(|message| CacheError::Local {
+        kiln_fetch::unpack_tree(decoder, into).map_err(|message| CacheError::Local {
             cache: self.shown.clone(),
             id: id.to_string(),
             action: "unpacking",
@@ -232,9 +246,6 @@ impl RegistryCache {
             fs::read(&meta_path).map_err(|e| self.local(id, "reading", &meta_path, e))?;
         let meta: LayerMeta = serde_json::from_slice(&meta_bytes)
             .map_err(|e| self.invalid(id, format!("the stored meta.json is invalid: {e}")))?;
-        if meta.disk {
-            return Ok(Pushed::Skipped);
-        }
         if self.remote.manifest(id.as_str())?.is_some() {
             return Ok(Pushed::Present);
         }
@@ -242,7 +253,13 @@ impl RegistryCache {
         fs::write(&meta_blob, &meta_bytes).map_err(|e| self.local(id, "writing", &meta_blob, e))?;
         let config = self.descriptor(id, &meta_blob, META_MEDIA)?;
         let rootfs_blob = scratch.join("rootfs.tar.zst");
-        let rootfs = self.write_rootfs(id, &dir.join("rootfs"), &rootfs_blob)?;
+        let rootfs = if meta.disk {
+            let payload = scratch.join("payload");
+            link_disk_payload(&dir, &payload).map_err(|e| self.local(id, "linking", &dir, e))?;
+            self.write_rootfs(id, &payload, &rootfs_blob, DISK_MEDIA)?
+        } else {
+            self.write_rootfs(id, &dir.join("rootfs"), &rootfs_blob, ROOTFS_MEDIA)?
+        };
         let mut blobs = vec![(rootfs_blob.clone(), rootfs.clone())];
         let log = store.log_path(id);
         if fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
@@ -283,13 +300,14 @@ impl RegistryCache {
         id: &LayerId,
         rootfs: &Path,
         blob: &Path,
+        media_type: &str,
     ) -> Result<OciDescriptor, CacheError> {
         let io = |e: std::io::Error| self.local(id, "writing", blob, e);
         let file = fs::File::create(blob).map_err(io)?;
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         let mut encoder = zstd::stream::write::Encoder::new(hashing, ZSTD_LEVEL).map_err(io)?;
         let options = TarOptions {
-            root_entry: true,
+            root_entry: media_type == ROOTFS_MEDIA,
             exact_times: true,
         };
         write_tar_with(rootfs, &mut encoder, options, &mut |_, _| {}).map_err(|e| {
@@ -304,7 +322,7 @@ impl RegistryCache {
         let hashing = encoder.finish().map_err(io)?;
         let (mut writer, digest, size) = hashing.finish();
         writer.flush().map_err(io)?;
-        Ok(descriptor(ROOTFS_MEDIA, digest, size))
+        Ok(descriptor(media_type, digest, size))
     }
 
     fn descriptor(
@@ -341,6 +359,39 @@ impl RegistryCache {
             message: e.to_string(),
         }
     }
+}
+
+/// Makes `payload` a directory of hard links to a disk layer's `disk.qcow2` and `boot/`
+/// (what its blob holds; meta.json, the log and the empty rootfs/ travel otherwise).
+fn link_disk_payload(layer: &Path, payload: &Path) -> std::io::Result<()> {
+    fs::create_dir(payload)?;
+    fs::hard_link(layer.join(DISK_FILE), payload.join(DISK_FILE))?;
+    let boot = layer.join("boot");
+    if boot.is_dir() {
+        link_tree(&boot, &payload.join("boot"))?;
+    }
+    Ok(())
+}
+
+/// Recreates the directories of `from` under `to`, hard-linking its files and copying its
+/// symlinks.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir(to)?;
+    let meta = fs::metadata(from)?;
+    fs::set_permissions(to, meta.permissions())?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else {
+            fs::hard_link(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 fn descriptor(media_type: &str, digest: String, size: u64) -> OciDescriptor {

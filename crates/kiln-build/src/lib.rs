@@ -635,8 +635,7 @@ impl Builder<'_> {
         if self.reuse(id, out)?.is_some() {
             return Ok(id.clone());
         }
-        let cacheable = kind == NewLayer::Step && sb.payload() == Payload::Tree;
-        if cacheable && self.pull_cached(id, Some(parent), out)? {
+        if self.pull_cached(id, Some(parent), out)? {
             return Ok(id.clone());
         }
         let _pin = self.store.pin(parent)?;
@@ -807,7 +806,7 @@ impl Builder<'_> {
                 return Ok(false);
             }
         };
-        if layer.meta.parent.as_ref() != parent || layer.meta.disk {
+        if layer.meta.parent.as_ref() != parent {
             writeln!(
                 out,
                 "---> cache: {}: layer {id} was built on {:?}, not on this build's {:?}; building it instead",
@@ -860,7 +859,7 @@ impl Builder<'_> {
                 cache.describe()
             )
             .map_err(BuildError::output),
-            Ok(Pushed::Present | Pushed::Skipped) => Ok(()),
+            Ok(Pushed::Present) => Ok(()),
             Err(e) => Err(BuildError::CachePush(e.to_string())),
         }
     }

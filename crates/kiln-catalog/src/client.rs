@@ -4,12 +4,15 @@
 //! interrupted transfer resumes where it stopped, and verify the bytes before the entry
 //! appears in the catalogue.
 
-use crate::catalog::{Catalog, Entry, ImageSource};
+pub use crate::admit::Pulled;
+
+use crate::admit::{admit_file, already_held, Offered};
+use crate::catalog::{Catalog, Entry};
 use crate::metadata::Metadata;
-use crate::remote::{oci_unsupported, parse_source, parse_target, Remote};
+use crate::remote::{oci_elsewhere, parse_source, parse_target, Remote};
 use crate::sign::SigningKey;
 use crate::trust::Trust;
-use crate::verify::{verify_image_file, verify_metadata, Verified};
+use crate::verify::{verify_image_file, verify_metadata};
 use crate::CatalogError;
 use base64::Engine;
 use futures_util::StreamExt;
@@ -20,17 +23,6 @@ use tokio::io::AsyncWriteExt;
 
 /// Progress of a transfer: bytes done and total.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
-
-/// What a pull did.
-#[derive(Debug)]
-pub struct Pulled {
-    pub entry: Entry,
-    pub verified: Verified,
-    /// Bytes already on disk from an interrupted pull that were not fetched again.
-    pub resumed_from: u64,
-    /// The catalogue held the verified image already; nothing was downloaded.
-    pub already_present: bool,
-}
 
 fn runtime() -> Result<tokio::runtime::Runtime, CatalogError> {
     tokio::runtime::Builder::new_current_thread()
@@ -82,7 +74,7 @@ pub fn pull(
     progress: Progress<'_>,
 ) -> Result<Pulled, CatalogError> {
     let (base, reference) = match parse_source(source)? {
-        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Oci(location) => return Err(oci_elsewhere(&location)),
         Remote::Marketplace { base, reference } => (base, reference.unwrap_or_default()),
     };
     runtime()?.block_on(pull_async(
@@ -144,31 +136,22 @@ async fn pull_async(
         chrono::Utc::now(),
         allow_expired,
     )?;
-    if let Ok(existing) = catalog.read(&meta.id) {
-        if let Some(image) = &existing.image {
-            if verify_image_file(&meta, image).is_ok() {
-                let entry = if existing.metadata_bytes != meta_bytes {
-                    catalog.put(&meta, &meta_bytes, &signature, ImageSource::None)?
-                } else {
-                    existing
-                };
-                return Ok(Pulled {
-                    entry,
-                    verified,
-                    resumed_from: 0,
-                    already_present: true,
-                });
-            }
-        }
+    let offer = Offered {
+        metadata_bytes: &meta_bytes,
+        signature: &signature,
+        origin: &meta_url,
+    };
+    if let Some(entry) = already_held(catalog, &meta, offer)? {
+        return Ok(Pulled {
+            entry,
+            verified,
+            resumed_from: 0,
+            already_present: true,
+        });
     }
     let part = catalog.partial_path(&meta.id);
     let resumed_from = download(&client, base, &meta, &part, progress).await?;
-    if let Err(e) = verify_image_file(&meta, &part) {
-        // A partial file that does not add up is useless for a resume too.
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
-    let entry = catalog.put(&meta, &meta_bytes, &signature, ImageSource::Move(&part))?;
+    let entry = admit_file(catalog, &meta, offer, &part)?;
     Ok(Pulled {
         entry,
         verified,
@@ -289,7 +272,7 @@ pub fn push(
     progress: Progress<'_>,
 ) -> Result<String, CatalogError> {
     let base = match parse_target(target)? {
-        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Oci(location) => return Err(oci_elsewhere(&location)),
         Remote::Marketplace { base, .. } => base,
     };
     let image = entry.image.as_deref().ok_or_else(|| {
@@ -382,7 +365,7 @@ async fn push_async(
 /// Sends an entry's new metadata (after a deprecation) to the marketplace at `target`.
 pub fn update_metadata(entry: &Entry, target: &str, token: &str) -> Result<(), CatalogError> {
     let base = match parse_target(target)? {
-        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Oci(location) => return Err(oci_elsewhere(&location)),
         Remote::Marketplace { base, .. } => base,
     };
     runtime()?.block_on(async { send_metadata(&http()?, &base, entry, token).await })
@@ -416,7 +399,7 @@ async fn send_metadata(
 /// Deletes image `id` from the marketplace at `target`, signed by the endorser's `key`.
 pub fn delete(id: &str, target: &str, token: &str, key: &SigningKey) -> Result<(), CatalogError> {
     let base = match parse_target(target)? {
-        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Oci(location) => return Err(oci_elsewhere(&location)),
         Remote::Marketplace { base, .. } => base,
     };
     let now = chrono::Utc::now().timestamp();
@@ -446,7 +429,7 @@ pub fn search(
     filter: &crate::metadata::Filter,
 ) -> Result<Vec<serde_json::Value>, CatalogError> {
     let base = match parse_target(target)? {
-        Remote::Oci(location) => return Err(oci_unsupported(&location)),
+        Remote::Oci(location) => return Err(oci_elsewhere(&location)),
         Remote::Marketplace { base, .. } => base,
     };
     let mut url = url::Url::parse(&format!("{base}/api/images"))

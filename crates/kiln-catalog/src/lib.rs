@@ -6,7 +6,10 @@
 //!   entry's checksum, signature, endorser and validity.
 //! - [`lint`]: the hygiene check of an image's files.
 //! - [`server`]: the marketplace (`kiln serve`); [`client`]: push and pull.
+//! - [`admit`]: the checks and the atomic move every pull ends with, whatever the
+//!   transport (marketplace, or an OCI registry through the CLI).
 
+pub mod admit;
 pub mod catalog;
 pub mod client;
 pub mod lint;

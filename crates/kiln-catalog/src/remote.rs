@@ -1,7 +1,9 @@
 //! Where `kiln image push` sends and `kiln image pull` fetches, by URL scheme: `http://`
 //! and `https://` are kiln marketplaces ([`crate::client`]); `oci://REGISTRY/REPO[:TAG]`
-//! names an OCI registry, kept as a plain URL here and in metadata `locations`, and
-//! handled by the registry transport when one is plugged in at [`Remote::Oci`].
+//! names an OCI registry, kept as a plain URL here and in metadata `locations`. The
+//! catalogue does not speak the registry protocol itself: the CLI moves [`Remote::Oci`]
+//! locations with `kiln-fetch`'s artifact layer and hands the result to
+//! [`crate::admit`], so this crate never depends on the registry client.
 
 use crate::CatalogError;
 
@@ -91,11 +93,12 @@ fn parse(text: &str, with_reference: bool) -> Result<Remote, CatalogError> {
     })
 }
 
-/// The error for an `oci://` location until a registry transport is plugged in.
-pub fn oci_unsupported(location: &str) -> CatalogError {
+/// The error when an `oci://` location reaches the marketplace client: registries are
+/// the registry transport's (`kiln image push|pull` dispatch on the scheme first).
+pub fn oci_elsewhere(location: &str) -> CatalogError {
     CatalogError::Usage(format!(
-        "{location}: pushing to and pulling from OCI registries is not part of this kiln build; \
-         use a kiln marketplace (https://…)"
+        "{location}: an OCI registry, not a kiln marketplace: move it with `kiln image push|pull` \
+         (the registry transport), not the marketplace client"
     ))
 }
 

@@ -1016,3 +1016,76 @@ fn image_artifacts_push_with_a_bearer_token_and_pull_anonymously() {
         b"signature bytes"
     );
 }
+
+#[test]
+fn image_artifacts_with_http_basic_authentication() {
+    use kiln_fetch::oci::artifact::{
+        pull_image, push_image, DiskFormat, ImageArtifact, PushOptions,
+    };
+    use kiln_fetch::oci::Remote;
+    // docker-registry's htpasswd auth wants bcrypt entries: Debian's htpasswd writes them.
+    let users = tempfile::tempdir().unwrap();
+    let file = users.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&file)
+        .args(["builder", "build-pw"])
+        .output()
+        .expect("htpasswd (apt-get install apache2-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: kiln-basic\n    path: {}\n",
+        file.display()
+    );
+    let mut registry = TestRegistry::start_with(&auth);
+    registry._bundle_dir = Some(users);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    std::fs::write(&disk, b"QFI\xfb basic").unwrap();
+    let image = ImageArtifact {
+        disk: &disk,
+        format: DiskFormat::Qcow2,
+        metadata: b"{}",
+        signature: None,
+        annotations: Default::default(),
+    };
+    let options = PushOptions {
+        mount_from: Vec::new(),
+        scratch: dir.path().join("scratch"),
+    };
+    let reference = format!("{}/kiln/basic:v1", registry.host);
+    let anonymous = Remote::open(&reference, &RegistrySettings::default()).unwrap();
+    let refused = push_image(&anonymous, "v1", &image, &options, None)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("access denied"), "{refused}");
+    let settings = RegistrySettings {
+        auth: Some("builder:build-pw".into()),
+        ..RegistrySettings::default()
+    };
+    let builder = Remote::open(&reference, &settings).unwrap();
+    push_image(&builder, "v1", &image, &options, None).unwrap();
+    let pulled = pull_image(
+        &builder,
+        "v1",
+        &dir.path().join("out"),
+        Default::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&pulled.disk).unwrap(), b"QFI\xfb basic");
+    let refused = pull_image(
+        &anonymous,
+        "v1",
+        &dir.path().join("anon"),
+        Default::default(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("access denied"), "{refused}");
+}

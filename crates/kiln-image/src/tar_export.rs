@@ -291,4 +291,51 @@ mod tests {
         write_tar(root.path(), &mut y).unwrap();
         assert_eq!(x, y);
     }
+
+    #[test]
+    fn the_root_entry_and_nanosecond_mtimes_are_kept_when_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::write(r.join("f"), "x").unwrap();
+        let when = nix::sys::time::TimeSpec::new(1_700_000_000, 123_456_789);
+        nix::sys::stat::utimensat(
+            None,
+            &r.join("f"),
+            &when,
+            &when,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let options = TarOptions {
+            root_entry: true,
+            exact_times: true,
+        };
+        let mut buf = Vec::new();
+        assert_eq!(
+            write_tar_with(r, &mut buf, options, &mut |_, _| {}).unwrap(),
+            2
+        );
+        let mut archive = tar::Archive::new(buf.as_slice());
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mtime = e
+                .pax_extensions()
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|x| x.key() == Ok("mtime"))
+                .map(|x| x.value().unwrap().to_string());
+            seen.push((e.path().unwrap().display().to_string(), mtime));
+        }
+        assert_eq!(seen[0].0, ".");
+        assert_eq!(
+            seen[1],
+            ("f".to_string(), Some("1700000000.123456789".to_string()))
+        );
+        // Without the options: no root entry and whole seconds, as before.
+        let mut plain = Vec::new();
+        assert_eq!(write_tar(r, &mut plain).unwrap(), 1);
+    }
 }

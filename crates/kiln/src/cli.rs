@@ -103,6 +103,14 @@ pub enum ArtifactCommand {
     /// Pull an artifact into a directory: disk.qcow2 or disk.raw (sparse), metadata.json,
     /// signature.minisig; each verified against its digest before it appears there.
     Pull(ArtifactPullArgs),
+    /// Print an artifact's manifest digest, artifact type, annotations and blobs (JSON).
+    Inspect(ArtifactInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactInspectArgs {
+    /// What: oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:….
+    pub reference: String,
 }
 
 #[derive(Debug, Args)]

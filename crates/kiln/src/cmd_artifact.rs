@@ -1,7 +1,7 @@
 //! `kiln artifact push|pull`: disk images as OCI artifacts in any registry (the layer the
 //! catalogue's `kiln image push|pull` wraps with its metadata and trust checks).
 
-use crate::cli::{ArtifactCommand, ArtifactPullArgs, ArtifactPushArgs};
+use crate::cli::{ArtifactCommand, ArtifactInspectArgs, ArtifactPullArgs, ArtifactPushArgs};
 use anyhow::{bail, Context};
 use kiln_fetch::oci::artifact::{
     self, DiskFormat, ImageArtifact, PushOptions, ARCH_ANNOTATION, OS_ANNOTATION, TITLE_ANNOTATION,
@@ -20,11 +20,12 @@ pub fn artifact(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ArtifactCommand::Push(args) => push(args),
         ArtifactCommand::Pull(args) => pull(args),
+        ArtifactCommand::Inspect(args) => inspect(args),
     }
 }
 
 /// The registry reference of `text` (`oci://…`), its tag or digest, and a client for it.
-fn open(text: &str) -> anyhow::Result<(Remote, String)> {
+pub fn open_remote(text: &str) -> anyhow::Result<(Remote, String)> {
     let bare = text.strip_prefix(OCI_SCHEME).with_context(|| {
         format!("{text}: a registry reference is written oci://HOST[:PORT]/REPO:TAG")
     })?;
@@ -40,7 +41,7 @@ fn open(text: &str) -> anyhow::Result<(Remote, String)> {
 }
 
 fn push(args: ArtifactPushArgs) -> anyhow::Result<ExitCode> {
-    let (mut remote, tag) = open(&args.reference)?;
+    let (mut remote, tag) = open_remote(&args.reference)?;
     if tag.starts_with("sha256:") {
         bail!("{}: push to a tag (…:TAG), not a digest", args.reference);
     }
@@ -112,7 +113,7 @@ fn push(args: ArtifactPushArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn pull(args: ArtifactPullArgs) -> anyhow::Result<ExitCode> {
-    let (remote, at) = open(&args.reference)?;
+    let (remote, at) = open_remote(&args.reference)?;
     fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let bar = indicatif::ProgressBar::new(0).with_message("pulling");
@@ -165,7 +166,7 @@ pub fn push_containerdisk(
 ) -> anyhow::Result<()> {
     use kiln_fetch::oci::remote::{OciDescriptor, OciImageManifest};
     use kiln_image::containerdisk::{CONFIG_MEDIA, LAYER_MEDIA};
-    let (remote, tag) = open(text)?;
+    let (remote, tag) = open_remote(text)?;
     if tag.starts_with("sha256:") {
         bail!("--push {text}: push to a tag (…:TAG), not a digest");
     }
@@ -199,4 +200,24 @@ pub fn push_containerdisk(
     let digest = remote.put_manifest(&tag, &manifest)?;
     println!("pushed {}@{digest}", remote.tagged(&tag));
     Ok(())
+}
+
+/// `kiln artifact inspect`: what `skopeo inspect --raw` shows, with the digest, as JSON
+/// (skopeo's plain `inspect` refuses artifacts whose config is not an image config).
+fn inspect(args: ArtifactInspectArgs) -> anyhow::Result<ExitCode> {
+    let (remote, at) = open_remote(&args.reference)?;
+    let fetched = remote
+        .manifest(&at)?
+        .with_context(|| format!("{}: not found in the registry", args.reference))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&fetched.raw)?;
+    let out = serde_json::json!({
+        "reference": format!("{}/{}@{}", remote.registry(), remote.reference().repository, fetched.digest),
+        "digest": fetched.digest,
+        "artifactType": manifest.get("artifactType"),
+        "annotations": manifest.get("annotations"),
+        "config": manifest.get("config"),
+        "layers": manifest.get("layers"),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use crate::cli::{
     ImagePullArgs, ImagePushArgs, ImageRefArgs, ImageRmArgs, ImageSearchArgs, ImageVerifyArgs,
     KeyCommand, RemoteArgs, TrustArgs,
 };
+use crate::cmd_catalog_oci;
 use anyhow::{bail, Context};
 use chrono::Utc;
 use kiln_catalog::catalog::{Catalog, Entry, ImageSource};
@@ -504,7 +505,7 @@ fn push(store_dir: &Path, args: ImagePushArgs) -> anyhow::Result<ExitCode> {
     let catalog = open_catalog(store_dir, &args.catalog)?;
     let entry = catalog.resolve(&args.id)?;
     if let remote::Remote::Oci(location) = remote::parse_target(&args.target)? {
-        return Err(remote::oci_unsupported(&location).into());
+        return push_oci(&catalog, &entry, &location, args.json.json);
     }
     let token = token(&args.remote_args)?;
     let bar = byte_bar("pushing");
@@ -528,9 +529,50 @@ fn push(store_dir: &Path, args: ImagePushArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln image push ID oci://…`: the entry as one OCI artifact ([`cmd_catalog_oci`]).
+fn push_oci(
+    catalog: &Catalog,
+    entry: &Entry,
+    location: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let bar = byte_bar("pushing");
+    let pushed = cmd_catalog_oci::push(catalog, entry, location, &bar);
+    bar.finish_and_clear();
+    let (pushed, pinned) = pushed?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": entry.metadata.id,
+                "url": location,
+                "reference": pushed.reference,
+                "digest": pushed.digest,
+                "pull": pinned,
+                "disk_transfer": pushed.disk_transfer,
+            })
+        );
+    } else {
+        println!(
+            "pushed {} ({}) to {location} ({}, disk {})",
+            entry.metadata.short_id, entry.metadata.title, pushed.digest, pushed.disk_transfer
+        );
+        println!("pull it with: kiln image pull {pinned}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn pull(store_dir: &Path, args: ImagePullArgs) -> anyhow::Result<ExitCode> {
     let catalog = open_catalog(store_dir, &args.catalog)?;
     let trust = load_trust(&catalog, &args.trust)?;
+    if let remote::Remote::Oci(location) = remote::parse_source(&args.source)? {
+        let bar = byte_bar("pulling");
+        let pulled =
+            cmd_catalog_oci::pull(&catalog, &location, &trust, args.trust.allow_expired, &bar);
+        bar.finish_and_clear();
+        let (pulled, digest) = pulled?;
+        return print_pulled(&pulled, Some(&digest), args.json.json);
+    }
     let bar = byte_bar("pulling");
     let pulled = client::pull(
         &catalog,
@@ -543,15 +585,26 @@ fn pull(store_dir: &Path, args: ImagePullArgs) -> anyhow::Result<ExitCode> {
         },
     );
     bar.finish_and_clear();
-    let pulled = pulled?;
+    print_pulled(&pulled?, None, args.json.json)
+}
+
+/// Reports a pull (from a marketplace, or from a registry with its manifest `digest`).
+fn print_pulled(
+    pulled: &client::Pulled,
+    digest: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     for w in &pulled.verified.warnings {
         eprintln!("kiln: warning: {w}");
     }
     let m = &pulled.entry.metadata;
-    if args.json.json {
+    if json {
         let mut v = listing(&pulled.entry);
         v["resumed_from"] = pulled.resumed_from.into();
         v["already_present"] = pulled.already_present.into();
+        if let Some(digest) = digest {
+            v["manifest_digest"] = digest.into();
+        }
         println!("{v}");
     } else {
         if pulled.already_present {

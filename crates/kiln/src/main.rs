@@ -10,6 +10,7 @@ mod cmd_artifact;
 mod cmd_base;
 mod cmd_build;
 mod cmd_catalog;
+mod cmd_catalog_oci;
 mod cmd_cpio;
 mod cmd_create;
 mod cmd_deploy;

@@ -136,6 +136,18 @@ fn disks_round_trip_bit_exact_and_tampered_ones_are_refused() {
     assert_eq!(annotations["org.opencontainers.image.version"], "1.0");
     assert_eq!(annotations["dev.kiln.image.os"], "debian-12");
     assert_eq!(annotations["dev.kiln.image.arch"], "amd64");
+    // kiln's own inspect shows the same (skopeo's plain inspect refuses artifacts).
+    let inspected = kiln(
+        &store,
+        &dir,
+        &["artifact", "inspect", &format!("oci://{image}")],
+    )
+    .ok();
+    let inspected: serde_json::Value = serde_json::from_str(&inspected.stdout).unwrap();
+    assert_eq!(inspected["digest"], pushed["digest"]);
+    assert_eq!(inspected["artifactType"], "application/vnd.kiln.image.v1");
+    assert_eq!(inspected["annotations"]["dev.kiln.image.os"], "debian-12");
+    assert_eq!(inspected["layers"].as_array().unwrap().len(), 2);
     // By digest, as the catalogue pins it.
     let by_digest = format!(
         "oci://{host}/kiln/images@{}",

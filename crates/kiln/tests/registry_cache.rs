@@ -208,3 +208,41 @@ fn an_unreachable_cache_is_a_warning_for_cache_from_and_an_error_for_cache_to() 
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn qemu_sandbox_layers_come_from_the_registry_too() {
+    let dir = test_dir("registry-cache-qemu");
+    let registry = Registry::start(&dir.join("registry"));
+    let flag = format!("oci://{}/kiln/vm-cache", registry.addr);
+    let spec = format!(
+        "((from file:{})\n (sandbox qemu)\n (run (shell \"echo {} > /etc/motd\"))\n (run (shell \"head -c 100000 /dev/urandom > /random\")))\n",
+        busybox_tar().display(),
+        nonce()
+    );
+    // The tree base, Debian's kernel package (busybox has no kernel), the VM base and
+    // two steps, each a disk layer whose qcow2 is backed by its parent's.
+    let first_store = dir.join("store-1");
+    let first = build(&first_store, &dir, &spec, &["--cache-to", &flag]).ok();
+    assert_eq!(pushed(&first).len(), 5, "{}", first.stdout);
+    let second_store = dir.join("store-2");
+    let second = build(&second_store, &dir, &spec, &["--cache-from", &flag]).ok();
+    assert_eq!(
+        second.count("---> saved as"),
+        0,
+        "no VM may run:\n{}",
+        second.stdout
+    );
+    assert_eq!(second.count("---> pulled"), 5, "{}", second.stdout);
+    assert_eq!(second.got(), first.got());
+    fs::create_dir_all(dir.join("a")).unwrap();
+    fs::create_dir_all(dir.join("b")).unwrap();
+    let a = export_tar(&first_store, &dir.join("a"), &first.got());
+    let b = export_tar(&second_store, &dir.join("b"), &second.got());
+    assert!(
+        fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+        "exports differ"
+    );
+    assert!(tar_read(&b, "random").is_some_and(|r| r.len() == 100000));
+    no_temporaries(&second_store);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -237,6 +237,11 @@ pub struct PullOptions {
     pub require_signature: bool,
 }
 
+/// A check of an artifact's metadata and signature (when signed), made once they are
+/// downloaded and before the disk is: the catalogue's trust policy. `Err` says why the
+/// image is refused.
+pub type MetadataCheck<'a> = &'a dyn Fn(&[u8], Option<&[u8]>) -> Result<(), String>;
+
 /// Pulls the image `tag_or_digest` of `remote` into the directory `dest`. Once every blob
 /// is verified, [`METADATA_FILE`] and [`SIGNATURE_FILE`] (when signed) are put in place,
 /// then the disk under [`DiskFormat::file_name`]: a disk in `dest` means a complete pull.
@@ -245,6 +250,19 @@ pub fn pull_image(
     tag_or_digest: &str,
     dest: &Path,
     options: PullOptions,
+    progress: Option<Progress>,
+) -> Result<PulledImage, RemoteError> {
+    pull_image_checked(remote, tag_or_digest, dest, options, None, progress)
+}
+
+/// [`pull_image`], with `check` run on the metadata and signature before the disk is
+/// downloaded: a refused image costs two small blobs, and leaves nothing in `dest`.
+pub fn pull_image_checked(
+    remote: &Remote,
+    tag_or_digest: &str,
+    dest: &Path,
+    options: PullOptions,
+    check: Option<MetadataCheck<'_>>,
     progress: Option<Progress>,
 ) -> Result<PulledImage, RemoteError> {
     let shown = remote.tagged(tag_or_digest);
@@ -312,6 +330,15 @@ pub fn pull_image(
         }
         None => None,
     };
+    if let Some(check) = check {
+        if let Err(problem) = check(&metadata, signature.as_deref()) {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(RemoteError::Reference {
+                reference: shown.clone(),
+                message: format!("refused before its disk was downloaded: {problem}"),
+            });
+        }
+    }
     let disk_part = part(disk);
     remote.pull_blob(disk, &disk_part, progress)?;
     let target = dest.join(format.file_name());

@@ -601,6 +601,18 @@ impl Remote {
         if let OciDistributionError::DigestError(d) = &e {
             return Attempt::Fatal(self.tampered(shown, what, d.to_string()));
         }
+        // oci-client reports some refusals (a HEAD's) as plain HTTP errors: word them as
+        // the refusals they are, with the way to log in.
+        let e = match &e {
+            OciDistributionError::RequestError(re)
+                if matches!(re.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+            {
+                OciDistributionError::UnauthorizedError {
+                    url: re.url().map(|u| u.to_string()).unwrap_or_default(),
+                }
+            }
+            _ => e,
+        };
         Attempt::Fatal(RemoteError::Registry {
             registry: self.registry.host.clone(),
             reference: shown.to_string(),
