@@ -944,7 +944,14 @@ mod appliance {
             }
             End::Sshd => sshd(),
         }
-        eprintln!("kiln-init: appEnd=halt: powering off");
+        let name = match end {
+            End::Halt => "halt",
+            End::Reboot => "reboot (failed)",
+            End::Sshd => "sshd",
+            End::Shell => "shell",
+            End::Bash => "bash",
+        };
+        eprintln!("kiln-init: appEnd={name}: powering off");
         sys::power_off()
     }
 

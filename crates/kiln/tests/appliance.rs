@@ -403,9 +403,18 @@ fn python_appliance_with_lazily_imported_modules() {
         !files.contains("argparse.py"),
         "a module never imported was kept"
     );
-    let mut vm = Console::boot(&app, "appEnd=halt", &[]);
+    // appEnd=shell: a shell on the console after postrun; leaving it powers the VM off.
+    let mut vm = Console::boot(&app, "appEnd=shell", &[]);
     vm.wait_for(PY_RESULT, Duration::from_secs(240));
+    vm.wait_for("appliance# ", Duration::from_secs(120));
+    vm.send("echo shell-$((3*4))\nexit\n");
+    vm.wait_for("shell-12", Duration::from_secs(120));
     assert!(vm.wait_exit(Duration::from_secs(180)));
+    assert!(
+        vm.text().contains("appEnd=shell: powering off"),
+        "{}",
+        vm.text()
+    );
     assert!(
         vm.text().contains("kiln-init: run: exit status 0"),
         "{}",
