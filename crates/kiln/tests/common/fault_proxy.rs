@@ -93,60 +93,57 @@ fn serve(mut client: TcpStream, upstream: &str, faults: &Faults) {
         return;
     };
     let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let ranges = Arc::new(Mutex::new(Vec::new()));
-    let seen = ranges.clone();
-    let up = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match c_read.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    record_ranges(&buf[..n], &seen);
-                    if s_write.write_all(&buf[..n]).is_err() {
-                        break;
+    // Ranges are recorded the moment a request passes, not when its connection ends: a
+    // test that clears them between two clients must not get the first one's late.
+    std::thread::scope(|scope| {
+        let up = scope.spawn(|| {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match c_read.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        record_ranges(&buf[..n], &faults.ranges);
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
                 }
             }
-        }
-        let _ = s_write.shutdown(Shutdown::Write);
-    });
-    let (mut s_read, mut c_write) = (server, client);
-    let mut sent = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match s_read.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let delay = faults.delay_us_per_64k.load(Ordering::SeqCst);
-        if delay > 0 {
-            std::thread::sleep(Duration::from_micros(delay));
-        }
-        let cut = faults.cut_after.load(Ordering::SeqCst);
-        if cut > 0 && sent + n as u64 > cut {
-            let left = faults
-                .cuts_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if left.is_ok() {
-                let keep = (cut - sent) as usize;
-                let _ = c_write.write_all(&buf[..keep]);
-                let _ = c_write.shutdown(Shutdown::Both);
-                let _ = s_read.shutdown(Shutdown::Both);
+            let _ = s_write.shutdown(Shutdown::Write);
+        });
+        let (mut s_read, mut c_write) = (server, client);
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match s_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let delay = faults.delay_us_per_64k.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_micros(delay));
+            }
+            let cut = faults.cut_after.load(Ordering::SeqCst);
+            if cut > 0 && sent + n as u64 > cut {
+                let left = faults
+                    .cuts_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if left.is_ok() {
+                    let keep = (cut - sent) as usize;
+                    let _ = c_write.write_all(&buf[..keep]);
+                    let _ = c_write.shutdown(Shutdown::Both);
+                    let _ = s_read.shutdown(Shutdown::Both);
+                    break;
+                }
+            }
+            if c_write.write_all(&buf[..n]).is_err() {
                 break;
             }
+            sent += n as u64;
         }
-        if c_write.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        sent += n as u64;
-    }
-    let _ = c_write.shutdown(Shutdown::Both);
-    let _ = up.join();
-    faults
-        .ranges
-        .lock()
-        .unwrap()
-        .extend(ranges.lock().unwrap().drain(..));
+        let _ = c_write.shutdown(Shutdown::Both);
+        let _ = up.join();
+    });
 }
 
 /// Finds `range: bytes=…` header lines (any case) in a chunk of request bytes.
