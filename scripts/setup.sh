@@ -5,18 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Runtime: mmdebstrap bootstraps Debian bases (debootstrap is the fallback).
-# Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback.
+# Tests: busybox-static makes tiny rootfs bases, docker-registry + skopeo serve OCI images on loopback,
+# apache2-utils (htpasswd) writes the users of a registry with HTTP basic authentication.
 # Images: e2fsprogs (mke2fs -d, e2fsck), fdisk (sfdisk), dosfstools + mtools (the ESP),
 # systemd-boot-efi (the UEFI loader), qemu-system-x86 + ovmf (kiln run/test), qemu-utils (qemu-img).
 # QEMU sandbox: kmod (depmod, for the module tables of the kernel it unpacks for VM bases).
+# Benchmarks: time (/usr/bin/time -v, peak memory in bench/registry.sh), curl (its peer).
 # Build: libc6-dev, the static C library kiln-init (the boot initramfs' /init) is linked with.
 # Deploy: iproute2 (netns, veth, bridge, tc netem) and iptables (loss where the kernel lacks netem)
 # for its tests; udpcast, zstd and gnuplot-nox for
 # bench/deploy.sh (the peer it is measured against, the pack-ratio baseline, the plot); openssl
 # (fast SHA-256 of the loaded disks in the tests).
+# Catalogue tests: minisign (the stock tool verifies kiln's signatures), chromium + a font (the
+# marketplace page, read headless).
 PACKAGES=(mmdebstrap debootstrap busybox-static docker-registry skopeo ca-certificates iproute2 bc
           e2fsprogs fdisk dosfstools mtools systemd-boot-efi qemu-system-x86 qemu-utils ovmf libc6-dev
-          kmod udpcast zstd gnuplot-nox openssl iptables)
+          kmod udpcast zstd gnuplot-nox openssl time curl minisign chromium fonts-liberation apache2-utils
+          iptables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

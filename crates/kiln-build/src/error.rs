@@ -55,6 +55,9 @@ pub enum BuildError {
     Output(std::io::Error),
     #[error("build cancelled")]
     Cancelled,
+    /// A layer could not be pushed to `--cache-to` (it is committed in the local store).
+    #[error("--cache-to: {0}")]
+    CachePush(String),
     /// A stage asked for the QEMU sandbox (or starts from a VM disk) in a build that has none.
     #[error("this stage runs in the QEMU sandbox (`(sandbox qemu)`, `--sandbox qemu` or a VM base), which this build was not given")]
     NoVmSandbox,

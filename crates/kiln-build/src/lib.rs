@@ -11,6 +11,7 @@
 pub mod context;
 pub mod copy;
 mod error;
+pub mod layer_cache;
 pub mod output;
 pub mod view;
 
@@ -25,6 +26,7 @@ use kiln_spec::{
     StepContext, User,
 };
 use kiln_store::{BaseConfig, Store, DISK_FILE};
+use layer_cache::{Pushed, RegistryCache};
 use output::StepOutput;
 use std::collections::BTreeMap;
 use std::fs;
@@ -60,6 +62,10 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     /// Where stages without a `(sandbox …)` form run (`kiln build --sandbox`).
     pub sandbox: SandboxKind,
+    /// `--cache-from`: a registry asked for a step's layer before the step runs.
+    pub cache_from: Option<Arc<RegistryCache>>,
+    /// `--cache-to`: a registry every layer the build makes or uses is pushed to.
+    pub cache_to: Option<Arc<RegistryCache>>,
 }
 
 /// Where the kernel of a VM base comes from when its tree has none: Debian's kernel
@@ -78,6 +84,8 @@ impl Default for BuildOptions {
             hostname: "kiln".into(),
             source_date_epoch: None,
             sandbox: SandboxKind::Chroot,
+            cache_from: None,
+            cache_to: None,
         }
     }
 }
@@ -310,10 +318,17 @@ impl Builder<'_> {
             writeln!(out, "---> {resolution}").map_err(BuildError::output)?;
         }
         if let Some(config) = self.reuse(&base.id, out)? {
+            self.push_cached(&base.id, out)?;
             return Ok((base.id.clone(), config.unwrap_or_default(), base));
         }
         let _lock = self.store.lock_step(&base.id)?;
         if let Some(config) = self.reuse(&base.id, out)? {
+            self.push_cached(&base.id, out)?;
+            return Ok((base.id.clone(), config.unwrap_or_default(), base));
+        }
+        if self.pull_cached(&base.id, None, out)? {
+            self.push_cached(&base.id, out)?;
+            let config = self.store.get(&base.id)?.and_then(|i| i.meta.config);
             return Ok((base.id.clone(), config.unwrap_or_default(), base));
         }
         let tmp = self.store.begin(&base.id, None, true)?;
@@ -334,6 +349,7 @@ impl Builder<'_> {
                 self.store
                     .commit_base(tmp, &base.description, config.clone(), base.pin.clone())?;
                 writeln!(out, "---> saved as \"{}\"", base.id).map_err(BuildError::output)?;
+                self.push_cached(&base.id, out)?;
                 Ok((base.id.clone(), config, base))
             }
             Err(e) => {
@@ -469,6 +485,7 @@ impl Builder<'_> {
                 hostname: self.options.hostname.clone(),
                 fast_sync: self.options.fast_sync,
                 interactive: false,
+                trace: None,
             };
             let outcome = sb.run(&spec, output);
             let ok = matches!(outcome, Ok(o) if o.success())
@@ -593,11 +610,32 @@ impl Builder<'_> {
         out: &mut dyn Write,
     ) -> Result<LayerId, BuildError> {
         writeln!(out, "{header}").map_err(BuildError::output)?;
+        let id = self.make_step(sb, kind, id, parent, header, masks, body, out)?;
+        self.push_cached(&id, out)?;
+        Ok(id)
+    }
+
+    /// [`Builder::step`] but for the push to `--cache-to`.
+    #[allow(clippy::too_many_arguments)]
+    fn make_step(
+        &self,
+        sb: &dyn Sandbox,
+        kind: NewLayer,
+        id: &LayerId,
+        parent: &LayerId,
+        header: &str,
+        masks: Vec<Vec<u8>>,
+        body: StepBody,
+        out: &mut dyn Write,
+    ) -> Result<LayerId, BuildError> {
         if self.reuse(id, out)?.is_some() {
             return Ok(id.clone());
         }
         let _lock = self.store.lock_step(id)?;
         if self.reuse(id, out)?.is_some() {
+            return Ok(id.clone());
+        }
+        if self.pull_cached(id, Some(parent), out)? {
             return Ok(id.clone());
         }
         let _pin = self.store.pin(parent)?;
@@ -731,6 +769,99 @@ impl Builder<'_> {
         }
         writeln!(out, "---> using \"{id}\" from cache").map_err(BuildError::output)?;
         Ok(Some(info.meta.config))
+    }
+
+    /// Asks `--cache-from` for layer `id` (under its step lock, not in the store) and, on a
+    /// hit whose meta.json names `parent`, pulls, verifies and commits it, replaying its
+    /// log. Anything wrong with the cache is a warning: the caller then builds the layer.
+    fn pull_cached(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        out: &mut dyn Write,
+    ) -> Result<bool, BuildError> {
+        let Some(cache) = &self.options.cache_from else {
+            return Ok(false);
+        };
+        if cache.is_disabled() {
+            return Ok(false);
+        }
+        let scratch = Scratch::new(self.store, "cache-pull")?;
+        let warn = |out: &mut dyn Write, e: &layer_cache::CacheError| {
+            if !e.is_refusal() {
+                cache.disable();
+            }
+            let then = if e.is_refusal() {
+                "building it instead"
+            } else {
+                "building without it from here on"
+            };
+            writeln!(out, "---> cache: {e}; {then}").map_err(BuildError::output)
+        };
+        let layer = match cache.lookup(id, &scratch.path) {
+            Ok(Some(layer)) => layer,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                warn(out, &e)?;
+                return Ok(false);
+            }
+        };
+        if layer.meta.parent.as_ref() != parent {
+            writeln!(
+                out,
+                "---> cache: {}: layer {id} was built on {:?}, not on this build's {:?}; building it instead",
+                cache.describe(),
+                layer.meta.parent.as_ref().map(|p| p.short()),
+                parent.map(|p| p.short())
+            )
+            .map_err(BuildError::output)?;
+            return Ok(false);
+        }
+        let _pin = parent.map(|p| self.store.pin(p)).transpose()?;
+        let tmp = self.store.begin(id, parent, layer.meta.flat)?;
+        match cache
+            .fetch(&layer, &tmp, &scratch.path)
+            .map_err(Err)
+            .and_then(|()| self.check_cancelled().map_err(Ok))
+        {
+            Ok(()) => {
+                self.store.commit_pulled(tmp, &layer.meta)?;
+                let log = self.store.log_path(id);
+                if let Ok(mut f) = fs::File::open(&log) {
+                    std::io::copy(&mut f, out).map_err(BuildError::output)?;
+                }
+                writeln!(out, "---> pulled \"{id}\" from {}", cache.describe())
+                    .map_err(BuildError::output)?;
+                Ok(true)
+            }
+            Err(Ok(cancelled)) => {
+                self.store.abort(tmp)?;
+                Err(cancelled)
+            }
+            Err(Err(e)) => {
+                self.store.abort(tmp)?;
+                warn(out, &e)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Pushes the committed layer `id` to `--cache-to` unless the cache has it.
+    fn push_cached(&self, id: &LayerId, out: &mut dyn Write) -> Result<(), BuildError> {
+        let Some(cache) = &self.options.cache_to else {
+            return Ok(());
+        };
+        let scratch = Scratch::new(self.store, "cache-push")?;
+        match cache.push(self.store, id, &scratch.path) {
+            Ok(Pushed::Uploaded { bytes }) => writeln!(
+                out,
+                "---> pushed \"{id}\" to {} ({bytes} bytes)",
+                cache.describe()
+            )
+            .map_err(BuildError::output),
+            Ok(Pushed::Present) => Ok(()),
+            Err(e) => Err(BuildError::CachePush(e.to_string())),
+        }
     }
 
     /// Copies the merged view of `parent`'s chain into `dest`, which becomes a flat layer.

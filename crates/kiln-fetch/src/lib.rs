@@ -210,3 +210,13 @@ fn not_debian(source: &BaseSource) -> FetchError {
         "internal error: not a debian: base".to_string(),
     )
 }
+
+/// Extracts a tar stream into `root` exactly as archived (owners, modes, times, xattrs,
+/// device nodes, `.wh.` names kept as they are), with the same guards as base unpacking:
+/// nothing is ever written outside `root`. For trees kiln archived itself, such as the
+/// layers of its registry build cache. Returns the number of entries.
+pub fn unpack_tree(reader: impl std::io::Read, root: &Path) -> Result<u64, String> {
+    unpack::unpack(reader, root, unpack::Whiteouts::Literal)
+        .map(|stats| stats.entries)
+        .map_err(|e| e.to_string())
+}

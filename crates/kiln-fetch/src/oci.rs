@@ -15,12 +15,15 @@
 //! Docker Hub, and the output says which one served. Loopback registries and those in
 //! `$KILN_INSECURE_REGISTRIES` use plain HTTP. See [`RegistrySettings`].
 
+pub mod artifact;
 mod credentials;
 mod reference;
 mod registry;
+pub mod remote;
 mod settings;
 
 pub use reference::{OciRef, ReferenceError, DOCKER_HUB_HOST};
+pub use remote::{Remote, RemoteError, OCI_SCHEME};
 pub use settings::{
     RegistrySettings, AUTH_ENV, DOCKER_CONFIG_ENV, DOCKER_HUB_HOST_ENV, INSECURE_ENV, MIRROR_ENV,
 };

@@ -943,3 +943,149 @@ fn digest_references_resolve_without_the_network() {
     assert!(result.unwrap_err().to_string().contains("cannot connect"));
     assert!(tree(&tmp.path().join("rootfs")).is_empty());
 }
+
+#[test]
+fn image_artifacts_push_with_a_bearer_token_and_pull_anonymously() {
+    use kiln_fetch::oci::artifact::{
+        pull_image, push_image, DiskFormat, ImageArtifact, PushOptions,
+    };
+    use kiln_fetch::oci::Remote;
+    let tokens = TokenServer::start(&[("pusher", "push-pw")]);
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    let mut bytes = b"QFI\xfb".to_vec();
+    bytes.extend((0..3u32 << 20).map(|i| (i % 251) as u8));
+    std::fs::write(&disk, &bytes).unwrap();
+    let image = ImageArtifact {
+        disk: &disk,
+        format: DiskFormat::Qcow2,
+        metadata: br#"{"name":"tokens"}"#,
+        signature: Some(b"signature bytes"),
+        annotations: [(
+            "org.opencontainers.image.title".to_string(),
+            "t".to_string(),
+        )]
+        .into(),
+    };
+    let options = PushOptions {
+        mount_from: Vec::new(),
+        scratch: dir.path().join("scratch"),
+    };
+    let reference = format!("{}/kiln/images:v1", registry.host);
+
+    // Anonymous: the token it gets grants no push, and the error says how to log in.
+    let anonymous = Remote::open(&reference, &RegistrySettings::default()).unwrap();
+    let refused = push_image(&anonymous, "v1", &image, &options, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("registry {}", registry.host))
+            && refused.contains("access denied")
+            && refused.contains("KILN_REGISTRY_AUTH"),
+        "{refused}"
+    );
+
+    // KILN_REGISTRY_AUTH's credentials get a push token from the realm.
+    let settings = RegistrySettings {
+        auth: Some("pusher:push-pw".into()),
+        ..RegistrySettings::default()
+    };
+    let pusher = Remote::open(&reference, &settings).unwrap();
+    let pushed = push_image(&pusher, "v1", &image, &options, None).unwrap();
+    assert!(tokens
+        .requests()
+        .iter()
+        .any(|r| r.user.as_deref() == Some("pusher")
+            && r.scope == "repository:kiln/images:pull,push"
+            && r.status == 200));
+
+    // Anyone may pull it (a public repository), by tag or by the pushed digest.
+    let out = dir.path().join("out");
+    let pulled = pull_image(&anonymous, &pushed.digest, &out, Default::default(), None).unwrap();
+    assert_eq!(std::fs::read(&pulled.disk).unwrap(), bytes);
+    assert_eq!(pulled.metadata, br#"{"name":"tokens"}"#);
+    assert_eq!(pulled.signature.as_deref(), Some(&b"signature bytes"[..]));
+    assert_eq!(pulled.annotations["org.opencontainers.image.title"], "t");
+    assert_eq!(
+        std::fs::read(out.join("metadata.json")).unwrap(),
+        pulled.metadata
+    );
+    assert_eq!(
+        std::fs::read(out.join("signature.minisig")).unwrap(),
+        b"signature bytes"
+    );
+}
+
+#[test]
+fn image_artifacts_with_http_basic_authentication() {
+    use kiln_fetch::oci::artifact::{
+        pull_image, push_image, DiskFormat, ImageArtifact, PushOptions,
+    };
+    use kiln_fetch::oci::Remote;
+    // docker-registry's htpasswd auth wants bcrypt entries: Debian's htpasswd writes them.
+    let users = tempfile::tempdir().unwrap();
+    let file = users.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&file)
+        .args(["builder", "build-pw"])
+        .output()
+        .expect("htpasswd (apt-get install apache2-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: kiln-basic\n    path: {}\n",
+        file.display()
+    );
+    let mut registry = TestRegistry::start_with(&auth);
+    registry._bundle_dir = Some(users);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    std::fs::write(&disk, b"QFI\xfb basic").unwrap();
+    let image = ImageArtifact {
+        disk: &disk,
+        format: DiskFormat::Qcow2,
+        metadata: b"{}",
+        signature: None,
+        annotations: Default::default(),
+    };
+    let options = PushOptions {
+        mount_from: Vec::new(),
+        scratch: dir.path().join("scratch"),
+    };
+    let reference = format!("{}/kiln/basic:v1", registry.host);
+    let anonymous = Remote::open(&reference, &RegistrySettings::default()).unwrap();
+    let refused = push_image(&anonymous, "v1", &image, &options, None)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("access denied"), "{refused}");
+    let settings = RegistrySettings {
+        auth: Some("builder:build-pw".into()),
+        ..RegistrySettings::default()
+    };
+    let builder = Remote::open(&reference, &settings).unwrap();
+    push_image(&builder, "v1", &image, &options, None).unwrap();
+    let pulled = pull_image(
+        &builder,
+        "v1",
+        &dir.path().join("out"),
+        Default::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&pulled.disk).unwrap(), b"QFI\xfb basic");
+    let refused = pull_image(
+        &anonymous,
+        "v1",
+        &dir.path().join("anon"),
+        Default::default(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("access denied"), "{refused}");
+}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// directory): virtio (PCI transport, block, SCSI, network), SATA/IDE as QEMU and gem5
 /// emulate them, NVMe, SCSI disks, and virtio-serial (the QEMU sandbox's agent port). Only
 /// those whose device is present get loaded.
-const DRIVERS: [&str; 10] = [
+pub const DRIVERS: [&str; 10] = [
     "drivers/virtio/",
     "drivers/block/virtio_blk.ko",
     "drivers/scsi/virtio_scsi.ko",
@@ -34,7 +34,7 @@ const DRIVERS: [&str; 10] = [
 ];
 
 /// Root filesystems kiln-init can mount, loaded before it looks for the root.
-const FILESYSTEMS: [&str; 1] = ["ext4"];
+pub const FILESYSTEMS: [&str; 1] = ["ext4"];
 
 /// The Debian architecture kiln-init is built for (the machine kiln runs on), or `None`
 /// for one this module does not know.
@@ -69,18 +69,8 @@ pub fn write(
     dest: &Path,
     epoch: i64,
 ) -> Result<BootInitrd, ImageError> {
-    let mut modules_dir = rootfs.join("lib/modules").join(release);
-    // A kernel package unpacked rather than installed (as the QEMU sandbox's kernel is)
-    // has its modules but not the tables depmod writes when it is installed.
     let scratch = tempfile::tempdir().map_err(|e| ImageError::io(std::env::temp_dir(), e))?;
-    if !modules_dir.join("modules.dep").is_file() && modules_dir.join("kernel").is_dir() {
-        modules_dir = crate::tools::depmod::tables_beside(&modules_dir, release, scratch.path())?;
-    }
-    let plan = if modules_dir.join("modules.dep").is_file() {
-        Plan::from_tables(&read_tables(&modules_dir)?)
-    } else {
-        Plan::default()
-    };
+    let (plan, modules_dir) = plan_for(rootfs, release, &DRIVERS, &FILESYSTEMS, scratch.path())?;
     let tmp = dest.with_extension("kiln-tmp");
     let file = fs::File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
     let written =
@@ -96,6 +86,30 @@ pub fn write(
         modules: plan.modules.len(),
         bytes: written?,
     })
+}
+
+/// The modules of kernel `release` in `rootfs` that kiln-init loads: the drivers, and the
+/// `filesystems` with their soft dependencies; and the directory their paths are relative
+/// to (in `scratch` when the tree's kernel lacks depmod's tables and they are made there).
+pub fn plan_for(
+    rootfs: &Path,
+    release: &str,
+    drivers: &[&str],
+    filesystems: &[&str],
+    scratch: &Path,
+) -> Result<(Plan, PathBuf), ImageError> {
+    let mut modules_dir = rootfs.join("lib/modules").join(release);
+    // A kernel package unpacked rather than installed (as the QEMU sandbox's kernel is)
+    // has its modules but not the tables depmod writes when it is installed.
+    if !modules_dir.join("modules.dep").is_file() && modules_dir.join("kernel").is_dir() {
+        modules_dir = crate::tools::depmod::tables_beside(&modules_dir, release, scratch)?;
+    }
+    let plan = if modules_dir.join("modules.dep").is_file() {
+        Plan::select(&read_tables(&modules_dir)?, drivers, filesystems)
+    } else {
+        Plan::default()
+    };
+    Ok((plan, modules_dir))
 }
 
 fn write_archive(
@@ -197,6 +211,12 @@ fn without_compression(path: &str) -> &str {
 impl Plan {
     /// Chooses the modules from a kernel's tables. Pure.
     pub fn from_tables(t: &Tables) -> Plan {
+        Plan::select(t, &DRIVERS, &FILESYSTEMS)
+    }
+
+    /// `drivers` (paths under `kernel/` as in [`DRIVERS`]) and `filesystems` to preload
+    /// (none for an appliance, whose root is the initramfs). Pure.
+    pub fn select(t: &Tables, drivers: &[&str], filesystems: &[&str]) -> Plan {
         let dep = parse_dep(&t.dep);
         let aliases = parse_alias(&t.alias);
         let mut plan = Plan::default();
@@ -204,7 +224,7 @@ impl Plan {
             .keys()
             .filter(|name| {
                 let path = without_compression(&dep[*name].0);
-                DRIVERS.iter().any(|d| match d.strip_suffix('/') {
+                drivers.iter().any(|d| match d.strip_suffix('/') {
                     Some(dir) => path.starts_with(&format!("kernel/{dir}/")),
                     None => path == format!("kernel/{d}"),
                 })
@@ -218,7 +238,7 @@ impl Plan {
             .filter(|(_, name)| drivers.contains(&name))
             .cloned()
             .collect();
-        for fs in FILESYSTEMS {
+        for &fs in filesystems {
             for soft in soft_pre(&t.softdep, fs) {
                 // A soft dependency names a module or an alias (`crc32c`): every module
                 // providing it, as modprobe would consider.

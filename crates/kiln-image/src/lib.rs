@@ -7,6 +7,7 @@
 //! with `mke2fs -d`, the ESP with `mkfs.vfat` + mtools, the GPT with `sfdisk` on a file.
 
 pub mod boot_initrd;
+pub mod containerdisk;
 pub mod cpio;
 pub mod disk;
 mod error;

@@ -25,15 +25,36 @@ pub fn write_tar_with_progress(
     out: impl Write,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, ImageError> {
+    write_tar_with(root, out, TarOptions::default(), progress)
+}
+
+/// What an archive records beyond [`write_tar`]'s defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TarOptions {
+    /// Also archive `root` itself, as the entry `.` (its owner, mode, mtime, xattrs).
+    pub root_entry: bool,
+    /// Keep sub-second mtimes (a pax `mtime` record), so extracting restores them exactly.
+    pub exact_times: bool,
+}
+
+/// [`write_tar_with_progress`] with `options`: a layer archived this way and extracted
+/// again has the same tree, owners, modes, times and xattrs (kiln's registry build cache).
+pub fn write_tar_with(
+    root: &Path,
+    out: impl Write,
+    options: TarOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImageError> {
     let mut bytes = 0;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut count = 0;
+    let min_depth = if options.root_entry { 0 } else { 1 };
     for entry in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
-        .min_depth(1)
+        .min_depth(min_depth)
     {
         let entry =
             entry.map_err(|e| ImageError::Tool(format!("reading {}: {e}", root.display())))?;
@@ -43,8 +64,11 @@ pub fn write_tar_with_progress(
             .unwrap_or(path)
             .to_string_lossy()
             .into_owned();
+        let rel = if rel.is_empty() { ".".to_string() } else { rel };
         let meta = fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
-        append_xattrs(&mut builder, path)?;
+        let mtime = (options.exact_times && meta.mtime_nsec() != 0)
+            .then(|| format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()));
+        append_xattrs(&mut builder, path, mtime)?;
         append_entry(&mut builder, path, &rel, &meta, &mut links)?;
         count += 1;
         if meta.is_file() {
@@ -113,10 +137,18 @@ fn append_entry<W: Write>(
     }
 }
 
-/// Adds a pax header with the file's extended attributes, if it has any.
-fn append_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> Result<(), ImageError> {
+/// Adds a pax header with the file's extended attributes and its exact `mtime`, if it
+/// has any.
+fn append_xattrs<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    mtime: Option<String>,
+) -> Result<(), ImageError> {
     let names = list_xattrs(path);
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(mtime) = mtime {
+        records.push(("mtime".to_string(), mtime.into_bytes()));
+    }
     for name in names {
         if let Some(value) = get_xattr(path, &name) {
             records.push((format!("SCHILY.xattr.{name}"), value));
@@ -258,5 +290,52 @@ mod tests {
         write_tar(root.path(), &mut x).unwrap();
         write_tar(root.path(), &mut y).unwrap();
         assert_eq!(x, y);
+    }
+
+    #[test]
+    fn the_root_entry_and_nanosecond_mtimes_are_kept_when_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::write(r.join("f"), "x").unwrap();
+        let when = nix::sys::time::TimeSpec::new(1_700_000_000, 123_456_789);
+        nix::sys::stat::utimensat(
+            None,
+            &r.join("f"),
+            &when,
+            &when,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let options = TarOptions {
+            root_entry: true,
+            exact_times: true,
+        };
+        let mut buf = Vec::new();
+        assert_eq!(
+            write_tar_with(r, &mut buf, options, &mut |_, _| {}).unwrap(),
+            2
+        );
+        let mut archive = tar::Archive::new(buf.as_slice());
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mtime = e
+                .pax_extensions()
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|x| x.key() == Ok("mtime"))
+                .map(|x| x.value().unwrap().to_string());
+            seen.push((e.path().unwrap().display().to_string(), mtime));
+        }
+        assert_eq!(seen[0].0, ".");
+        assert_eq!(
+            seen[1],
+            ("f".to_string(), Some("1700000000.123456789".to_string()))
+        );
+        // Without the options: no root entry and whole seconds, as before.
+        let mut plain = Vec::new();
+        assert_eq!(write_tar(r, &mut plain).unwrap(), 1);
     }
 }

@@ -1,4 +1,6 @@
-//! kiln-init, the `/init` of the boot initramfs kiln writes for `--boot kernel` images.
+//! kiln-init, the `/init` of the boot initramfs kiln writes for `--boot kernel` images,
+//! the QEMU sandbox's in-guest agent (`kiln.agent`) and the init of `kiln appliance`'s
+//! RAM-only systems (`kiln.appliance`).
 //!
 //! The program is one std-only file, `program.rs`, compiled by the build script into a
 //! static executable; [`BINARY`] is that executable. Its configuration format is

@@ -29,6 +29,10 @@
 //! and the `agent` module below). `kiln.hostname=NAME` sets the host name; `kiln.net=user`
 //! configures eth0 for QEMU's user network (10.0.2.15/24 via 10.0.2.2, DNS 10.0.2.3).
 //!
+//! Appliance mode (`kiln.appliance`, or no `root=` and an `/app/run` in the initramfs):
+//! the initramfs is the whole system (`kiln appliance`); see the `appliance` module for
+//! the `appCmds`, `appArgs`, `appEnd`, `appDebug` and `appIp` parameters.
+//!
 //! On failure it says why on the console, lists the block devices it saw, and powers
 //! the machine off, so a VM under test stops at once instead of hanging in a panic.
 
@@ -84,6 +88,9 @@ fn boot(started: Instant) -> Result<std::convert::Infallible, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Config::default(),
         Err(e) => return Err(format!("{CONFIG}: {e}")),
     };
+    if params.appliance || (params.root.is_none() && Path::new(appliance::RUN).exists()) {
+        return appliance::start(&cmdline, &config, started);
+    }
     let root = params
         .root
         .as_deref()
@@ -205,6 +212,8 @@ struct Params {
     hostname: Option<String>,
     /// `kiln.net=user`: configure eth0 for QEMU's user-mode network.
     net_user: bool,
+    /// `kiln.appliance`: the initramfs is the whole system; run `/app` (see `appliance`).
+    appliance: bool,
 }
 
 impl Params {
@@ -222,6 +231,7 @@ impl Params {
                 Some(("kiln.hostname", v)) => p.hostname = Some(v.to_string()),
                 Some(("kiln.net", v)) => p.net_user = v == "user",
                 None if word == agent_proto::CMDLINE_FLAG => p.agent = true,
+                None if word == appliance::CMDLINE_FLAG => p.appliance = true,
                 None if word == "rw" => p.rw = true,
                 None if word == "ro" => p.rw = false,
                 _ => {}
@@ -630,6 +640,344 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Appliance mode (`kiln.appliance`, or no `root=` and an `/app/run`): the initramfs is
+/// the whole system, made by `kiln appliance`. kiln-init mounts /tmp and /run, loads the
+/// drivers of the devices present, brings up `lo` (and eth0 with `appIp=`), then runs
+/// the phases on the console, printing each one's exit status:
+/// `/app/prerun`, each `appCmds` command (`:`-separated, through /bin/sh when the
+/// appliance has one), `/app/run` with `appArgs`, `/app/postrun`. Finally `appEnd`:
+/// `halt` (default), `reboot`, `sshd` (the appliance's /usr/sbin/sshd, in the
+/// foreground), `shell` or `bash`; `appDebug` opens a shell before `prerun`. Values may
+/// be quoted with `'` or `"` on the command line (`appArgs='-m 64'`).
+mod appliance {
+    use super::*;
+
+    pub const CMDLINE_FLAG: &str = "kiln.appliance";
+    pub const RUN: &str = "/app/run";
+    const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    /// How long the set of devices must stay the same before drivers are taken as loaded.
+    /// A driver probes its devices while its module loads, so the devices a bus driver
+    /// (virtio_pci) adds are already in /sys when the next scan runs; this only covers a
+    /// probe that finishes asynchronously.
+    const SETTLED: Duration = Duration::from_millis(100);
+    const DRIVERS_WAIT: Duration = Duration::from_secs(10);
+
+    /// What `appEnd` asks for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum End {
+        #[default]
+        Halt,
+        Reboot,
+        Sshd,
+        Shell,
+        Bash,
+    }
+
+    /// The `app*` parameters of the kernel command line.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct AppParams {
+        pub cmds: Vec<String>,
+        pub args: Vec<String>,
+        pub end: End,
+        pub debug: bool,
+        /// (address, netmask) from `appIp=ADDR/PREFIX`.
+        pub ip: Option<([u8; 4], [u8; 4])>,
+        pub gateway: Option<[u8; 4]>,
+        /// Words that could not be understood, reported on the console.
+        pub errors: Vec<String>,
+    }
+
+    /// Splits a command line into words as a shell would for quotes: `'…'` and `"…"`
+    /// group (and are removed), nothing else is special.
+    pub fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut in_word = false;
+        let mut quote = None;
+        for c in text.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    in_word = true;
+                }
+                (None, c) if c.is_whitespace() => {
+                    if in_word {
+                        out.push(std::mem::take(&mut word));
+                        in_word = false;
+                    }
+                }
+                (None, c) => {
+                    word.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            out.push(word);
+        }
+        out
+    }
+
+    fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+        let parts: Vec<u8> = text
+            .split('.')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
+        parts.try_into().ok()
+    }
+
+    impl AppParams {
+        pub fn parse(cmdline: &str) -> AppParams {
+            let mut p = AppParams::default();
+            for word in words(cmdline) {
+                match word.split_once('=') {
+                    Some(("appCmds", v)) => {
+                        p.cmds = v
+                            .split(':')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(str::to_string)
+                            .collect();
+                    }
+                    Some(("appArgs", v)) => p.args = words(v),
+                    Some(("appEnd", v)) => match v {
+                        "halt" | "poweroff" => p.end = End::Halt,
+                        "reboot" => p.end = End::Reboot,
+                        "sshd" => p.end = End::Sshd,
+                        "shell" => p.end = End::Shell,
+                        "bash" => p.end = End::Bash,
+                        other => p.errors.push(format!(
+                            "appEnd={other}: expected halt, reboot, sshd, shell or bash (halting)"
+                        )),
+                    },
+                    Some(("appDebug", v)) => p.debug = !matches!(v, "0" | "no" | "false"),
+                    Some(("appIp", v)) => {
+                        let parsed = v.split_once('/').and_then(|(a, n)| {
+                            let prefix: u32 = n.parse().ok().filter(|n| *n <= 32)?;
+                            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                            Some((parse_ipv4(a)?, mask.to_be_bytes()))
+                        });
+                        match parsed {
+                            Some(ip) => p.ip = Some(ip),
+                            None => p.errors.push(format!(
+                                "appIp={v}: expected ADDRESS/PREFIX, e.g. 10.0.2.15/24"
+                            )),
+                        }
+                    }
+                    Some(("appGw", v)) => match parse_ipv4(v) {
+                        Some(gw) => p.gateway = Some(gw),
+                        None => p
+                            .errors
+                            .push(format!("appGw={v}: expected an IPv4 address")),
+                    },
+                    None if word == "appDebug" => p.debug = true,
+                    _ => {}
+                }
+            }
+            p
+        }
+    }
+
+    /// Runs the appliance; returns only on a set-up failure.
+    pub fn start(
+        cmdline: &str,
+        config: &Config,
+        started: Instant,
+    ) -> Result<std::convert::Infallible, String> {
+        let p = AppParams::parse(cmdline);
+        for e in &p.errors {
+            eprintln!("kiln-init: {e}");
+        }
+        for (target, mode) in [("/tmp", "mode=1777"), ("/run", "mode=755")] {
+            let _ = fs::create_dir_all(target);
+            sys::mount("tmpfs", target, "tmpfs", 0, mode)?;
+        }
+        let modules = load_drivers(config);
+        if let Err(e) = sys::interface_up("lo") {
+            eprintln!("kiln-init: {e}");
+        }
+        if let Some((addr, mask)) = p.ip {
+            configure_eth0(addr, mask, p.gateway)?;
+        }
+        eprintln!(
+            "kiln-init: appliance up after {:.2} s ({modules} modules)",
+            started.elapsed().as_secs_f64()
+        );
+        if p.debug {
+            eprintln!("kiln-init: appDebug: a shell before prerun; exit it to go on");
+            shell("/bin/sh");
+        }
+        phase("prerun", "/app/prerun", &[]);
+        for (n, cmd) in p.cmds.iter().enumerate() {
+            let name = format!("appCmds[{}] `{cmd}`", n + 1);
+            if Path::new("/bin/sh").exists() {
+                phase(&name, "/bin/sh", &["-c".to_string(), cmd.clone()]);
+            } else {
+                let argv = words(cmd);
+                phase(&name, &argv[0], &argv[1..]);
+            }
+        }
+        phase("run", RUN, &p.args);
+        phase("postrun", "/app/postrun", &[]);
+        finish(p.end)
+    }
+
+    /// Loads the drivers of every device present, again as new buses show devices, until
+    /// nothing new appeared for [`SETTLED`]. Returns how many modules were loaded.
+    fn load_drivers(config: &Config) -> usize {
+        let mut loader = Loader::new(config);
+        for name in &config.preload {
+            loader.load(name);
+        }
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + DRIVERS_WAIT;
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < SETTLED {
+            for alias in modaliases() {
+                if seen.insert(alias.clone()) {
+                    loader.load_for(&alias);
+                    quiet_since = Instant::now();
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+        loader.loaded.len()
+    }
+
+    fn configure_eth0(
+        addr: [u8; 4],
+        mask: [u8; 4],
+        gateway: Option<[u8; 4]>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fs::symlink_metadata("/sys/class/net/eth0").is_err() {
+            if Instant::now() > deadline {
+                return Err("appIp: no network interface eth0 appeared within 20 s".into());
+            }
+            std::thread::sleep(POLL);
+        }
+        sys::configure_ipv4("eth0", addr, mask, gateway)
+    }
+
+    /// Runs one phase in the foreground on the console and prints how it ended. A phase
+    /// whose program is absent is skipped (prerun and postrun are optional).
+    fn phase(name: &str, program: &str, args: &[String]) {
+        if program.starts_with('/') && fs::symlink_metadata(program).is_err() {
+            if program == RUN {
+                eprintln!("kiln-init: {name}: {program} is missing");
+            }
+            return;
+        }
+        eprintln!("kiln-init: {name}: starting");
+        let status = Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .env("TERM", "linux")
+            .current_dir("/")
+            .status();
+        match status {
+            Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                (Some(code), _) => eprintln!("kiln-init: {name}: exit status {code}"),
+                (None, Some(sig)) => eprintln!("kiln-init: {name}: killed by signal {sig}"),
+                _ => eprintln!("kiln-init: {name}: ended"),
+            },
+            Err(e) => eprintln!("kiln-init: {name}: cannot run {program}: {e}"),
+        }
+        reap_orphans();
+    }
+
+    /// Collects processes that ended after their parent did (they are ours, as PID 1).
+    fn reap_orphans() {
+        extern "C" {
+            fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+        }
+        const WNOHANG: i32 = 1;
+        let mut status = 0;
+        // SAFETY: waitpid with a valid pointer to a local.
+        while unsafe { waitpid(-1, &mut status, WNOHANG) } > 0 {}
+    }
+
+    /// An interactive shell on the console; false when the appliance has none.
+    fn shell(program: &str) -> bool {
+        if !Path::new(program).exists() {
+            eprintln!("kiln-init: the appliance has no {program} (add it with --include)");
+            return false;
+        }
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .env("TERM", "linux")
+            .env("PS1", "appliance# ")
+            .current_dir("/");
+        // SAFETY: take_console makes two system calls and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                sys::take_console();
+                Ok(())
+            })
+        };
+        match cmd.status() {
+            Ok(s) => eprintln!("kiln-init: {program}: {s}"),
+            Err(e) => eprintln!("kiln-init: {program}: {e}"),
+        }
+        reap_orphans();
+        true
+    }
+
+    fn finish(end: End) -> Result<std::convert::Infallible, String> {
+        match end {
+            End::Halt => {}
+            End::Reboot => {
+                eprintln!("kiln-init: appEnd=reboot: rebooting");
+                sys::reboot_now();
+            }
+            End::Shell => {
+                shell("/bin/sh");
+            }
+            End::Bash => {
+                shell("/bin/bash");
+            }
+            End::Sshd => sshd(),
+        }
+        let name = match end {
+            End::Halt => "halt",
+            End::Reboot => "reboot (failed)",
+            End::Sshd => "sshd",
+            End::Shell => "shell",
+            End::Bash => "bash",
+        };
+        eprintln!("kiln-init: appEnd={name}: powering off");
+        sys::power_off()
+    }
+
+    /// The appliance's sshd in the foreground, with an ed25519 host key made now when the
+    /// appliance carries none (each boot is a fresh machine).
+    fn sshd() {
+        let sshd = "/usr/sbin/sshd";
+        if !Path::new(sshd).exists() {
+            eprintln!("kiln-init: appEnd=sshd: the appliance has no {sshd}");
+            return;
+        }
+        let _ = fs::create_dir_all("/run/sshd");
+        let key = "/etc/ssh/ssh_host_ed25519_key";
+        if !Path::new(key).exists() {
+            let _ = fs::create_dir_all("/etc/ssh");
+            phase(
+                "sshd host key",
+                "/usr/bin/ssh-keygen",
+                &["-q", "-t", "ed25519", "-N", "", "-f", key].map(String::from),
+            );
+        }
+        eprintln!("kiln-init: appEnd=sshd: starting {sshd}");
+        phase("sshd", sshd, &["-D", "-e", "-h", key].map(String::from));
+    }
+}
+
 /// Agent mode: the guest half of the QEMU sandbox.
 mod agent {
     use super::agent_proto::{
@@ -799,7 +1147,12 @@ mod agent {
             Path::new("/sys/class/net/eth0"),
             "the network interface eth0",
         )?;
-        sys::configure_ipv4("eth0", [10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2])?;
+        sys::configure_ipv4(
+            "eth0",
+            [10, 0, 2, 15],
+            [255, 255, 255, 0],
+            Some([10, 0, 2, 2]),
+        )?;
         let resolv = "/run/kiln-resolv.conf";
         fs::write(resolv, "nameserver 10.0.2.3\n").map_err(|e| format!("{resolv}: {e}"))?;
         match fs::symlink_metadata("/etc/resolv.conf") {
@@ -1401,7 +1754,7 @@ mod sys {
         name: &str,
         addr: [u8; 4],
         mask: [u8; 4],
-        gateway: [u8; 4],
+        gateway: Option<[u8; 4]>,
     ) -> Result<(), String> {
         let sock = inet_socket()?;
         let mut req = ifreq(name);
@@ -1421,6 +1774,9 @@ mod sys {
             &format!("setting the netmask of {name}"),
         )?;
         interface_up(name)?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
         let mut route = RtEntry {
             pad1: 0,
             dst: SockAddrIn::new([0; 4]),
@@ -1690,6 +2046,30 @@ mod sys {
         fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
     }
 
+    /// Restarts the machine (after syncing); returns only when not PID 1.
+    pub fn reboot_now() {
+        const RB_AUTOBOOT: c_int = 0x0123_4567;
+        // SAFETY: plain system calls without pointers.
+        unsafe {
+            c_sync();
+            reboot(RB_AUTOBOOT);
+        }
+    }
+
+    /// In a child about to exec a shell: a session of its own with the console (fd 0)
+    /// as its controlling terminal, so the shell has job control and Ctrl-C.
+    pub fn take_console() {
+        extern "C" {
+            fn setsid() -> c_int;
+        }
+        const TIOCSCTTY: c_ulong = 0x540e;
+        // SAFETY: system calls on our own fd 0 with an integer argument.
+        unsafe {
+            setsid();
+            ioctl(0, TIOCSCTTY, 1 as c_int);
+        }
+    }
+
     pub fn power_off() -> ! {
         // SAFETY: plain system calls without pointers.
         unsafe {
@@ -1704,6 +2084,28 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appliance_parameters_with_quotes() {
+        use appliance::{AppParams, End};
+        let p = AppParams::parse(
+            "console=ttyS0 kiln.appliance appCmds='echo a:ls /' appArgs=\"-m 64 -v\" \
+             appEnd=reboot appDebug appIp=10.0.2.15/24 appGw=10.0.2.2",
+        );
+        assert_eq!(p.cmds, ["echo a", "ls /"]);
+        assert_eq!(p.args, ["-m", "64", "-v"]);
+        assert_eq!(p.end, End::Reboot);
+        assert!(p.debug);
+        assert_eq!(p.ip, Some(([10, 0, 2, 15], [255, 255, 255, 0])));
+        assert_eq!(p.gateway, Some([10, 0, 2, 2]));
+        assert!(p.errors.is_empty());
+        let d = AppParams::parse("appEnd=explode appIp=1.2.3/8 appArgs='a b' appArgs=c");
+        assert_eq!(d.end, End::Halt);
+        assert_eq!(d.errors.len(), 2, "{:?}", d.errors);
+        assert_eq!(d.args, ["c"], "the last appArgs wins");
+        assert!(Params::parse("kiln.appliance").appliance);
+        assert_eq!(appliance::words("a 'b c'd \"\" e"), ["a", "b cd", "", "e"]);
+    }
 
     #[test]
     fn compressed_modules_are_left_to_the_kernel_to_decompress() {

@@ -24,6 +24,7 @@ mod rootfs;
 mod step;
 mod supervisor;
 mod terminal;
+mod trace;
 mod traces;
 mod validate;
 

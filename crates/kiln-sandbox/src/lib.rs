@@ -146,6 +146,12 @@ pub struct RunSpec {
     /// Off: stdin is /dev/null.
     #[serde(default)]
     pub interactive: bool,
+    /// Run the command under a ptrace tracer that follows every process it starts, and
+    /// write here (a host path, created by the sandbox) the paths that successful
+    /// open/openat/openat2, stat-family, access, readlink and execve calls named, as
+    /// absolute paths inside the root, sorted, each ended by a NUL byte (`kiln appliance`).
+    #[serde(default)]
+    pub trace: Option<PathBuf>,
 }
 
 /// How a command ended.

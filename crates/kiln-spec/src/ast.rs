@@ -60,6 +60,33 @@ pub struct Spec {
     pub test: Option<Located<TestSpec>>,
     /// kiln extension `(image …)`: a multi-partition disk (top-level spec only).
     pub image: Option<Located<ImageSpec>>,
+    /// kiln extension `(appliance …)`: what `kiln appliance` makes of the result
+    /// (top-level spec only).
+    pub appliance: Option<Located<ApplianceSpec>>,
+}
+
+/// kiln extension `(appliance …)`, read by `kiln appliance` (its command-line flags add
+/// training commands and globs, and replace the others).
+///
+/// ```text
+/// (appliance (train "memcached -u nobody -d; sleep 1")
+///            (run "/usr/bin/memcached -u nobody")
+///            (prerun "echo starting") (postrun "echo done")
+///            (include /etc/memcached.conf) (exclude /usr/share/**)
+///            (compress zstd))
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplianceSpec {
+    /// Training commands, run in order under the tracer.
+    pub train: Vec<String>,
+    /// The command `/app/run` executes.
+    pub run: String,
+    pub prerun: Option<String>,
+    pub postrun: Option<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// `zstd`, `gzip` or `none`; `None`: the command line's choice.
+    pub compress: Option<String>,
 }
 
 /// `(build NAME SPEC)`.

@@ -359,7 +359,13 @@ fn first_kiln_form(spec: &Spec) -> Option<SpecError> {
             format!("(image …) is a kiln extension (a disk of several OS partitions) with no Dockerfile equivalent. {how}"),
         )
     });
-    [bootstrap, test, image]
+    let appliance = spec.appliance.as_ref().map(|a| {
+        SpecError::new(
+            a.pos,
+            format!("(appliance …) is a kiln extension (a traced RAM-only system for one program) with no Dockerfile equivalent. {how}"),
+        )
+    });
+    [bootstrap, test, image, appliance]
         .into_iter()
         .flatten()
         .min_by_key(|e| e.pos)

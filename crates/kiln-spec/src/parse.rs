@@ -15,22 +15,23 @@
 //! anything. `test` and `image` hold repeated items (checks, partitions) among
 //! their once-only fields, and are accepted only in the outermost spec.
 
+mod appliance;
 mod checks;
 mod image;
 
 use crate::sexp::{self, Atom, List, Sexp};
 use crate::validate::{self, suggest};
 use crate::{
-    Bootstrap, ChildBuild, Copy, CopyFrom, ImageSpec, Located, Mount, Op, Pos, Run, SandboxKind,
-    Spec, SpecError, TestSpec, User,
+    ApplianceSpec, Bootstrap, ChildBuild, Copy, CopyFrom, ImageSpec, Located, Mount, Op, Pos, Run,
+    SandboxKind, Spec, SpecError, TestSpec, User,
 };
 
 /// Forms that structure a spec.
 const STRUCTURE_FORMS: &[&str] = &["build", "from"];
 /// kiln's own top-level forms; each may appear once, anywhere after `from`.
-const KILN_FORMS: &[&str] = &["bootstrap", "sandbox", "test", "image"];
+const KILN_FORMS: &[&str] = &["bootstrap", "sandbox", "test", "image", "appliance"];
 /// kiln forms that only the outermost spec may hold.
-const TOP_LEVEL_ONLY_FORMS: &[&str] = &["test", "image"];
+const TOP_LEVEL_ONLY_FORMS: &[&str] = &["test", "image", "appliance"];
 /// OBuilder's operations.
 const OP_FORMS: &[&str] = &["comment", "workdir", "shell", "run", "copy", "user", "env"];
 
@@ -49,6 +50,9 @@ const TCP_FIELDS: &[&str] = &["name", "port", "send", "expect", "timeout"];
 /// `image` fields; `partition` may repeat, the others appear at most once.
 const IMAGE_FIELDS: &[&str] = &["partition", "default", "node-types", "arch"];
 const PARTITION_FIELDS: &[&str] = &["name", "build", "spec", "size", "label"];
+const APPLIANCE_FIELDS: &[&str] = &[
+    "train", "run", "prerun", "postrun", "include", "exclude", "compress",
+];
 
 /// Reads and validates a whole spec.
 pub(crate) fn parse_spec(text: &str) -> Result<Spec, SpecError> {
@@ -281,6 +285,7 @@ struct SpecParts {
     ops: Vec<Located<Op>>,
     test: Option<Located<TestSpec>>,
     image: Option<Located<ImageSpec>>,
+    appliance: Option<Located<ApplianceSpec>>,
 }
 
 impl SpecParts {
@@ -399,6 +404,7 @@ impl SpecParts {
             "sandbox" => self.sandbox.as_ref().map(|f| f.pos),
             "test" => self.test.as_ref().map(|f| f.pos),
             "image" => self.image.as_ref().map(|f| f.pos),
+            "appliance" => self.appliance.as_ref().map(|f| f.pos),
             _ => None,
         };
         if let Some(first) = first {
@@ -412,6 +418,9 @@ impl SpecParts {
             "sandbox" => self.sandbox = Some(Located::new(sandbox(form)?, form.pos)),
             "test" => self.test = Some(Located::new(checks::test(form)?, form.pos)),
             "image" => self.image = Some(Located::new(image::image(form, &self.builds)?, form.pos)),
+            "appliance" => {
+                self.appliance = Some(Located::new(appliance::appliance(form)?, form.pos))
+            }
             other => {
                 return Err(SpecError::new(
                     form.pos,
@@ -437,6 +446,7 @@ impl SpecParts {
             ops: self.ops,
             test: self.test,
             image: self.image,
+            appliance: self.appliance,
         })
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - A spec list always has one item per line: `((` before its first item, then each
 //!   further item on a new line, one column right of the spec's `(`. Items come in
-//!   a fixed order: child builds, `from`, `bootstrap`, the ops, `test`, `image`.
+//!   a fixed order: child builds, `from`, `bootstrap`, the ops, `test`, `image`,
+//!   `appliance`.
 //!   `test` and `image` go last because they say what to do with the result of
 //!   the ops (boot and check it, put it on a disk), and read best after them.
 //! - A child build is `(build NAME` then, on the next line and two columns right of
@@ -447,7 +448,32 @@ fn spec_items(spec: &Spec) -> Vec<(Pos, Doc)> {
     if let Some(i) = &spec.image {
         items.push((i.pos, image_doc(&i.value)));
     }
+    if let Some(a) = &spec.appliance {
+        items.push((a.pos, appliance_doc(&a.value)));
+    }
     items
+}
+
+fn appliance_doc(a: &crate::ApplianceSpec) -> Doc {
+    let mut fields = Vec::new();
+    if !a.train.is_empty() {
+        fields.push(form("train", atoms(&a.train)));
+    }
+    fields.push(form("run", [atom(&a.run)]));
+    for (name, value) in [("prerun", &a.prerun), ("postrun", &a.postrun)] {
+        if let Some(v) = value {
+            fields.push(form(name, [atom(v)]));
+        }
+    }
+    for (name, globs) in [("include", &a.include), ("exclude", &a.exclude)] {
+        if !globs.is_empty() {
+            fields.push(form(name, atoms(globs)));
+        }
+    }
+    if let Some(c) = &a.compress {
+        fields.push(form("compress", [atom(c)]));
+    }
+    form("appliance", fields)
 }
 
 fn build_doc(build: &ChildBuild) -> Doc {

@@ -472,7 +472,7 @@ fn examples_with_kiln_forms_are_refused_at_the_form() {
     let cases = [
         (
             "examples/webserver/web.spec",
-            "23:2",
+            "25:2",
             "(test …) is a kiln extension",
         ),
         (

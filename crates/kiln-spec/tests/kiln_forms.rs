@@ -440,6 +440,7 @@ fn with_test_and_image() -> Spec {
         ops: vec![at(Op::Workdir("/srv".into()))],
         test: None,
         image: None,
+        appliance: None,
     };
     let check = |name: Option<&str>, timeout, kind| {
         at(Check {
@@ -510,6 +511,7 @@ fn with_test_and_image() -> Spec {
             node_types: vec!["pc3000".into()],
             arches: vec!["amd64".into()],
         })),
+        appliance: None,
     }
 }
 
@@ -583,4 +585,50 @@ fn sandbox_form_names_a_known_sandbox() {
     assert!(err.to_string().contains("second `sandbox`"), "{err}");
     let err = kiln_spec::parse("((sandbox qemu) (from a))").unwrap_err();
     assert!(err.to_string().contains("before `from`"), "{err}");
+}
+
+#[test]
+fn appliance_form_parses_prints_back_and_rejects_mistakes() {
+    let text = r#"((from debian:bookworm)
+ (appliance (train "memcached -u nobody -d; sleep 1" "true")
+            (run "/usr/bin/memcached -u nobody")
+            (postrun "echo done")
+            (include /etc/memcached.conf "/usr/lib/x86_64-linux-gnu/sasl2/*")
+            (compress gzip)))
+"#;
+    let spec = parse(text).unwrap();
+    let a = &spec.appliance.as_ref().unwrap().value;
+    assert_eq!(a.train, ["memcached -u nobody -d; sleep 1", "true"]);
+    assert_eq!(a.run, "/usr/bin/memcached -u nobody");
+    assert_eq!(a.postrun.as_deref(), Some("echo done"));
+    assert_eq!(a.prerun, None);
+    assert_eq!(a.include.len(), 2);
+    assert_eq!(a.compress.as_deref(), Some("gzip"));
+    let printed = print(&spec);
+    assert_eq!(print(&parse(&printed).unwrap()), printed, "round trip");
+    assert_eq!(
+        parse(&printed).unwrap().appliance.map(|a| a.value),
+        spec.appliance.clone().map(|a| a.value)
+    );
+    for (bad, want) in [
+        (
+            "((from debian:bookworm) (appliance (train \"x\")))",
+            "missing its `run`",
+        ),
+        (
+            "((from debian:bookworm) (appliance (run x) (compress xz)))",
+            "unknown compression",
+        ),
+        (
+            "((from debian:bookworm) (appliance (run x) (trian y)))",
+            "unknown field `trian`",
+        ),
+        (
+            "((from debian:bookworm) (appliance (run x)) (appliance (run y)))",
+            "second `appliance`",
+        ),
+    ] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
 }

@@ -308,6 +308,7 @@ fn everything() -> Spec {
         ],
         test: None,
         image: None,
+        appliance: None,
     };
     Spec {
         child_builds: vec![at(ChildBuild {
@@ -361,6 +362,7 @@ fn everything() -> Spec {
         ],
         test: None,
         image: None,
+        appliance: None,
     }
 }
 

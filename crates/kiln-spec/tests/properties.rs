@@ -304,6 +304,7 @@ fn spec(depth: u32, top: bool) -> BoxedStrategy<Spec> {
                 ops: ops.into_iter().map(at).collect(),
                 test: test.map(at),
                 image: image.map(at),
+                appliance: None,
             })
         })
         .boxed()

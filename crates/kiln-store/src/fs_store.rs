@@ -10,7 +10,7 @@ use crate::layout::{is_safe_name, unique_suffix, Layout};
 use crate::lock::{self, HeldDirs, Mode, Wait};
 use crate::recover::Recovery;
 use crate::{
-    cache, layout, BaseConfig, BasePin, CacheLease, LayerId, LayerInfo, StepLock, Store,
+    cache, layout, BaseConfig, BasePin, CacheLease, LayerId, LayerInfo, LayerMeta, StepLock, Store,
     StoreError, TmpLayer,
 };
 
@@ -178,7 +178,7 @@ impl Store for FsStore {
         description: &str,
         config: Option<BaseConfig>,
     ) -> Result<LayerInfo, StoreError> {
-        self.commit_layer(tmp, description, config, None)
+        self.commit_layer(tmp, description, config, None, None)
     }
 
     fn commit_base(
@@ -188,7 +188,17 @@ impl Store for FsStore {
         config: BaseConfig,
         pin: Option<BasePin>,
     ) -> Result<LayerInfo, StoreError> {
-        self.commit_layer(tmp, description, Some(config), pin)
+        self.commit_layer(tmp, description, Some(config), pin, None)
+    }
+
+    fn commit_pulled(&self, tmp: TmpLayer, meta: &LayerMeta) -> Result<LayerInfo, StoreError> {
+        self.commit_layer(
+            tmp,
+            &meta.description,
+            meta.config.clone(),
+            meta.pin.clone(),
+            Some(meta.created),
+        )
     }
 
     fn abort(&self, tmp: TmpLayer) -> Result<(), StoreError> {

@@ -81,6 +81,7 @@ impl FsStore {
         description: &str,
         config: Option<BaseConfig>,
         pin: Option<BasePin>,
+        created: Option<i64>,
     ) -> Result<LayerInfo, StoreError> {
         self.check_tmp(&tmp)?;
         let rootfs = tmp.dir.join("rootfs");
@@ -103,7 +104,7 @@ impl FsStore {
             id: tmp.id.clone(),
             parent: tmp.parent.clone(),
             flat: tmp.flat,
-            created: now,
+            created: created.unwrap_or(now),
             description: description.to_string(),
             config,
             pin,

@@ -200,6 +200,18 @@ pub trait Store: Send + Sync {
         pin: Option<BasePin>,
     ) -> Result<LayerInfo, StoreError>;
 
+    /// [`Store::commit`] for a layer made elsewhere and pulled (from a registry build
+    /// cache): it keeps the description, config, pin and creation time `meta` gives.
+    /// The caller has checked `meta` names `tmp`'s id and parent.
+    fn commit_pulled(&self, tmp: TmpLayer, meta: &LayerMeta) -> Result<LayerInfo, StoreError> {
+        match &meta.config {
+            Some(config) if meta.parent.is_none() => {
+                self.commit_base(tmp, &meta.description, config.clone(), meta.pin.clone())
+            }
+            config => self.commit(tmp, &meta.description, config.clone()),
+        }
+    }
+
     /// Deletes the temp dir of a failed or cancelled step.
     fn abort(&self, tmp: TmpLayer) -> Result<(), StoreError>;
 

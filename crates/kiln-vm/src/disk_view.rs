@@ -15,8 +15,13 @@ use std::path::Path;
 /// A read-only view of `disk` (qcow2, with its backing chain) at `scratch/root`; the
 /// raw copy lives in `scratch` (which the caller removes after dropping the view).
 pub fn open(disk: &Path, scratch: &Path) -> Result<DiskView, SandboxError> {
+    open_format(disk, "qcow2", scratch)
+}
+
+/// [`open`] for a disk in any format qemu-img reads (`raw`, `vmdk`, …).
+pub fn open_format(disk: &Path, format: &str, scratch: &Path) -> Result<DiskView, SandboxError> {
     let raw = scratch.join("disk.raw");
-    qemu_img::convert_to_raw(disk, "qcow2", &raw)
+    qemu_img::convert_to_raw(disk, format, &raw)
         .map_err(|e| SandboxError::Setup(format!("reading the VM disk {}: {e}", disk.display())))?;
     let raw = RemoveOnDrop(raw);
     let root = scratch.join("root");

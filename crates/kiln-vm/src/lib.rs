@@ -21,7 +21,7 @@ pub mod checks;
 pub mod disk_view;
 mod error;
 pub mod junit;
-mod partitions;
+pub mod partitions;
 pub mod qemu;
 pub mod sandbox;
 pub mod ssh;

@@ -600,6 +600,7 @@ mod tests {
             hostname: "kiln".into(),
             fast_sync: false,
             interactive: false,
+            trace: None,
         };
         let s = step_script(&spec, false);
         assert!(s.contains("mount -t ext4 /dev/vdb /var/cache/x"), "{s}");

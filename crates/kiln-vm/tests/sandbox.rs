@@ -82,6 +82,7 @@ fn spec(disk: &Path, script: &str) -> RunSpec {
         hostname: "kiln-step".into(),
         fast_sync: false,
         interactive: false,
+        trace: None,
     }
 }
 

@@ -5,7 +5,9 @@ use crate::cli::{BuildArgs, ExportArgs, FmtArgs};
 use crate::cmd_image;
 use crate::layers::resolve_id;
 use anyhow::{bail, Context};
+use kiln_build::layer_cache::RegistryCache;
 use kiln_build::{BuildError, BuildOptions};
+use kiln_fetch::oci::OCI_SCHEME;
 use kiln_store::{FsStore, Store};
 use std::collections::BTreeMap;
 use std::fs;
@@ -45,12 +47,15 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, cancelled.clone())
             .context("installing the Ctrl-C handler")?;
     }
+    let (cache_from, cache_to) = registry_caches(&args)?;
     let options = BuildOptions {
         fast_sync: !args.no_fast_sync,
         secrets,
         cancelled: cancelled.clone(),
         source_date_epoch: Some(epoch),
         sandbox: args.vm.sandbox.kind(),
+        cache_from,
+        cache_to,
         ..Default::default()
     };
     let mut out: Box<dyn Write> = if args.json {
@@ -117,6 +122,32 @@ pub fn build(store_dir: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--cache-from` and `--cache-to`: one client when both name the same repository.
+type Caches = (Option<Arc<RegistryCache>>, Option<Arc<RegistryCache>>);
+
+fn registry_caches(args: &BuildArgs) -> anyhow::Result<Caches> {
+    let settings = kiln_fetch::RegistrySettings::from_env();
+    let open = |text: &str, flag: &str| -> anyhow::Result<Arc<RegistryCache>> {
+        let text = text.strip_prefix(OCI_SCHEME).with_context(|| {
+            format!("{flag} {text}: a registry repository is written oci://HOST[:PORT]/REPO")
+        })?;
+        Ok(Arc::new(
+            RegistryCache::open(text, &settings).with_context(|| flag.to_string())?,
+        ))
+    };
+    let from = args
+        .cache_from
+        .as_deref()
+        .map(|t| open(t, "--cache-from"))
+        .transpose()?;
+    let to = match (&args.cache_to, &from) {
+        (Some(t), Some(f)) if args.cache_from.as_deref() == Some(t) => Some(f.clone()),
+        (Some(t), _) => Some(open(t, "--cache-to")?),
+        (None, _) => None,
+    };
+    Ok((from, to))
+}
+
 /// `ID:FILE` pairs into id → contents.
 fn read_secrets(pairs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let mut secrets = BTreeMap::new();
@@ -137,6 +168,9 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     kiln_sandbox::mount::enter_private_mount_namespace()?;
     let store = FsStore::open(store_dir)?;
     let id = resolve_id(&store, &args.id)?;
+    if args.image.output.is_none() && args.push.is_some() {
+        return export_image(&store, &id, &args);
+    }
     let Some(output) = &args.image.output else {
         bail!("kiln export needs -o PATH (a .tar, a directory with --format dir, or a disk image)");
     };
@@ -154,8 +188,17 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
         written?;
         return Ok(ExitCode::SUCCESS);
     }
+    export_image(&store, &id, &args)
+}
+
+/// `kiln export` of a file, a directory or a disk image (and a containerDisk's push).
+fn export_image(
+    store: &FsStore,
+    id: &kiln_store::LayerId,
+    args: &ExportArgs,
+) -> anyhow::Result<ExitCode> {
     let info = store
-        .get(&id)?
+        .get(id)?
         .with_context(|| format!("layer {id} vanished"))?;
     let source = cmd_image::ImageSource {
         layer: id.clone(),
@@ -170,7 +213,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
             Err(_) => info.meta.created,
         },
     };
-    cmd_image::produce(&store, &source, &args.image)?;
+    cmd_image::produce_or_push(store, &source, &args.image, args.push.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 

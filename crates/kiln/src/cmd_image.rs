@@ -77,14 +77,72 @@ pub fn produce(
     source: &ImageSource,
     args: &ImageArgs,
 ) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
-    let Some(output) = &args.output else {
-        return Ok(None);
+    produce_or_push(store, source, args, None)
+}
+
+/// [`produce`], and with `push` (`oci://…`, `--format containerdisk` only) the image is
+/// also pushed to a registry; `args.output` may then be absent.
+pub fn produce_or_push(
+    store: &FsStore,
+    source: &ImageSource,
+    args: &ImageArgs,
+    push: Option<&str>,
+) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
+    let format = match (&args.output, args.format) {
+        (Some(output), _) => output_format(args, output)?,
+        (None, Some(OutputFormat::ContainerDisk)) if push.is_some() => OutputFormat::ContainerDisk,
+        (None, _) if push.is_some() => bail!("--push is for --format containerdisk"),
+        (None, _) => return Ok(None),
     };
-    let format = output_format(args, output)?;
+    if push.is_some() && format != OutputFormat::ContainerDisk {
+        bail!("--push is for --format containerdisk");
+    }
     let scratch = store.scratch_dir("image")?;
-    let result = produce_in(store, source, args, output, format, &scratch);
+    let result = if format == OutputFormat::ContainerDisk {
+        produce_containerdisk(store, source, args, push, &scratch)
+    } else {
+        let output = args.output.as_deref().unwrap_or(Path::new(""));
+        produce_in(store, source, args, output, format, &scratch)
+    };
     let _ = fs::remove_dir_all(&scratch);
     result
+}
+
+/// `--format containerdisk`: the qcow2 disk in a one-layer OCI image (KubeVirt's layout,
+/// `kiln_image::containerdisk`), written as an OCI archive to `-o` and/or pushed.
+fn produce_containerdisk(
+    store: &FsStore,
+    source: &ImageSource,
+    args: &ImageArgs,
+    push: Option<&str>,
+    scratch: &Path,
+) -> anyhow::Result<Option<kiln_image::manifest::Manifest>> {
+    let qcow2 = scratch.join("disk.qcow2");
+    let manifest = produce_in(store, source, args, &qcow2, OutputFormat::Qcow2, scratch)?;
+    let layer = scratch.join("layer.tar");
+    let mtime = u64::try_from(source.source_date_epoch).unwrap_or(0);
+    let image = kiln_image::containerdisk::write_layer(&qcow2, &layer, mtime)?;
+    fs::remove_file(&qcow2).with_context(|| format!("removing {}", qcow2.display()))?;
+    if let Some(output) = &args.output {
+        let tmp = tmp_sibling(output, "containerdisk");
+        let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let written = kiln_image::containerdisk::write_oci_archive(
+            &image,
+            &layer,
+            "latest",
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            mtime,
+        );
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    }
+    if let Some(target) = push {
+        crate::cmd_artifact::push_containerdisk(target, &image, &layer, scratch)?;
+    }
+    Ok(manifest)
 }
 
 fn produce_in(
@@ -453,6 +511,7 @@ fn format_name(format: OutputFormat) -> &'static str {
         OutputFormat::Vdi => "vdi",
         OutputFormat::Tar => "tar",
         OutputFormat::Dir => "dir",
+        OutputFormat::ContainerDisk => "containerdisk",
     }
 }
 

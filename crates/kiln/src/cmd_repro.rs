@@ -148,6 +148,7 @@ fn compared_formats(args: &BuildArgs) -> anyhow::Result<Vec<(OutputFormat, &'sta
         OutputFormat::Qcow2 => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Qcow2, "qcow2")],
         OutputFormat::Vmdk => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Vmdk, "vmdk")],
         OutputFormat::Vhdx => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Vhdx, "vhdx")],
+        OutputFormat::ContainerDisk => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Qcow2, "qcow2")],
         OutputFormat::Vdi => vec![(OutputFormat::Raw, "raw"), (OutputFormat::Vdi, "vdi")],
     })
 }

@@ -173,6 +173,7 @@ fn shell_spec(
         hostname: "kiln".into(),
         fast_sync: true,
         interactive: true,
+        trace: None,
     })
 }
 

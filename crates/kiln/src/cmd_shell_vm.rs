@@ -70,6 +70,7 @@ pub fn shell(store: &FsStore, layer: LayerId, args: &ShellArgs) -> anyhow::Resul
             hostname: "kiln".into(),
             fast_sync: false,
             interactive: true,
+            trace: None,
         };
         let mut out: Box<dyn std::io::Write> = match args.json {
             true => Box::new(std::io::stderr()),

@@ -112,6 +112,50 @@ fn direct_boot(dir: &Path, initrd: InitrdArg) -> anyhow::Result<(Boot, String)> 
     Ok((boot, described))
 }
 
+/// The boot of an app directory (`kiln appliance`: `cmdline`, `initrd.cpio*`, a kernel),
+/// with `append` added to its command line; `None` when `dir` is not one.
+pub fn app_dir_boot(
+    dir: &Path,
+    append: Option<&str>,
+) -> anyhow::Result<Option<(VmConfig, String)>> {
+    if !dir.is_dir() || !dir.join("cmdline").is_file() {
+        return Ok(None);
+    }
+    let initrd = ["initrd.cpio.zst", "initrd.cpio.gz", "initrd.cpio"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{}: an app directory without initrd.cpio[.zst|.gz]",
+                dir.display()
+            )
+        })?;
+    let mut cmdline = std::fs::read_to_string(dir.join("cmdline"))
+        .with_context(|| format!("{}/cmdline", dir.display()))?
+        .trim()
+        .to_string();
+    if let Some(extra) = append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    let kernel = kiln_vm::qemu::pvh::fastest_kernel(dir);
+    if !kernel.is_file() {
+        bail!("{}: an app directory without vmlinuz", dir.display());
+    }
+    let described = format!(
+        "appliance ({}, {})",
+        kernel.file_name().unwrap_or_default().to_string_lossy(),
+        initrd.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let boot = Boot::Kernel {
+        kernel,
+        initrd: Some(initrd),
+        cmdline,
+    };
+    Ok(Some((VmConfig::new(boot), described)))
+}
+
 fn config(
     image: &Path,
     initrd: InitrdArg,
@@ -125,7 +169,15 @@ fn config(
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (mut cfg, described) = config(&args.image, args.initrd, args.firmware)?;
+    let (mut cfg, described) = match app_dir_boot(&args.image, args.append.as_deref())? {
+        Some(found) => found,
+        None => {
+            if args.append.is_some() {
+                bail!("--append is for app directories (kiln appliance); a disk image boots its own command line");
+            }
+            config(&args.image, args.initrd, args.firmware)?
+        }
+    };
     cfg.memory_mb = args.memory;
     cfg.cpus = args.cpus;
     cfg.snapshot = args.snapshot;

@@ -5,12 +5,19 @@
 
 mod builder;
 mod cli;
+mod cmd_appliance;
+mod cmd_artifact;
 mod cmd_base;
 mod cmd_build;
+mod cmd_catalog;
+mod cmd_catalog_oci;
+mod cmd_cpio;
+mod cmd_create;
 mod cmd_deploy;
 mod cmd_dockerfile;
 mod cmd_image;
 mod cmd_repro;
+mod cmd_serve;
 mod cmd_shell;
 mod cmd_shell_vm;
 mod cmd_store;
@@ -52,7 +59,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Base(cmd) => cmd_base::base(&store_dir, cmd),
         cli::Command::Run(args) => cmd_vm::run(args),
         cli::Command::Test(args) => cmd_vm::test(args),
+        cli::Command::Cpio(cmd) => cmd_cpio::cpio(cmd),
+        cli::Command::Appliance(args) => cmd_appliance::appliance(&store_dir, args),
         cli::Command::Deploy(args) => cmd_deploy::deploy(args),
+        cli::Command::Artifact(cmd) => cmd_artifact::artifact(cmd),
+        cli::Command::Key(cmd) => cmd_catalog::key(cmd),
+        cli::Command::Image(cmd) => cmd_catalog::image(&store_dir, cmd),
+        cli::Command::Serve(args) => cmd_serve::serve(args),
+        cli::Command::Create(args) => cmd_create::create(&store_dir, args),
     }
 }
 

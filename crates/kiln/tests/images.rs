@@ -71,6 +71,11 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
         cmdline.starts_with(&format!("root=PARTUUID={partuuid} rw ")),
         "{cmdline}"
     );
+    // The example's /etc/kernel/cmdline is in it, before the consoles.
+    assert!(
+        cmdline.contains(" rw cryptomgr.notests=1 console="),
+        "{cmdline}"
+    );
     let sha = std::process::Command::new("sha256sum")
         .arg(&image)
         .output()

@@ -185,6 +185,39 @@ fn an_imported_base_builds_a_two_step_spec_over_ssh_and_rm_unregisters_it() {
         "the secret is in the layer"
     );
 
+    // A cache disk carries a file from one step to the next; the network is the host's
+    // loopback at 10.0.2.2 with (network host) and nothing without it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = format!("from-host-{n}");
+    let reply = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+    let net_spec = format!(
+        "((from vm:{name})\n (run (cache (ssh-c-{n} (target /var/cache/c))) (shell \"echo {n} > /var/cache/c/note; if timeout 10 bash -c 'echo > /dev/tcp/10.0.2.2/{port}'; then echo REACHED; exit 1; fi; echo isolated-{n}\"))\n (run (network host) (cache (ssh-c-{n} (target /var/cache/c))) (shell \"cat /var/cache/c/note > /from-cache && timeout 20 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{port}; cat <&3' > /from-host\")))\n"
+    );
+    fs::write(dir.join("net.spec"), &net_spec).unwrap();
+    let networked = kiln(&store, &dir, &["build", "-f", "net.spec", "."]).ok();
+    assert!(
+        networked.stdout.contains(&format!("isolated-{n}")),
+        "{}",
+        networked.stdout
+    );
+    let tar = export_tar(&store, &dir, &networked.got());
+    assert_eq!(
+        tar_read(&tar, "from-cache").unwrap(),
+        format!("{n}\n").as_bytes()
+    );
+    assert_eq!(tar_read(&tar, "from-host").unwrap(), served.as_bytes());
+    assert!(
+        tar_read(&tar, "var/cache/c/note").is_none(),
+        "the cache is not in the layer"
+    );
+
     kiln(&store, &dir, &["base", "rm", &name]).ok();
     assert!(!base_ls(&store, &dir)
         .as_array()

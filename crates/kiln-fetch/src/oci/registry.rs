@@ -17,6 +17,8 @@ pub(crate) struct Registry {
     /// Why this registry is asked (mirror, Docker Hub, the reference's own).
     pub endpoint: Endpoint,
     pub client: Client,
+    /// The same client set up for monolithic uploads (one streamed `PUT` per blob).
+    pub push_client: Client,
     pub auth: RegistryAuth,
     /// Where `auth` came from (`anonymous`, `KILN_REGISTRY_AUTH`, a config.json entry, a
     /// credential helper), or why there is none.
@@ -48,6 +50,14 @@ impl Registry {
         Ok(Registry {
             host: host.to_string(),
             endpoint: endpoint.clone(),
+            push_client: Client::new(ClientConfig {
+                use_monolithic_push: true,
+                protocol: config.protocol.clone(),
+                platform_resolver: None,
+                connect_timeout: config.connect_timeout,
+                read_timeout: config.read_timeout,
+                ..ClientConfig::default()
+            }),
             client: Client::new(config),
             auth: credentials.auth,
             credentials: credentials.origin,

@@ -183,7 +183,46 @@ pub struct PartitionReport {
 /// serial console comes last, so it is `/dev/console` (where systemd and `kiln test`
 /// read and write); the screen still gets the kernel's messages.
 pub fn default_cmdline(root_partuuid: &str) -> String {
-    format!("root=PARTUUID={root_partuuid} rw console=tty0 console=ttyS0,115200")
+    cmdline_with(root_partuuid, &[])
+}
+
+/// The file in which a tree keeps kernel parameters of its own: the one systemd's
+/// `kernel-install` reads, so a spec writes it as it would for any Debian system.
+pub const KERNEL_CMDLINE_FILE: &str = "etc/kernel/cmdline";
+
+/// The kernel command line for the tree `rootfs` on the partition `root_partuuid`:
+/// [`default_cmdline`] with the parameters of the tree's [`KERNEL_CMDLINE_FILE`] (when it
+/// has one) after `rw` and before the consoles. A `root=` there is dropped with a warning:
+/// the root is the partition kiln made, and the kernel would take the last one given.
+pub fn partition_cmdline(rootfs: &Path, root_partuuid: &str) -> Result<String, ImageError> {
+    let text = crate::osinfo::read_in_root(rootfs, Path::new(KERNEL_CMDLINE_FILE))?;
+    let extra: Vec<&str> = text
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .filter(|word| {
+            let root = word.starts_with("root=");
+            if root {
+                tracing::warn!(
+                    "ignoring `{word}` in /{KERNEL_CMDLINE_FILE}: the root is partition {root_partuuid}"
+                );
+            }
+            !root
+        })
+        .collect();
+    Ok(cmdline_with(root_partuuid, &extra))
+}
+
+fn cmdline_with(root_partuuid: &str, extra: &[&str]) -> String {
+    let mut words = vec![format!("root=PARTUUID={root_partuuid}"), "rw".to_string()];
+    words.extend(extra.iter().map(|w| w.to_string()));
+    words.extend([
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+    ]);
+    words.join(" ")
 }
 
 /// The `/etc/fstab` of a root filesystem, with the ESP at `/boot/efi` when there is one.
@@ -216,8 +255,14 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
         .map(|p| ids.partition(&p.name))
         .collect();
     let kernels = find_kernels(req)?;
+    let cmdlines = req
+        .partitions
+        .iter()
+        .zip(&part_ids)
+        .map(|(p, ids)| partition_cmdline(&p.rootfs, &ids.partuuid))
+        .collect::<Result<Vec<_>, _>>()?;
     let esp_content = match req.boot {
-        BootMode::Uefi => Some(esp_content(req, &part_ids, &kernels)?),
+        BootMode::Uefi => Some(esp_content(req, &kernels, &cmdlines)?),
         _ => None,
     };
     let scans = req
@@ -240,7 +285,15 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
         None => None,
     };
     let plan = layout::plan(esp_size, &wants, req.disk_size)?;
-    let report = report(req, &ids, &part_ids, &plan, &kernels, esp_content.as_ref());
+    let report = report(
+        req,
+        &ids,
+        &part_ids,
+        &plan,
+        &kernels,
+        &cmdlines,
+        esp_content.as_ref(),
+    );
 
     let raw = work.path().join("disk.raw");
     create_sparse(&raw, plan.disk_size)?;
@@ -386,12 +439,12 @@ fn find_kernels(req: &DiskRequest) -> Result<Vec<Option<KernelFiles>>, ImageErro
 /// The ESP's boot loader and one entry per partition that has a kernel.
 fn esp_content(
     req: &DiskRequest,
-    part_ids: &[PartitionIds],
     kernels: &[Option<KernelFiles>],
+    cmdlines: &[String],
 ) -> Result<EspContent, ImageError> {
     let several = kernels.iter().filter(|k| k.is_some()).count() > 1;
     let mut entries = Vec::new();
-    for ((input, ids), kernel) in req.partitions.iter().zip(part_ids).zip(kernels) {
+    for ((input, cmdline), kernel) in req.partitions.iter().zip(cmdlines).zip(kernels) {
         let Some(kernel) = kernel else { continue };
         let pretty = crate::osinfo::os_release(&input.rootfs)?
             .and_then(|fields| fields.get("PRETTY_NAME").cloned())
@@ -405,7 +458,7 @@ fn esp_content(
                 pretty
             },
             kernel: kernel.clone(),
-            options: default_cmdline(&ids.partuuid),
+            options: cmdline.clone(),
         });
     }
     let default = &req.partitions[req.default];
@@ -434,6 +487,7 @@ fn report(
     part_ids: &[PartitionIds],
     plan: &layout::Plan,
     kernels: &[Option<KernelFiles>],
+    cmdlines: &[String],
     esp: Option<&EspContent>,
 ) -> DiskLayout {
     let first_root = u32::from(plan.esp.is_some()) + 1;
@@ -468,8 +522,7 @@ fn report(
         partitions,
         esp: esp_report,
         default: req.default,
-        cmdline: default_entry_cmdline(esp)
-            .unwrap_or_else(|| default_cmdline(&part_ids[req.default].partuuid)),
+        cmdline: default_entry_cmdline(esp).unwrap_or_else(|| cmdlines[req.default].clone()),
         kernel: kernels[req.default].clone(),
         boot_entries: esp
             .map(|c| c.entries.iter().map(|e| e.name.clone()).collect())
@@ -676,6 +729,39 @@ mod tests {
         let c = default_cmdline("p-u");
         assert!(c.starts_with("root=PARTUUID=p-u rw "), "{c}");
         assert!(c.ends_with("console=ttyS0,115200"), "{c}");
+    }
+
+    #[test]
+    fn tree_parameters_go_between_root_and_consoles() {
+        let tree = tempfile::tempdir().unwrap();
+        let none = partition_cmdline(tree.path(), "p-u").unwrap();
+        assert_eq!(none, default_cmdline("p-u"));
+        std::fs::create_dir_all(tree.path().join("etc/kernel")).unwrap();
+        std::fs::write(
+            tree.path().join(KERNEL_CMDLINE_FILE),
+            "# emulated machines\nroot=/dev/sda1 quiet\n  cryptomgr.notests=1\n",
+        )
+        .unwrap();
+        let c = partition_cmdline(tree.path(), "p-u").unwrap();
+        assert_eq!(
+            c,
+            "root=PARTUUID=p-u rw quiet cryptomgr.notests=1 console=tty0 console=ttyS0,115200"
+        );
+    }
+
+    #[test]
+    fn a_cmdline_link_out_of_the_tree_is_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("cmdline"), "evil=1").unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("etc/kernel")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("cmdline"),
+            tree.path().join(KERNEL_CMDLINE_FILE),
+        )
+        .unwrap();
+        let c = partition_cmdline(tree.path(), "p-u").unwrap();
+        assert!(!c.contains("evil"), "{c}");
     }
 
     fn input(name: &str, label: &str) -> PartitionInput {

@@ -22,7 +22,7 @@ use nix::unistd::{chdir, dup2, fchdir, fork, pivot_root, sethostname, setsid, Fo
 
 use super::report::{Report, STATUS_FD};
 use super::step::{Step, StepError};
-use super::{command, net, rootfs};
+use super::{command, net, rootfs, trace};
 use crate::RunSpec;
 
 /// The fd pid 1 keeps its lifeline on: the read end of a pipe whose write end only the
@@ -66,11 +66,26 @@ fn start(spec: &RunSpec, root: &Path, lifeline: OwnedFd) -> Result<i32, StepErro
     if !spec.host_network {
         net::bring_up_loopback()?;
     }
+    // Opened on the host side, before the pivot hides the host's files.
+    let trace_out = match &spec.trace {
+        Some(path) => {
+            Some(std::fs::File::create(path).step(|| format!("create {}", path.display()))?)
+        }
+        None => None,
+    };
     enter(root_fd)?;
     // SAFETY: this process is single-threaded, so the child may run arbitrary code.
     match unsafe { fork() }.step(|| "fork the command".to_string())? {
-        ForkResult::Child => command::exec(spec),
-        ForkResult::Parent { child } => reap(child),
+        ForkResult::Child => {
+            if trace_out.is_some() {
+                trace::become_tracee();
+            }
+            command::exec(spec)
+        }
+        ForkResult::Parent { child } => match trace_out {
+            Some(out) => trace::trace(child, out),
+            None => reap(child),
+        },
     }
 }
 

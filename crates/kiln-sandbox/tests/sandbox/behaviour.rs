@@ -608,3 +608,35 @@ pub fn command_inherits_only_stdio(fx: &Fixture) -> TestResult {
     check!(out == "0 1 2 3 \n/dev/null\n0 1 2 4 5 ", "output: {out:?}");
     Ok(())
 }
+
+/// `RunSpec::trace`: successful opens, stats, accesses, readlinks and execs of every
+/// process (forks and a background child included), relative paths made absolute against
+/// the cwd; failed calls are not recorded and the exit status is kept.
+pub fn traced_paths(fx: &Fixture) -> TestResult {
+    let layer = fx.layer();
+    let out = layer.dir.path().join("traced");
+    let mut s = spec(
+        fx.root(&layer),
+        "mkdir -p /srv/app && echo x > /srv/app/data && echo y > /srv/bg && cd /srv/app && \
+         cat data >/dev/null; (sleep 0; test -e /etc/hostname-missing; cat ../bg) & wait; \
+         ls ./ >/dev/null; exit 3",
+    );
+    s.trace = Some(out.clone());
+    let (outcome, output) = run(&s).map_err(|e| e.to_string())?;
+    check!(outcome == Outcome::Exited(3), "{outcome:?}: {output}");
+    let bytes = std::fs::read(&out).map_err(|e| e.to_string())?;
+    let paths: Vec<&str> = bytes
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| std::str::from_utf8(p).unwrap())
+        .collect();
+    for want in ["/bin/sh", "/srv/app/data", "/srv/app", "/srv/app/../bg"] {
+        check!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    check!(
+        !paths.contains(&"/etc/hostname-missing"),
+        "a failed stat is recorded: {paths:?}"
+    );
+    check!(paths.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    Ok(())
+}

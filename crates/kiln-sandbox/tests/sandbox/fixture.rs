@@ -161,6 +161,7 @@ pub fn spec(root: RootFs, script: &str) -> RunSpec {
         hostname: "kiln-test".into(),
         fast_sync: false,
         interactive: false,
+        trace: None,
     }
 }
 

@@ -22,6 +22,7 @@ type Test = (&'static str, fn(&Fixture) -> TestResult);
 
 const TESTS: &[Test] = &[
     ("exit_codes_and_signals", behaviour::exit_codes_and_signals),
+    ("traced_paths", behaviour::traced_paths),
     (
         "command_not_found_is_127",
         behaviour::command_not_found_is_127,

@@ -2,6 +2,9 @@
 //! against real stores, namespaces, overlayfs and Debian's mirror.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod registry;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

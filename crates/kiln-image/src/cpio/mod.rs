@@ -1,15 +1,29 @@
-//! Writing cpio archives in the "newc" format, the one the Linux kernel unpacks as an
-//! initramfs. Archives are deterministic: entries in the order given (parents first),
-//! inode numbers counted from 1, owner root, one modification time for everything.
+//! cpio archives in the "newc" format, the one the Linux kernel unpacks as an initramfs:
+//! a writer ([`Writer`]), a reader ([`Reader`], `read.rs`), compression by magic number
+//! (`compress.rs`) and the file-system side of `kiln cpio` (`tree.rs`: `unpack`, which
+//! refuses entries that would land outside the target, `pack` and `merge`).
+//!
+//! Archives kiln writes are deterministic: entries in the order given (parents first),
+//! inode numbers counted from 1, and the times and owners the caller chose.
 //!
 //! Written here rather than with a crate: the format is a fixed ASCII header per entry,
 //! and the cpio crates on crates.io either read only or take their times and inode
 //! numbers from the host files, which would make the output differ between builds.
 
+mod compress;
+mod read;
+mod tree;
+
+pub use compress::{open as open_archive, Compression};
+pub use read::{read_all, Reader};
+pub use tree::{merge, normalize, pack, paths, unpack, write_file, Unpacked};
+
 use std::io::{self, Write};
 
-const MAGIC: &str = "070701";
-const TRAILER: &str = "TRAILER!!!";
+pub(crate) const MAGIC: &str = "070701";
+/// The variant with a checksum field (which readers may ignore, as the kernel does).
+pub(crate) const MAGIC_CRC: &str = "070702";
+pub(crate) const TRAILER: &str = "TRAILER!!!";
 
 /// What one archive entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +32,69 @@ pub enum Kind {
     File(Vec<u8>),
     /// A character device node: (major, minor).
     CharDevice(u32, u32),
+    /// A block device node: (major, minor).
+    BlockDevice(u32, u32),
+    /// A symbolic link to this target.
+    Symlink(String),
+    Fifo,
+}
+
+impl Kind {
+    /// The file-type bits of `st_mode`.
+    pub fn type_bits(&self) -> u32 {
+        match self {
+            Kind::Dir => 0o040000,
+            Kind::File(_) => 0o100000,
+            Kind::CharDevice(..) => 0o020000,
+            Kind::BlockDevice(..) => 0o060000,
+            Kind::Symlink(_) => 0o120000,
+            Kind::Fifo => 0o010000,
+        }
+    }
+
+    /// The bytes stored after the header: a file's contents, a link's target.
+    pub fn data(&self) -> &[u8] {
+        match self {
+            Kind::File(data) => data,
+            Kind::Symlink(target) => target.as_bytes(),
+            _ => &[],
+        }
+    }
+}
+
+/// One archive entry as read or to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// As stored (kiln writes paths relative, without `./`).
+    pub path: String,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+    pub kind: Kind,
+}
+
+impl Entry {
+    /// `ls -l`-style mode text: `drwxr-xr-x`.
+    pub fn mode_text(&self) -> String {
+        let t = match self.kind {
+            Kind::Dir => 'd',
+            Kind::File(_) => '-',
+            Kind::CharDevice(..) => 'c',
+            Kind::BlockDevice(..) => 'b',
+            Kind::Symlink(_) => 'l',
+            Kind::Fifo => 'p',
+        };
+        let mut s = String::from(t);
+        for shift in [6, 3, 0] {
+            let bits = (self.perm >> shift) & 7;
+            s.push(if bits & 4 != 0 { 'r' } else { '-' });
+            s.push(if bits & 2 != 0 { 'w' } else { '-' });
+            s.push(if bits & 1 != 0 { 'x' } else { '-' });
+        }
+        s
+    }
 }
 
 /// A newc archive being written to `out`.
@@ -28,24 +105,58 @@ pub struct Writer<W: Write> {
     written: u64,
 }
 
+/// Seconds since the epoch clamped to the format's 32-bit field.
+pub fn clamp_time(t: i64) -> u32 {
+    t.clamp(0, u32::MAX.into()) as u32
+}
+
 impl<W: Write> Writer<W> {
-    /// Every entry gets `mtime` (seconds since the epoch, clamped to the format's range).
+    /// Entries added with [`Writer::add`] get `mtime` (seconds since the epoch, clamped
+    /// to the format's range) and owner root.
     pub fn new(out: W, mtime: i64) -> Writer<W> {
         Writer {
             out,
-            mtime: mtime.clamp(0, u32::MAX.into()) as u32,
+            mtime: clamp_time(mtime),
             next_ino: 1,
             written: 0,
         }
     }
 
-    /// Adds `path` (relative, no leading `/`) with permission bits `perm`.
+    /// Adds `path` (relative, no leading `/`) with permission bits `perm`, owned by root.
     pub fn add(&mut self, path: &str, perm: u32, kind: &Kind) -> io::Result<()> {
-        let (type_bits, data, rdev): (u32, &[u8], (u32, u32)) = match kind {
-            Kind::Dir => (0o040000, &[], (0, 0)),
-            Kind::File(data) => (0o100000, data, (0, 0)),
-            Kind::CharDevice(major, minor) => (0o020000, &[], (*major, *minor)),
+        self.write_entry(path, perm, (0, 0), self.mtime, kind)
+    }
+
+    /// Adds `entry` with its own owner and time.
+    pub fn add_entry(&mut self, entry: &Entry) -> io::Result<()> {
+        self.write_entry(
+            &entry.path,
+            entry.perm,
+            (entry.uid, entry.gid),
+            entry.mtime,
+            &entry.kind,
+        )
+    }
+
+    fn write_entry(
+        &mut self,
+        path: &str,
+        perm: u32,
+        owner: (u32, u32),
+        mtime: u32,
+        kind: &Kind,
+    ) -> io::Result<()> {
+        if path.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path:?}: a NUL byte in a name"),
+            ));
+        }
+        let rdev = match kind {
+            Kind::CharDevice(major, minor) | Kind::BlockDevice(major, minor) => (*major, *minor),
+            _ => (0, 0),
         };
+        let data = kind.data();
         let size = u32::try_from(data.len()).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -55,39 +166,45 @@ impl<W: Write> Writer<W> {
         let ino = self.next_ino;
         self.next_ino += 1;
         let nlink = if matches!(kind, Kind::Dir) { 2 } else { 1 };
-        self.entry(path, ino, type_bits | (perm & 0o7777), nlink, size, rdev)?;
+        let header = Header {
+            ino,
+            mode: kind.type_bits() | (perm & 0o7777),
+            uid: owner.0,
+            gid: owner.1,
+            nlink,
+            mtime,
+            size,
+            rdev,
+        };
+        self.entry(path, &header)?;
         self.write_padded(data)
     }
 
     /// Writes the trailer and returns the output and the archive's size.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        self.entry(TRAILER, 0, 0, 1, 0, (0, 0))?;
+        let trailer = Header {
+            nlink: 1,
+            ..Header::default()
+        };
+        self.entry(TRAILER, &trailer)?;
         self.out.flush()?;
         Ok((self.out, self.written))
     }
 
-    fn entry(
-        &mut self,
-        name: &str,
-        ino: u32,
-        mode: u32,
-        nlink: u32,
-        size: u32,
-        rdev: (u32, u32),
-    ) -> io::Result<()> {
+    fn entry(&mut self, name: &str, h: &Header) -> io::Result<()> {
         let name_size = name.len() + 1;
         let fields = [
-            ino,
-            mode,
+            h.ino,
+            h.mode,
+            h.uid,
+            h.gid,
+            h.nlink,
+            h.mtime,
+            h.size,
             0,
             0,
-            nlink,
-            self.mtime,
-            size,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
+            h.rdev.0,
+            h.rdev.1,
             name_size as u32,
             0,
         ];
@@ -110,6 +227,19 @@ impl<W: Write> Writer<W> {
         self.written += (bytes.len() + pad) as u64;
         Ok(())
     }
+}
+
+/// The header fields kiln writes (the device of the archived file stays 0).
+#[derive(Debug, Default)]
+struct Header {
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
 }
 
 #[cfg(test)]
