@@ -227,7 +227,7 @@ fn explain(e: &OciDistributionError, hints: &Hints) -> String {
 }
 
 /// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

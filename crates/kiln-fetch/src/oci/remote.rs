@@ -15,7 +15,7 @@
 //! own digest across resumed ranges (the crate verifies only whole-blob responses).
 
 use super::reference::OciRef;
-use super::registry::Registry;
+use super::registry::{chain, Registry};
 use super::settings::{Endpoint, RegistrySettings, Role, INSECURE_ENV};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -793,21 +793,6 @@ fn innermost(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     last
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// `sha256:<hex>` of `bytes`.
