@@ -36,6 +36,14 @@ CREATE INDEX IF NOT EXISTS layers_use ON layers(use_seq);
 const SELECT_INFO: &str = "SELECT l.meta, l.last_used, l.size,
     (SELECT COUNT(*) FROM layers c WHERE c.parent = l.id) FROM layers l";
 
+/// Whether SQLite refused because another connection holds a lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// A connection to `index.sqlite`.
 pub(crate) struct Index {
     conn: Mutex<Connection>,
@@ -44,17 +52,45 @@ pub(crate) struct Index {
 
 impl Index {
     /// Opens (creating) the index and brings its schema up to date.
+    ///
+    /// SQLite answers some conflicts at once with "database is locked" instead of waiting
+    /// in its busy handler (a journal mode switch while another process creates the same
+    /// new index, a lock upgrade it sees as a possible deadlock): kiln processes that open
+    /// one store together retry the whole opening, for as long as the busy timeout.
     pub fn open(path: &Path) -> Result<Index, StoreError> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Index { source, .. })
+                    if is_busy(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Index, StoreError> {
         let err = |source| StoreError::Index {
             path: path.to_path_buf(),
             source,
         };
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        // The mode is persistent; switching needs a moment without other writers.
+        // The mode is persistent: switch (which needs a moment without other writers)
+        // only when the index is not in WAL mode yet.
         let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(err)?;
+        let mode = if mode.eq_ignore_ascii_case("wal") {
+            mode
+        } else {
+            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(err)?
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(
                 "store index {}: journal mode is {mode}, not WAL",
@@ -270,5 +306,36 @@ impl RawInfo {
             size: self.size.max(0) as u64,
             children: self.children.max(0) as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many connections creating one new index at once, as the kiln processes of a test
+    /// run do with a fresh shared store: every one opens it, none reports it locked.
+    #[test]
+    fn concurrent_opens_of_a_new_index_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.sqlite");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opened: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Index::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for handle in opened {
+                    if let Err(e) = handle.join().unwrap() {
+                        panic!("round {round}: {e}");
+                    }
+                }
+            });
+        }
     }
 }
