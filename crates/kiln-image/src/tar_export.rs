@@ -149,7 +149,7 @@ fn append_xattrs<W: Write>(
     if let Some(mtime) = mtime {
         records.push(("mtime".to_string(), mtime.into_bytes()));
     }
-    for name in names {
+    for name in names.into_iter().filter(|n| exported_xattr(n)) {
         if let Some(value) = get_xattr(path, &name) {
             records.push((format!("SCHILY.xattr.{name}"), value));
         }
@@ -160,6 +160,18 @@ fn append_xattrs<W: Write>(
     builder
         .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
         .map_err(|e| ImageError::io(path, e))
+}
+
+/// Whether an extended attribute belongs in the archive. overlayfs keeps bookkeeping of
+/// its own in an upper directory: `origin` (a file handle of the lower file, meaningless
+/// on another file system, and binary: a newline in it also breaks the `tar` crate's pax
+/// reader, which splits records at newlines), `impure`, `nlink`, `upper`, `index`. Only
+/// `opaque` says something about the tree (its directory hides the layers below).
+fn exported_xattr(name: &str) -> bool {
+    match name.strip_prefix("trusted.overlay.") {
+        Some(rest) => rest == "opaque",
+        None => true,
+    }
 }
 
 fn list_xattrs(path: &Path) -> Vec<String> {
@@ -211,6 +223,63 @@ fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// overlayfs' own bookkeeping in an upper directory stays out of the archive (a binary
+    /// `origin` with a newline made the `tar` crate's reader refuse the whole entry); its
+    /// opaque marker and ordinary xattrs go in, and every pax record reads back.
+    #[test]
+    fn overlay_bookkeeping_xattrs_are_left_out_and_opaque_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("work");
+        fs::create_dir(&dir).unwrap();
+        let set = |name: &str, value: &[u8]| {
+            xattr_set(&dir, name, value).unwrap_or_else(|e| panic!("setting {name}: {e}"))
+        };
+        set("trusted.overlay.origin", b"\x00\xfb\n\x01handle\n");
+        set("trusted.overlay.impure", b"y");
+        set("trusted.overlay.opaque", b"y");
+        set("user.note", b"kept");
+        let mut out = Vec::new();
+        write_tar(root.path(), &mut out).unwrap();
+        let mut archive = tar::Archive::new(out.as_slice());
+        let mut keys = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if let Some(pax) = entry.pax_extensions().unwrap() {
+                for ext in pax {
+                    keys.push(ext.unwrap().key().unwrap().to_string());
+                }
+            }
+        }
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "SCHILY.xattr.trusted.overlay.opaque",
+                "SCHILY.xattr.user.note"
+            ]
+        );
+    }
+
+    fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: both strings are NUL-terminated; value is a valid buffer of its length.
+        let r = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
 
     #[test]
     fn archives_owners_modes_links_and_devices() {
