@@ -36,6 +36,16 @@
 //! On failure it says why on the console, lists the block devices it saw, and powers
 //! the machine off, so a VM under test stops at once instead of hanging in a panic.
 
+/// A line on the console (stderr) in one `write`: `eprintln!` writes each formatted piece
+/// on its own, and the kernel's messages on the same serial port land between them.
+macro_rules! console {
+    ($($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }};
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs;
@@ -178,7 +188,7 @@ fn hand_over(
     for path in ["/lib", "/etc", "/init"] {
         let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
     }
-    eprintln!(
+    console!(
         "kiln-init: root {} mounted {} after {:.2} s ({modules} modules), starting {init}",
         device.display(),
         if params.rw { "rw" } else { "ro" },
@@ -320,7 +330,7 @@ impl<'c> Loader<'c> {
         }
         if let Err(e) = sys::load_module(path) {
             // A driver for hardware that is not quite there (ENODEV) must not stop the boot.
-            eprintln!("kiln-init: {name}: {e}");
+            console!("kiln-init: {name}: {e}");
         }
     }
 }
@@ -788,7 +798,7 @@ mod appliance {
     ) -> Result<std::convert::Infallible, String> {
         let p = AppParams::parse(cmdline);
         for e in &p.errors {
-            eprintln!("kiln-init: {e}");
+            console!("kiln-init: {e}");
         }
         for (target, mode) in [("/tmp", "mode=1777"), ("/run", "mode=755")] {
             let _ = fs::create_dir_all(target);
@@ -796,17 +806,17 @@ mod appliance {
         }
         let modules = load_drivers(config);
         if let Err(e) = sys::interface_up("lo") {
-            eprintln!("kiln-init: {e}");
+            console!("kiln-init: {e}");
         }
         if let Some((addr, mask)) = p.ip {
             configure_eth0(addr, mask, p.gateway)?;
         }
-        eprintln!(
+        console!(
             "kiln-init: appliance up after {:.2} s ({modules} modules)",
             started.elapsed().as_secs_f64()
         );
         if p.debug {
-            eprintln!("kiln-init: appDebug: a shell before prerun; exit it to go on");
+            console!("kiln-init: appDebug: a shell before prerun; exit it to go on");
             shell("/bin/sh");
         }
         phase("prerun", "/app/prerun", &[]);
@@ -866,11 +876,11 @@ mod appliance {
     fn phase(name: &str, program: &str, args: &[String]) {
         if program.starts_with('/') && fs::symlink_metadata(program).is_err() {
             if program == RUN {
-                eprintln!("kiln-init: {name}: {program} is missing");
+                console!("kiln-init: {name}: {program} is missing");
             }
             return;
         }
-        eprintln!("kiln-init: {name}: starting");
+        console!("kiln-init: {name}: starting");
         let status = Command::new(program)
             .args(args)
             .env_clear()
@@ -881,11 +891,11 @@ mod appliance {
             .status();
         match status {
             Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                (Some(code), _) => eprintln!("kiln-init: {name}: exit status {code}"),
-                (None, Some(sig)) => eprintln!("kiln-init: {name}: killed by signal {sig}"),
-                _ => eprintln!("kiln-init: {name}: ended"),
+                (Some(code), _) => console!("kiln-init: {name}: exit status {code}"),
+                (None, Some(sig)) => console!("kiln-init: {name}: killed by signal {sig}"),
+                _ => console!("kiln-init: {name}: ended"),
             },
-            Err(e) => eprintln!("kiln-init: {name}: cannot run {program}: {e}"),
+            Err(e) => console!("kiln-init: {name}: cannot run {program}: {e}"),
         }
         reap_orphans();
     }
@@ -904,7 +914,7 @@ mod appliance {
     /// An interactive shell on the console; false when the appliance has none.
     fn shell(program: &str) -> bool {
         if !Path::new(program).exists() {
-            eprintln!("kiln-init: the appliance has no {program} (add it with --include)");
+            console!("kiln-init: the appliance has no {program} (add it with --include)");
             return false;
         }
         let mut cmd = Command::new(program);
@@ -922,8 +932,8 @@ mod appliance {
             })
         };
         match cmd.status() {
-            Ok(s) => eprintln!("kiln-init: {program}: {s}"),
-            Err(e) => eprintln!("kiln-init: {program}: {e}"),
+            Ok(s) => console!("kiln-init: {program}: {s}"),
+            Err(e) => console!("kiln-init: {program}: {e}"),
         }
         reap_orphans();
         true
@@ -933,7 +943,7 @@ mod appliance {
         match end {
             End::Halt => {}
             End::Reboot => {
-                eprintln!("kiln-init: appEnd=reboot: rebooting");
+                console!("kiln-init: appEnd=reboot: rebooting");
                 sys::reboot_now();
             }
             End::Shell => {
@@ -951,7 +961,7 @@ mod appliance {
             End::Shell => "shell",
             End::Bash => "bash",
         };
-        eprintln!("kiln-init: appEnd={name}: powering off");
+        console!("kiln-init: appEnd={name}: powering off");
         sys::power_off()
     }
 
@@ -960,7 +970,7 @@ mod appliance {
     fn sshd() {
         let sshd = "/usr/sbin/sshd";
         if !Path::new(sshd).exists() {
-            eprintln!("kiln-init: appEnd=sshd: the appliance has no {sshd}");
+            console!("kiln-init: appEnd=sshd: the appliance has no {sshd}");
             return;
         }
         let _ = fs::create_dir_all("/run/sshd");
@@ -973,7 +983,7 @@ mod appliance {
                 &["-q", "-t", "ed25519", "-N", "", "-f", key].map(String::from),
             );
         }
-        eprintln!("kiln-init: appEnd=sshd: starting {sshd}");
+        console!("kiln-init: appEnd=sshd: starting {sshd}");
         phase("sshd", sshd, &["-D", "-e", "-h", key].map(String::from));
     }
 }
@@ -1094,7 +1104,7 @@ mod agent {
             user_network(&mut undo)?;
         }
         let port = find_port()?;
-        eprintln!(
+        console!(
             "kiln-init: agent ready on {} after {:.2} s",
             port.display(),
             started.elapsed().as_secs_f64()
@@ -1256,7 +1266,7 @@ mod agent {
             let remounted = sys::remount_read_only("/");
             if let Err(e) = undone.and(remounted) {
                 // The disk is synced either way; say what was left behind.
-                eprintln!("kiln-init: shutdown: {e}");
+                console!("kiln-init: shutdown: {e}");
             }
             let _ = self.send(&Response::ShutdownAck);
             sys::power_off()
