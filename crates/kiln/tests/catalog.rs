@@ -39,25 +39,6 @@ fn small_image(store: &Path, dir: &Path, name: &str, mib: u32, extra_shell: &str
     image
 }
 
-fn json(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", run.stdout, run.stderr))
-}
-
-fn fails(run: Run, needle: &str) -> Run {
-    assert_ne!(
-        run.code, 0,
-        "expected a failure\n{}\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(
-        run.stderr.contains(needle),
-        "expected {needle:?} in stderr:\n{}",
-        run.stderr
-    );
-    run
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex_string(&sha2::Sha256::digest(data))

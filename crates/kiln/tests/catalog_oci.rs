@@ -15,25 +15,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-fn json(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", run.stdout, run.stderr))
-}
-
-fn fails(run: Run, needle: &str) -> Run {
-    assert_ne!(
-        run.code, 0,
-        "expected a failure\n{}\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(
-        run.stderr.contains(needle),
-        "expected {needle:?} in stderr:\n{}",
-        run.stderr
-    );
-    run
-}
-
 /// A small raw disk: 2 MiB of random data, then a 14 MiB hole, then 64 KiB of data.
 fn raw_disk(path: &Path) {
     let mut random = vec![0u8; 2 << 20];

@@ -298,3 +298,24 @@ pub fn kiln_stdin(store: &Path, dir: &Path, args: &[&str], input: &str) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A run's stdout as JSON (`--json`), or a panic showing what it printed.
+pub fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", run.stdout, run.stderr))
+}
+
+/// Asserts that `run` failed with `needle` in its stderr.
+pub fn fails(run: Run, needle: &str) -> Run {
+    assert_ne!(
+        run.code, 0,
+        "expected a failure\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains(needle),
+        "expected {needle:?} in stderr:\n{}",
+        run.stderr
+    );
+    run
+}
