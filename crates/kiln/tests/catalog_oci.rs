@@ -6,7 +6,7 @@
 mod common;
 
 use common::fault_proxy::FaultProxy;
-use common::registry::Registry;
+use common::registry::{skopeo_raw, Registry};
 use common::*;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -64,20 +64,6 @@ fn sha256_file(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-fn skopeo_raw(image: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo (apt-get install skopeo)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Everything under `dir`, relative, sorted (directories included).

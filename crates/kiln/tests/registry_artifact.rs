@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::registry::Registry;
+use common::registry::{skopeo_raw, Registry};
 use common::*;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -62,20 +62,6 @@ fn qcow2(dir: &Path) -> std::path::PathBuf {
     );
     fs::remove_file(&raw).unwrap();
     q
-}
-
-fn skopeo_raw(image: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo (apt-get install skopeo)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -76,3 +76,18 @@ impl Registry {
             .join("data")
     }
 }
+
+/// `skopeo inspect --raw` of `image` (HOST:PORT/REPO:TAG on a plain-HTTP registry): its manifest.
+pub fn skopeo_raw(image: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
