@@ -23,7 +23,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use tar::EntryType;
+use tar_core::EntryType;
 
 /// How `.wh.` entries are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +69,13 @@ pub(crate) fn unpack(
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
-        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    let mut archive = TarReader::new(reader);
+    while let Some(entry) = archive.next_entry().map_err(UnpackError::Read)? {
         unpacker.stats.entries += 1;
         unpacker
-            .entry(&mut entry)
+            .entry(&entry, &mut archive)
             .map_err(|message| UnpackError::Entry {
-                entry: shown,
+                entry: String::from_utf8_lossy(&entry.path).into_owned(),
                 message,
             })?;
     }
@@ -111,8 +109,10 @@ pub(crate) fn unpack_compressed(
 }
 
 mod create;
+mod reader;
 
-use create::{device_numbers, make_file, make_node, make_symlink, read_meta, set_dir_meta, Meta};
+use create::{make_file, make_node, make_symlink, read_meta, set_dir_meta, Meta};
+use reader::{Entry, Expanded, TarReader};
 
 /// A step's failure, already worded for the user.
 type Step<T> = Result<T, String>;
@@ -128,12 +128,9 @@ struct Unpacker {
 }
 
 impl Unpacker {
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Step<()> {
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader) {
-            return Ok(());
-        }
-        let comps = normalize(&entry.path_bytes())?;
+    fn entry<R: Read>(&mut self, entry: &Entry, archive: &mut TarReader<R>) -> Step<()> {
+        let kind = entry.kind;
+        let comps = normalize(&entry.path)?;
         if self.whiteouts == Whiteouts::Apply {
             if let Some((dir, name)) = comps.split_last().map(|(n, d)| (d, n)) {
                 if let Some(target) = name.as_bytes().strip_prefix(b".wh.") {
@@ -148,18 +145,27 @@ impl Unpacker {
         let parent = self.parent(dir, true)?.ok_or("parent directory vanished")?;
         match kind {
             EntryType::Directory => self.make_dir(&parent, &comps, meta)?,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => make_file(&parent, name, entry, &meta, &mut self.stats)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GnuSparse => {
+                let mut content = archive.content();
+                match &entry.sparse {
+                    None => make_file(&parent, name, &mut content, &meta, &mut self.stats)?,
+                    Some((regions, size)) => {
+                        let mut full = Expanded::new(content, regions, *size).map_err(|e| e.to_string())?;
+                        make_file(&parent, name, &mut full, &meta, &mut self.stats)?
+                    }
+                }
+            }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or("symlink without a target")?.into_owned();
-                make_symlink(&parent, name, &target, &meta, &mut self.stats)?;
+                let target = entry.link.as_deref().ok_or("symlink without a target")?;
+                make_symlink(&parent, name, target, &meta, &mut self.stats)?;
             }
             EntryType::Link => {
-                let raw = entry.link_name_bytes().ok_or("hard link without a target")?.into_owned();
-                let target = normalize(&raw).map_err(|e| format!("hard link target `{}`: {e}", String::from_utf8_lossy(&raw)))?;
+                let raw = entry.link.as_deref().ok_or("hard link without a target")?;
+                let target = normalize(raw).map_err(|e| format!("hard link target `{}`: {e}", String::from_utf8_lossy(raw)))?;
                 self.make_hardlink(&parent, name, &comps, &target)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (major, minor) = device_numbers(entry.header())?;
+                let (major, minor) = entry.device;
                 make_node(&parent, name, kind, libc::makedev(major, minor), &meta, &mut self.stats)?;
             }
             other => return Err(format!("unsupported entry type {other:?}; only files, directories, links, devices and FIFOs are allowed")),
@@ -371,6 +377,7 @@ fn shown(comps: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tar::EntryType;
 
     #[test]
     fn normalize_refuses_escapes() {
@@ -538,5 +545,166 @@ mod tests {
         assert!(outside.path().join("victim").exists());
         layer(root.path(), &[("link/.wh..wh..opq", F, "")]).unwrap_err();
         assert!(outside.path().join("victim").exists());
+    }
+
+    /// One pax record: its length counts its own digits.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body = 3 + key.len() + value.len(); // ' ', '=', '\n'
+        let mut len = body + 1;
+        while len != body + len.to_string().len() {
+            len = body + len.to_string().len();
+        }
+        let mut out = format!("{len} {key}=").into_bytes();
+        out.extend_from_slice(value);
+        out.push(b'\n');
+        out
+    }
+
+    /// Appends a pax header carrying `records`, then `kind` at `path` (its ustar name).
+    fn append_with_pax(
+        b: &mut tar::Builder<Vec<u8>>,
+        records: &[(&str, &[u8])],
+        path: &str,
+        kind: EntryType,
+        data: &str,
+    ) {
+        let pax: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(EntryType::XHeader);
+        x.set_path("PaxHeaders/x").unwrap();
+        x.set_size(pax.len() as u64);
+        x.set_mode(0o644);
+        x.set_cksum();
+        b.append(&x, &pax[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_path(path).unwrap();
+        if kind == S {
+            h.set_link_name(data).unwrap();
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+    }
+
+    fn xattr(path: &Path, name: &str) -> Vec<u8> {
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: both strings are NUL-terminated and `buf` is as long as we say.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getxattr: {}", io::Error::last_os_error());
+        buf.truncate(n as usize);
+        buf
+    }
+
+    /// Binary xattr values with newline bytes (file capabilities, overlayfs' handles) come
+    /// back whole, and the text after such a newline is not taken for a record: a fake
+    /// `linkpath` inside a value does not redirect a symlink.
+    #[test]
+    fn pax_values_may_hold_newlines() {
+        let cap: &[u8] = b"\x01\x00\x00\x02\n\x00\x0a22 linkpath=/etc/evil\n";
+        let mut b = tar::Builder::new(Vec::new());
+        append_with_pax(
+            &mut b,
+            &[("SCHILY.xattr.trusted.kiln", cap)],
+            "f",
+            F,
+            "data",
+        );
+        append_with_pax(
+            &mut b,
+            &[("comment", b"a\n22 linkpath=/etc/evil\n")],
+            "l",
+            S,
+            "harmless",
+        );
+        let root = tempfile::tempdir().unwrap();
+        unpack(&b.into_inner().unwrap()[..], root.path(), Whiteouts::Apply).unwrap();
+        assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"data");
+        assert_eq!(xattr(&root.path().join("f"), "trusted.kiln"), cap);
+        assert_eq!(
+            std::fs::read_link(root.path().join("l")).unwrap(),
+            Path::new("harmless")
+        );
+    }
+
+    /// Go's archive/tar (Docker, BuildKit) sorts pax keys: `SCHILY.xattr.*` comes before
+    /// `path`. A newline in the xattr must not cost the long path that follows it.
+    #[test]
+    fn a_long_pax_path_after_a_binary_xattr_is_kept() {
+        let long = format!("d/{}", "n".repeat(150));
+        let mut b = tar::Builder::new(Vec::new());
+        append_with_pax(&mut b, &[], "d", D, "");
+        append_with_pax(
+            &mut b,
+            &[
+                ("SCHILY.xattr.trusted.kiln", b"\n"),
+                ("mtime", b"1700000000.25"),
+                ("path", long.as_bytes()),
+            ],
+            "d/truncated",
+            F,
+            "x",
+        );
+        let root = tempfile::tempdir().unwrap();
+        unpack(&b.into_inner().unwrap()[..], root.path(), Whiteouts::Apply).unwrap();
+        assert_eq!(listing(root.path()), ["d", long.as_str()]);
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(root.path().join(&long)).unwrap();
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec()),
+            (1_700_000_000, 250_000_000)
+        );
+    }
+
+    /// GNU tar's sparse files (`tar --sparse`) come back with the same bytes.
+    #[test]
+    fn gnu_sparse_files_unpack_whole() {
+        let src = tempfile::tempdir().unwrap();
+        let file = src.path().join("sparse");
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(&file).unwrap();
+            f.set_len(8 << 20).unwrap();
+            f.write_all_at(b"start", 0).unwrap();
+            f.write_all_at(b"middle", 3 << 20).unwrap();
+        }
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", "--format=gnu", "-cf", "-", "-C"])
+            .arg(src.path())
+            .arg("sparse")
+            .output()
+            .expect("GNU tar (Debian package `tar`)");
+        assert!(out.status.success());
+        let root = tempfile::tempdir().unwrap();
+        unpack(&out.stdout[..], root.path(), Whiteouts::Literal).unwrap();
+        assert_eq!(
+            std::fs::read(root.path().join("sparse")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_truncated_archive_is_an_error() {
+        let whole = tar(&[("a", F, &"x".repeat(5000))]);
+        for cut in [100, 700, 3000] {
+            let root = tempfile::tempdir().unwrap();
+            let err = unpack(&whole[..cut], root.path(), Whiteouts::Apply).unwrap_err();
+            assert!(err.to_string().contains("ends inside"), "{cut}: {err}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! parent directory, and restoring its metadata: owner, then mode (chown clears set-id
 //! bits), then extended attributes (chown clears file capabilities), then times.
 
+use super::reader::Entry;
 use super::{Step, UnpackStats};
 use crate::fsutil;
 use nix::fcntl::{AtFlags, OFlag};
@@ -15,7 +16,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use tar::EntryType;
+use tar_core::EntryType;
 
 /// Ownership, mode, times and extended attributes of one entry.
 pub(super) struct Meta {
@@ -26,97 +27,24 @@ pub(super) struct Meta {
     xattrs: Vec<(CString, Vec<u8>)>,
 }
 
-/// Reads mode, owner, mtime and xattrs, pax records overriding the ustar header.
-pub(super) fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Step<Meta> {
-    let mut uid = None;
-    let mut gid = None;
-    let mut mtime = None;
-    let mut xattrs = Vec::new();
-    if let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| format!("reading pax headers: {e}"))?
-    {
-        for ext in pax {
-            let ext = ext.map_err(|e| format!("reading pax headers: {e}"))?;
-            let value = ext.value_bytes();
-            match ext.key_bytes() {
-                b"uid" => uid = Some(parse_id(value)?),
-                b"gid" => gid = Some(parse_id(value)?),
-                b"mtime" => mtime = Some(parse_pax_time(value)?),
-                key => {
-                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                        let name = CString::new(name).map_err(|_| "xattr name contains NUL")?;
-                        xattrs.push((name, value.to_vec()));
-                    }
-                }
-            }
-        }
-    }
-    let header = entry.header();
-    let bad = |what: &str, e: io::Error| format!("invalid {what} in the tar header: {e}");
-    let uid = match uid {
-        Some(uid) => uid,
-        None => u32::try_from(header.uid().map_err(|e| bad("uid", e))?)
-            .map_err(|_| "uid out of range")?,
-    };
-    let gid = match gid {
-        Some(gid) => gid,
-        None => u32::try_from(header.gid().map_err(|e| bad("gid", e))?)
-            .map_err(|_| "gid out of range")?,
-    };
-    let mtime = match mtime {
-        Some(t) => t,
-        None => TimeSpec::new(
-            i64::try_from(header.mtime().map_err(|e| bad("mtime", e))?)
-                .map_err(|_| "mtime out of range")?,
-            0,
-        ),
-    };
+/// Mode, owner, mtime and xattrs of an entry, every extension applied.
+pub(super) fn read_meta(entry: &Entry) -> Step<Meta> {
+    let id = |what: &str, v: u64| u32::try_from(v).map_err(|_| format!("{what} {v} out of range"));
+    let xattrs = entry
+        .xattrs
+        .iter()
+        .map(|(name, value)| {
+            let name = CString::new(name.clone()).map_err(|_| "xattr name contains NUL")?;
+            Ok((name, value.clone()))
+        })
+        .collect::<Step<_>>()?;
     Ok(Meta {
-        mode: header.mode().map_err(|e| bad("mode", e))? & 0o7777,
-        uid,
-        gid,
-        mtime,
+        mode: entry.mode,
+        uid: id("uid", entry.uid)?,
+        gid: id("gid", entry.gid)?,
+        mtime: TimeSpec::new(entry.mtime.0, i64::from(entry.mtime.1)),
         xattrs,
     })
-}
-
-fn parse_id(value: &[u8]) -> Step<u32> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "invalid uid/gid in pax header".into())
-}
-
-/// Parses a pax time such as `1700000000` or `1700000000.25`.
-fn parse_pax_time(value: &[u8]) -> Step<TimeSpec> {
-    let text = std::str::from_utf8(value).map_err(|_| "invalid pax mtime")?;
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs: i64 = secs
-        .parse()
-        .map_err(|_| format!("invalid pax mtime `{text}`"))?;
-    let digits: String = frac.chars().take(9).collect();
-    let nanos = if digits.is_empty() {
-        0
-    } else {
-        let n: i64 = digits
-            .parse()
-            .map_err(|_| format!("invalid pax mtime `{text}`"))?;
-        n * 10_i64.pow(9 - digits.len() as u32)
-    };
-    Ok(TimeSpec::new(secs, nanos))
-}
-
-pub(super) fn device_numbers(header: &tar::Header) -> Step<(u32, u32)> {
-    let major = header
-        .device_major()
-        .map_err(|e| format!("invalid device major: {e}"))?
-        .unwrap_or(0);
-    let minor = header
-        .device_minor()
-        .map_err(|e| format!("invalid device minor: {e}"))?
-        .unwrap_or(0);
-    Ok((major, minor))
 }
 
 /// Owner, then mode (chown clears set-id bits), then xattrs (chown clears capabilities).
@@ -298,19 +226,4 @@ fn set_xattrs(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pax_times_keep_fractions() {
-        assert_eq!(
-            parse_pax_time(b"12.5").unwrap(),
-            TimeSpec::new(12, 500_000_000)
-        );
-        assert_eq!(parse_pax_time(b"7").unwrap(), TimeSpec::new(7, 0));
-        assert!(parse_pax_time(b"x").is_err());
-    }
 }
