@@ -2,6 +2,9 @@
 # kiln deploy vs udpcast (Debian's udp-sender/udp-receiver) on one network built here:
 # a server namespace with a bridge and 8 receiver namespaces on veth pairs (as root).
 #   1. kiln load time for N = 1..8 receivers; N=8 / N=1                       goal ≤ 1.15×
+#      with the host's CPU use and the bytes the server sent (each chunk once, whatever
+#      N); then N=1 and N=8 again at SLOW_RATE (200m): all 8 "nodes" share this host's
+#      CPUs, so at the full rate N=8 can be CPU-bound where real nodes would not be.
 #   2. throughput (disk bytes delivered per second) kiln / udpcast, N=8,
 #      without loss and with 5 % loss on every receiver link (tc netem)      goal ≥ 1.0×
 #      udpcast sends the raw disk, as it is used; a second row pipes it a
@@ -122,11 +125,16 @@ check() { # target file: kiln must deliver the source disk
   same "$1" || { echo "bench: $1 differs from the source" >&2; exit 1; }
 }
 
-# kiln with N receivers; prints seconds from start to the last receiver's end.
+# Busy and total jiffies of the whole host (every CPU), from /proc/stat.
+cpu_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t - $5 - $6, t}' /proc/stat; }
+
+# kiln with N receivers (RATE: the server's cap, default $RATE); prints seconds from start
+# to the last receiver's end, then the bytes the server sent and the host's busy share.
 kiln_round() {
-  local n=$1 t0 t1
+  local n=$1 rate=${2:-$RATE} t0 t1 c0 c1
+  read -r -a c0 < <(cpu_ticks)
   ip netns exec "$s" "$KILN" deploy serve "$work/disk.kzi" --group 239.192.9.1:7200 --iface br0 \
-    --rate "${RATE^^}" --idle-timeout 2 >/dev/null 2>&1 &
+    --rate "${rate^^}" --idle-timeout 2 --json >"$work/serve.json" 2>/dev/null &
   local server=$!
   t0=$(now)
   local pids=()
@@ -137,9 +145,11 @@ kiln_round() {
   done
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(now)
+  read -r -a c1 < <(cpu_ticks)
   wait "$server"
   for i in $(seq 1 "$n"); do check "$work/k$i.raw"; done
-  secs "$t0" "$t1"
+  echo "$(secs "$t0" "$t1") $(sed -n 's/.*"data_bytes": *\([0-9]*\).*/\1/p' "$work/serve.json")" \
+    "$(echo "100 * (${c1[0]} - ${c0[0]}) / (${c1[1]} - ${c0[1]})" | bc -l)"
 }
 
 # udpcast with N receivers: raw file, or (mode zstd) a zstd stream decompressed on arrival.
@@ -165,17 +175,22 @@ udpcast_round() {
 }
 
 printf 'n\tkiln_s\n' > "$out/deploy-scaling.tsv"
-declare -A kt
+declare -A kt kb kc
 for n in $(seq 1 $N_MAX); do
-  kt[$n]=$(kiln_round "$n")
+  read -r kt[$n] kb[$n] kc[$n] < <(kiln_round "$n")
   printf '%s\t%.3f\n' "$n" "${kt[$n]}" >> "$out/deploy-scaling.tsv"
 done
 printf 'kiln N=1..8 (s):'; for n in $(seq 1 $N_MAX); do printf ' %.2f' "${kt[$n]}"; done; echo
+# The same at a slower link, where this host's 2 CPUs, not the network, are no longer
+# what 8 receivers wait for (each receiver here shares the host; a real node has its own).
+SLOW_RATE=${SLOW_RATE:-200m}
+read -r st1 sb1 sc1 < <(kiln_round 1 "$SLOW_RATE")
+read -r st8 sb8 sc8 < <(kiln_round $N_MAX "$SLOW_RATE")
 u1=$(udpcast_round 1 raw)
 u8=$(udpcast_round $N_MAX raw)
 z8=$(udpcast_round $N_MAX zstd)
 set_loss 5
-kl=$(kiln_round $N_MAX)
+read -r kl _ _ < <(kiln_round $N_MAX)
 ul=$(udpcast_round $N_MAX raw)
 zl=$(udpcast_round $N_MAX zstd)
 set_loss 0
@@ -188,6 +203,11 @@ row "benchmark (1 GiB disk, $RATE cap)" "kiln" "peer" "ratio"
 row "---------" "----" "----" "-----"
 for n in $(seq 1 $N_MAX); do row "kiln load, N=$n (s)" "$(f2 "${kt[$n]}")" "" ""; done
 row "N=8 over N=1 time (goal <= 1.15x)" "$(f2 "${kt[8]}")" "$(f2 "${kt[1]}")" "$(ratio "${kt[8]}" "${kt[1]}")"
+row "  host CPU busy (%), N=8 | N=1" "$(printf %.0f "${kc[8]}")" "$(printf %.0f "${kc[1]}")" ""
+row "  bytes the server sent, N=8 over N=1 (MiB)" "$((kb[8] >> 20))" "$((kb[1] >> 20))" "$(ratio "${kb[8]}" "${kb[1]}")"
+row "N=8 over N=1 time at $SLOW_RATE (goal <= 1.15x)" "$(f2 "$st8")" "$(f2 "$st1")" "$(ratio "$st8" "$st1")"
+row "  host CPU busy at $SLOW_RATE (%), N=8 | N=1" "$(printf %.0f "$sc8")" "$(printf %.0f "$sc1")" ""
+row "  bytes the server sent at $SLOW_RATE, N=8 over N=1" "$((sb8 >> 20))" "$((sb1 >> 20))" "$(ratio "$sb8" "$sb1")"
 row "udpcast raw N=1 / N=8 (s)" "" "$(f2 "$u1") / $(f2 "$u8")" ""
 # Throughput = disk bytes delivered per second: the ratio is the inverse of the times.
 row "throughput kiln/udpcast raw, N=8 (goal >= 1.0x)" "$(f2 "${kt[8]}")" "$(f2 "$u8")" "$(ratio "$u8" "${kt[8]}")"

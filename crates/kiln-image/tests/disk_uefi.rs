@@ -224,3 +224,87 @@ fn contains(file: &std::path::Path, needle: &str) -> bool {
     );
     status.success()
 }
+
+/// An amd64 tree (kiln-init's architecture here) boots with kiln's initramfs by default;
+/// the image's own stays on the ESP, in an entry of its own. `EspInitrd::Image` keeps
+/// the image's alone, and a partition may not take the second entry's name.
+#[test]
+fn uefi_entries_boot_kilns_initramfs_and_keep_the_images_own() {
+    if kiln_image::boot_initrd::init_architecture() != Some("amd64") {
+        eprintln!("skipped: kiln-init is not built for amd64 here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    make_tree(
+        &rootfs,
+        &Tree {
+            pretty_name: "Kiln Test 2 (uefi)",
+            kernel: true,
+        },
+    );
+    fs::create_dir_all(rootfs.join("var/lib/dpkg")).unwrap();
+    fs::write(rootfs.join("var/lib/dpkg/arch"), "amd64\n").unwrap();
+
+    let raw = tmp.path().join("kiln.raw");
+    let req = single(&rootfs, BootMode::Uefi, &scratch(tmp.path(), "scratch"));
+    let layout = disk::assemble(&req, &raw).unwrap();
+    let esp_img = esp_image(&raw, &layout, tmp.path());
+    let fat = fat(&esp_img);
+    let entry = |name: &str| {
+        String::from_utf8(fat.read(&format!("/loader/entries/{name}.conf")).unwrap()).unwrap()
+    };
+    let default = entry("root");
+    assert!(default.contains("title Kiln Test 2 (uefi)\n"), "{default}");
+    assert!(
+        default.contains("linux /root/vmlinuz\ninitrd /root/kiln-initrd.img\n"),
+        "{default}"
+    );
+    let own = entry("root-initramfs");
+    assert!(
+        own.contains("title Kiln Test 2 (uefi) (its own initramfs)\n"),
+        "{own}"
+    );
+    assert!(own.contains("initrd /root/initrd.img\n"), "{own}");
+    let options = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("options "))
+            .map(String::from)
+    };
+    assert_eq!(options(&default), options(&own));
+    assert_eq!(fat.read("/root/initrd.img").unwrap(), initrd_bytes());
+    // kiln-init is the archive's /init.
+    let kiln = fat.read("/root/kiln-initrd.img").unwrap();
+    let entries = kiln_image::cpio::read_all(&kiln[..]).unwrap();
+    let init = entries.iter().find(|e| e.path == "init").expect("no /init");
+    assert_eq!(
+        init.kind.data(),
+        kiln_init::BINARY,
+        "the ESP's kiln initramfs does not run kiln-init"
+    );
+    verify::verify_image(&raw, Format::Raw, &layout, tmp.path()).unwrap();
+
+    let raw = tmp.path().join("image.raw");
+    let mut req = single(&rootfs, BootMode::Uefi, &scratch(tmp.path(), "scratch2"));
+    req.esp_initrd = disk::EspInitrd::Image;
+    let layout = disk::assemble(&req, &raw).unwrap();
+    let esp_img = esp_image(&raw, &layout, tmp.path());
+    let files = disk_support::fat(&esp_img).list().unwrap();
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains("kiln-initrd") || f.contains("-initramfs")),
+        "{files:?}"
+    );
+
+    let mut req = single(&rootfs, BootMode::Uefi, &scratch(tmp.path(), "scratch3"));
+    let mut other = req.partitions[0].clone();
+    other.name = "ROOT-initramfs".into();
+    other.label = "OTHER".into();
+    req.partitions.push(other);
+    let err = disk::assemble(&req, &tmp.path().join("clash.raw")).unwrap_err();
+    assert!(
+        err.to_string().contains("`ROOT-initramfs` is taken"),
+        "{err}"
+    );
+}

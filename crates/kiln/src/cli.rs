@@ -260,6 +260,11 @@ pub struct ImageArgs {
     /// runner (gem5 style); none: a plain data disk.
     #[arg(long, value_enum, default_value = "uefi")]
     pub boot: BootArg,
+    /// Initramfs of a UEFI image's boot entries: kiln's (kiln-init, seconds faster to
+    /// boot; the image's own gets a second entry, `<name>-initramfs`, in the boot menu)
+    /// or the image's own only. kiln's needs the image's architecture to be this machine's.
+    #[arg(long, value_enum, default_value_t = EspInitrdArg::Kiln)]
+    pub esp_initrd: EspInitrdArg,
     /// Compress qcow2 output.
     #[arg(long)]
     pub compress: bool,
@@ -281,6 +286,15 @@ pub enum OutputFormat {
     /// /disk/disk.qcow2, owned by 107:107.
     #[value(name = "containerdisk")]
     ContainerDisk,
+}
+
+/// Which initramfs a UEFI image's boot entries load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EspInitrdArg {
+    /// kiln's boot initramfs (kiln-init), the image's own as a second menu entry.
+    Kiln,
+    /// The image's own initramfs only.
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,10 +1,10 @@
 //! From a stored layer to an output people use: tar, directory, or a disk image with
 //! its manifest, SBOM and (on request) extracted kernel.
 
-use crate::cli::{BootArg, ImageArgs, OutputFormat};
+use crate::cli::{BootArg, EspInitrdArg, ImageArgs, OutputFormat};
 use anyhow::{bail, Context};
 use kiln_build::view::TreeView;
-use kiln_image::disk::{self, BootMode, DiskRequest, PartitionInput};
+use kiln_image::disk::{self, BootMode, DiskRequest, EspInitrd, PartitionInput};
 use kiln_image::formats::{self, Format};
 use kiln_image::manifest::{self, ManifestInput, ManifestPartition};
 use kiln_spec::{ImageSpec, LayerId, PartitionSource};
@@ -202,6 +202,10 @@ fn produce_in(
         disk_size: args.size,
         seed: seed.clone(),
         source_date_epoch: source.source_date_epoch,
+        esp_initrd: match args.esp_initrd {
+            EspInitrdArg::Kiln => EspInitrd::Kiln,
+            EspInitrdArg::Image => EspInitrd::Image,
+        },
         scratch: staging,
     };
     let raw = tmp_sibling(output, "raw");

@@ -92,7 +92,9 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
         String::from_utf8_lossy(&check.stdout)
     );
 
-    // The same image through OVMF and its own systemd-boot still passes the checks.
+    // The same image through OVMF and its own systemd-boot still passes the checks; its
+    // default entry boots kiln's initramfs (kiln-init), as the direct boot does.
+    let uefi_console = dir.join("uefi-console.log");
     let uefi = kiln(
         &store,
         &ex,
@@ -103,10 +105,17 @@ fn webserver_example_boots_under_uefi_and_serves_its_page() {
             "web.spec",
             "--firmware",
             "uefi",
+            "--serial-log",
+            uefi_console.to_str().unwrap(),
         ],
     );
     assert_eq!(uefi.code, 0, "{}\n{}", uefi.stdout, uefi.stderr);
     assert!(uefi.stdout.contains("boot: uefi (OVMF"), "{}", uefi.stdout);
+    let console = String::from_utf8_lossy(&std::fs::read(&uefi_console).unwrap()).into_owned();
+    assert!(
+        console.contains("EFI stub") && console.contains("kiln-init: root"),
+        "the UEFI boot did not go through the EFI stub to kiln-init:\n{console}"
+    );
     assert!(
         uefi.stdout.contains("2 passed, 0 failed"),
         "{}",

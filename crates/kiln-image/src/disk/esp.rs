@@ -1,6 +1,13 @@
 //! The EFI system partition: systemd-boot, its loader configuration, and each bootable
 //! partition's kernel and initrd under `/<partition name>/`.
 //!
+//! Where kiln's boot initramfs (kiln-init, see [`crate::boot_initrd`]) can boot a
+//! partition, its entry loads that one (`kiln-initrd.img`): a distribution initramfs
+//! starts udev and waits for it to settle, seconds of every emulated boot. The image's
+//! own initramfs stays on the ESP with an entry of its own, `<name>-initramfs`, in the
+//! boot menu (any key held at power-on shows it), for hardware whose disk needs a driver
+//! kiln-init does not carry.
+//!
 //! It is built as a FAT32 image file of its own (mkfs.vfat sizes its clusters from the
 //! file) and filled with mtools, every time stamped `SOURCE_DATE_EPOCH`.
 
@@ -23,9 +30,17 @@ pub(crate) struct BootEntry {
     pub name: String,
     pub title: String,
     pub kernel: KernelFiles,
+    /// kiln's boot initramfs for this kernel (host path), loaded instead of the image's.
+    pub kiln_initrd: Option<PathBuf>,
     /// Kernel command line.
     pub options: String,
 }
+
+/// The ESP name of kiln's boot initramfs, beside `vmlinuz` and `initrd.img`.
+pub(crate) const KILN_INITRD: &str = "kiln-initrd.img";
+/// Suffix of the entry that boots a partition with the image's own initramfs when the
+/// default one boots it with kiln's.
+pub(crate) const IMAGE_INITRD_ENTRY_SUFFIX: &str = "-initramfs";
 
 /// What goes into the ESP.
 #[derive(Debug, Clone)]
@@ -64,7 +79,7 @@ pub(crate) fn payload_bytes(content: &EspContent) -> Result<u64, ImageError> {
     let mut total = 2 * size(&content.loader)?;
     for entry in &content.entries {
         total += size(&entry.kernel.vmlinuz)?;
-        if let Some(initrd) = &entry.kernel.initrd {
+        for initrd in entry.kernel.initrd.iter().chain(&entry.kiln_initrd) {
             total += size(initrd)?;
         }
     }
@@ -76,17 +91,38 @@ pub(crate) fn loader_conf(default: &str) -> String {
     format!("default {default}.conf\ntimeout 0\nconsole-mode keep\n")
 }
 
-/// `/loader/entries/<name>.conf` (Boot Loader Specification, type 1).
-pub(crate) fn entry_conf(entry: &BootEntry) -> String {
-    let mut text = format!(
-        "title {}\nversion {}\nlinux /{}/vmlinuz\n",
-        entry.title, entry.kernel.release, entry.name
-    );
-    if entry.kernel.initrd.is_some() {
-        text.push_str(&format!("initrd /{}/initrd.img\n", entry.name));
+/// The loader entries of one boot entry, as `(file stem, text)`: `/loader/entries/
+/// <stem>.conf` (Boot Loader Specification, type 1). With kiln's initramfs, a second
+/// entry boots the same kernel with the image's own.
+pub(crate) fn entry_confs(entry: &BootEntry) -> Vec<(String, String)> {
+    let conf = |title: &str, initrd: Option<&str>| {
+        let mut text = format!(
+            "title {title}\nversion {}\nlinux /{}/vmlinuz\n",
+            entry.kernel.release, entry.name
+        );
+        if let Some(initrd) = initrd {
+            text.push_str(&format!("initrd /{}/{initrd}\n", entry.name));
+        }
+        text.push_str(&format!("options {}\n", entry.options));
+        text
+    };
+    let image_initrd = entry.kernel.initrd.as_ref().map(|_| "initrd.img");
+    match &entry.kiln_initrd {
+        None => vec![(entry.name.clone(), conf(&entry.title, image_initrd))],
+        Some(_) => {
+            let mut confs = vec![(entry.name.clone(), conf(&entry.title, Some(KILN_INITRD)))];
+            if image_initrd.is_some() {
+                confs.push((
+                    format!("{}{IMAGE_INITRD_ENTRY_SUFFIX}", entry.name),
+                    conf(
+                        &format!("{} (its own initramfs)", entry.title),
+                        image_initrd,
+                    ),
+                ));
+            }
+            confs
+        }
     }
-    text.push_str(&format!("options {}\n", entry.options));
-    text
 }
 
 /// Makes the ESP as the file `image` of `size` bytes, for a partition starting at
@@ -124,12 +160,17 @@ pub(crate) fn build(
         "/loader/loader.conf",
     )?;
     for entry in &content.entries {
-        let conf = text(&format!("entry-{}.conf", entry.name), entry_conf(entry))?;
-        fat.copy_in(&conf, &format!("/loader/entries/{}.conf", entry.name))?;
+        for (stem, body) in entry_confs(entry) {
+            let conf = text(&format!("entry-{stem}.conf"), body)?;
+            fat.copy_in(&conf, &format!("/loader/entries/{stem}.conf"))?;
+        }
         fat.mkdir_all(&format!("/{}", entry.name), &mut dirs)?;
         fat.copy_in(&entry.kernel.vmlinuz, &format!("/{}/vmlinuz", entry.name))?;
         if let Some(initrd) = &entry.kernel.initrd {
             fat.copy_in(initrd, &format!("/{}/initrd.img", entry.name))?;
+        }
+        if let Some(initrd) = &entry.kiln_initrd {
+            fat.copy_in(initrd, &format!("/{}/{KILN_INITRD}", entry.name))?;
         }
     }
     Ok(())
@@ -141,6 +182,7 @@ mod tests {
 
     fn entry(initrd: bool) -> BootEntry {
         BootEntry {
+            kiln_initrd: None,
             name: "web".into(),
             title: "Debian GNU/Linux 12 (bookworm)".into(),
             kernel: KernelFiles {
@@ -155,11 +197,41 @@ mod tests {
     #[test]
     fn entry_names_kernel_initrd_and_options() {
         assert_eq!(
-            entry_conf(&entry(true)),
-            "title Debian GNU/Linux 12 (bookworm)\nversion 6.1.0-26-amd64\n\
-             linux /web/vmlinuz\ninitrd /web/initrd.img\noptions root=PARTUUID=x rw\n"
+            entry_confs(&entry(true)),
+            [(
+                "web".to_string(),
+                "title Debian GNU/Linux 12 (bookworm)\nversion 6.1.0-26-amd64\n\
+                 linux /web/vmlinuz\ninitrd /web/initrd.img\noptions root=PARTUUID=x rw\n"
+                    .to_string()
+            )]
         );
-        assert!(!entry_conf(&entry(false)).contains("initrd"));
+        assert!(!entry_confs(&entry(false))[0].1.contains("initrd"));
+    }
+
+    #[test]
+    fn kilns_initramfs_boots_by_default_and_the_images_own_stays_in_the_menu() {
+        let mut e = entry(true);
+        e.kiln_initrd = Some("/scratch/kiln-initrd.img".into());
+        let confs = entry_confs(&e);
+        assert_eq!(confs.len(), 2);
+        assert_eq!(confs[0].0, "web");
+        assert!(
+            confs[0].1.contains("initrd /web/kiln-initrd.img\n"),
+            "{}",
+            confs[0].1
+        );
+        assert_eq!(confs[1].0, "web-initramfs");
+        assert!(confs[1]
+            .1
+            .contains("title Debian GNU/Linux 12 (bookworm) (its own initramfs)\n"));
+        assert!(confs[1].1.contains("initrd /web/initrd.img\n"));
+        assert!(confs
+            .iter()
+            .all(|(_, t)| t.contains("options root=PARTUUID=x rw\n")));
+        // A kernel without an initramfs of its own: kiln's entry only.
+        let mut e = entry(false);
+        e.kiln_initrd = Some("/scratch/kiln-initrd.img".into());
+        assert_eq!(entry_confs(&e).len(), 1);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! privileges (no loop devices, no mounts).
 //!
 //! ```text
-//! [GPT][ESP: FAT32, systemd-boot, /<name>/vmlinuz, /<name>/initrd.img][root 1: ext4]…[backup GPT]
+//! [GPT][ESP: FAT32, systemd-boot, /<name>/vmlinuz, initrd.img, kiln-initrd.img][root 1: ext4]…[backup GPT]
 //! ```
+//!
+//! A UEFI partition boots with kiln's boot initramfs when kiln-init can boot it (see
+//! [`EspInitrd`]), with the image's own one entry further down the boot menu.
 //!
 //! Assembly ([`assemble`]):
 //! 1. each partition's kernel is found in its tree; a partition asked to boot without one
@@ -108,6 +111,18 @@ impl fmt::Display for BootMode {
     }
 }
 
+/// Which initramfs a UEFI image's default boot entries load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EspInitrd {
+    /// kiln's boot initramfs ([`crate::boot_initrd`]: kiln-init, the disk and network
+    /// drivers) for each partition of the architecture kiln-init is built for, and an
+    /// entry `<name>-initramfs` with the image's own; other partitions boot their own.
+    #[default]
+    Kiln,
+    /// The image's own initramfs only.
+    Image,
+}
+
 /// One OS partition to put on the disk.
 #[derive(Debug, Clone)]
 pub struct PartitionInput {
@@ -135,6 +150,8 @@ pub struct DiskRequest {
     pub seed: String,
     /// `SOURCE_DATE_EPOCH`: later file times are clamped to it.
     pub source_date_epoch: i64,
+    /// The initramfs UEFI boot entries load.
+    pub esp_initrd: EspInitrd,
     /// An existing directory on the output's filesystem for temporary files (chiefly
     /// the disk itself until it is renamed into place).
     pub scratch: PathBuf,
@@ -262,7 +279,7 @@ pub fn assemble(req: &DiskRequest, out_raw: &Path) -> Result<DiskLayout, ImageEr
         .map(|(p, ids)| partition_cmdline(&p.rootfs, &ids.partuuid))
         .collect::<Result<Vec<_>, _>>()?;
     let esp_content = match req.boot {
-        BootMode::Uefi => Some(esp_content(req, &kernels, &cmdlines)?),
+        BootMode::Uefi => Some(esp_content(req, &kernels, &cmdlines, work.path())?),
         _ => None,
     };
     let scans = req
@@ -371,6 +388,18 @@ fn validate(req: &DiskRequest) -> Result<(), ImageError> {
             )));
         }
     }
+    for p in &req.partitions {
+        let lower = p.name.to_ascii_lowercase();
+        if let Some(stem) = lower.strip_suffix(esp::IMAGE_INITRD_ENTRY_SUFFIX) {
+            if names.contains(stem) {
+                return Err(ImageError::Tool(format!(
+                    "partition name `{}` is taken by the boot entry that boots partition \
+                     `{stem}` with its own initramfs: rename it",
+                    p.name
+                )));
+            }
+        }
+    }
     if !req.scratch.is_dir() {
         return Err(ImageError::Tool(format!(
             "the scratch directory {} does not exist",
@@ -436,11 +465,13 @@ fn find_kernels(req: &DiskRequest) -> Result<Vec<Option<KernelFiles>>, ImageErro
     Ok(kernels)
 }
 
-/// The ESP's boot loader and one entry per partition that has a kernel.
+/// The ESP's boot loader and one entry per partition that has a kernel; kiln's boot
+/// initramfs, where it is wanted, is written into `work`.
 fn esp_content(
     req: &DiskRequest,
     kernels: &[Option<KernelFiles>],
     cmdlines: &[String],
+    work: &Path,
 ) -> Result<EspContent, ImageError> {
     let several = kernels.iter().filter(|k| k.is_some()).count() > 1;
     let mut entries = Vec::new();
@@ -450,7 +481,9 @@ fn esp_content(
             .and_then(|fields| fields.get("PRETTY_NAME").cloned())
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(|| "Linux".to_string());
+        let kiln_initrd = kiln_initrd(req, input, kernel, work)?;
         entries.push(BootEntry {
+            kiln_initrd,
             name: input.name.clone(),
             title: if several {
                 format!("{pretty} ({})", input.name)
@@ -467,6 +500,26 @@ fn esp_content(
         entries,
         default: default.name.clone(),
     })
+}
+
+/// kiln's boot initramfs for `input`'s kernel, written into `work`, when the request
+/// wants it and kiln-init runs on the partition's architecture.
+fn kiln_initrd(
+    req: &DiskRequest,
+    input: &PartitionInput,
+    kernel: &KernelFiles,
+    work: &Path,
+) -> Result<Option<PathBuf>, ImageError> {
+    if req.esp_initrd != EspInitrd::Kiln {
+        return Ok(None);
+    }
+    let arch = crate::osinfo::debian_arch(&input.rootfs)?;
+    if arch.is_none() || arch.as_deref() != crate::boot_initrd::init_architecture() {
+        return Ok(None);
+    }
+    let dest = work.join(format!("{}-{}", input.name, esp::KILN_INITRD));
+    crate::boot_initrd::write(&input.rootfs, &kernel.release, &dest, req.source_date_epoch)?;
+    Ok(Some(dest))
 }
 
 /// Scans one partition's tree; its content counts what the edits add (fstab, the ESP's

@@ -1,7 +1,9 @@
 //! Shared by the disk tests: small fake root trees and readers for what ends up on disk.
 #![allow(dead_code)]
 
-use kiln_image::disk::{BootMode, DiskLayout, DiskRequest, PartitionInput, PartitionReport};
+use kiln_image::disk::{
+    BootMode, DiskLayout, DiskRequest, EspInitrd, PartitionInput, PartitionReport,
+};
 use kiln_image::tools::debugfs;
 use kiln_image::tools::mtools::FatImage;
 use std::ffi::CString;
@@ -175,6 +177,7 @@ pub fn single(rootfs: &Path, boot: BootMode, scratch: &Path) -> DiskRequest {
         disk_size: None,
         seed: "test-image-id".into(),
         source_date_epoch: EPOCH,
+        esp_initrd: EspInitrd::Kiln,
         scratch: scratch.to_path_buf(),
     }
 }
