@@ -160,11 +160,11 @@ udpcast_round() {
   local pids=()
   # dd conv=sparse keeps the zeros out of RAM, as kiln's targets do.
   for i in $(seq 1 "$n"); do
-    ip netns exec "${P}r$i" bash -c 'timeout '"$PEER_TIMEOUT"' udp-receiver --interface eth0 --portbase 9100 --nokbd "${@:2}" \
+    ip netns exec "${P}r$i" bash -c 'timeout -k 5 '"$PEER_TIMEOUT"' udp-receiver --interface eth0 --portbase 9100 --nokbd "${@:2}" \
       2>/dev/null | dd of="$1" bs=1M iflag=fullblock conv=sparse status=none' _ "$work/u$i.raw" "${pipe[@]}" &
     pids+=($!)
   done
-  ip netns exec "$s" timeout "$PEER_TIMEOUT" udp-sender --interface br0 --portbase 9100 --nokbd \
+  ip netns exec "$s" timeout -k 5 "$PEER_TIMEOUT" udp-sender --interface br0 --portbase 9100 --nokbd \
     --file "$src" --min-receivers "$n" --max-bitrate "$RATE" --max-wait 30 >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do wait "$p" || true; done
   t1=$(now)
