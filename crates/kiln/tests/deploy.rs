@@ -549,6 +549,57 @@ fn http_range_fallback_loads_and_resumes() {
     assert_eq!(second["chunks_written"], 1, "{second}");
     assert_eq!(second["chunks_present"], chunks - 1, "{second}");
     assert_eq!(fs::read(&target).unwrap(), fs::read(&raw).unwrap());
+
+    // A real block device (a loop device over a file of 0xAB, larger than the image):
+    // only the image's ranges are written; `unpack --zero-rest` zeroes the rest of it.
+    let backing = dir.join("device");
+    fs::write(&backing, vec![0xAB; 80 * MIB as usize]).unwrap();
+    let dev = Loop::attach(&backing);
+    let out = Command::new(KILN)
+        .args([
+            "deploy", "load", "--json", "--http", &url, "--target", &dev.0,
+        ])
+        .output()
+        .unwrap();
+    let onto_device = json(&out, "http load onto a block device");
+    assert_eq!(onto_device["chunks_written"], chunks, "{onto_device}");
+    let image = fs::read(&raw).unwrap();
+    let device = || fs::read(&backing).unwrap();
+    let written = device();
+    for i in 0..40usize {
+        let at = i * 1536 * 1024;
+        assert_eq!(
+            written[at..at + 256 * 1024],
+            image[at..at + 256 * 1024],
+            "block {i}"
+        );
+    }
+    assert!(
+        written[MIB as usize..][..4096].iter().all(|&b| b == 0xAB),
+        "a hole was written"
+    );
+    assert!(written[64 * MIB as usize..].iter().all(|&b| b == 0xAB));
+    let out = Command::new(KILN)
+        .args(["deploy", "unpack", "--zero-rest"])
+        .arg(&kzi)
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zeroed = device();
+    assert!(
+        zeroed[..64 * MIB as usize] == image[..],
+        "--zero-rest left other bytes"
+    );
+    assert!(
+        zeroed[64 * MIB as usize..].iter().all(|&b| b == 0xAB),
+        "past the image"
+    );
+    drop(dev);
     server.kill().unwrap();
     server.wait().unwrap();
 }
