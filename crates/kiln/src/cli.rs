@@ -333,6 +333,14 @@ pub struct RunArgs {
     /// How to boot the image; auto enters IMAGE.boot/ directly when it exists (fastest).
     #[arg(long, value_enum, default_value_t = FirmwareArg::Auto)]
     pub firmware: FirmwareArg,
+    /// Attach this disk too (raw or qcow2, by its content), as the next virtio disk:
+    /// /dev/vda for an appliance (repeatable); --snapshot discards its writes too.
+    #[arg(long = "disk", value_name = "FILE")]
+    pub disks: Vec<std::path::PathBuf>,
+    /// `host`: the guest reaches what the host reaches, the host's loopback as 10.0.2.2
+    /// (default: only the forwarded ports come in, nothing goes out).
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
 }
 
 /// How `kiln run`/`kiln test` boot an image.
@@ -495,7 +503,7 @@ pub struct BaseBuildArgs {
     pub json: JsonArg,
 }
 
-/// `kiln shell --network`.
+/// `kiln shell --network`, `kiln run --network`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetworkArg {
     /// The host's network namespace.

@@ -1,9 +1,9 @@
 //! `kiln run` and `kiln test`: boot an image under QEMU, interactively or against the
 //! spec's `(test …)` checks.
 
-use crate::cli::{FirmwareArg, InitrdArg, RunArgs, TestArgs};
+use crate::cli::{FirmwareArg, InitrdArg, NetworkArg, RunArgs, TestArgs};
 use anyhow::{bail, Context};
-use kiln_vm::{Boot, ConsoleMode, Forward, VmConfig};
+use kiln_vm::{Boot, ConsoleMode, ExtraDisk, Forward, Network, VmConfig};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -190,6 +190,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("-p {p}: expected HOST:GUEST ports, e.g. 8080:80"))?;
         cfg.forwards.push(Forward { host, guest });
     }
+    for disk in &args.disks {
+        cfg.extra_disks.push(extra_disk(disk)?);
+    }
+    if args.network == Some(NetworkArg::Host) {
+        cfg.network = Network::Full;
+    }
     eprintln!(
         "kiln: booting {} (serial console below; Ctrl-A X quits)",
         args.image.display()
@@ -201,6 +207,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// `--disk FILE`: qcow2 when the file says so (its magic), else raw.
+fn extra_disk(path: &Path) -> anyhow::Result<ExtraDisk> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("--disk {}", path.display()))?;
+    let read = file.read(&mut magic).unwrap_or(0);
+    let format = if read == 4 && magic == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    Ok(ExtraDisk {
+        path: path.to_path_buf(),
+        format: format.into(),
     })
 }
 

@@ -63,10 +63,16 @@ struct Console {
 
 impl Console {
     fn boot(app: &Path, append: &str, publish: &[(u16, u16)]) -> Console {
+        Console::boot_with(app, append, publish, &[])
+    }
+
+    /// [`Console::boot`] with more `kiln run` arguments.
+    fn boot_with(app: &Path, append: &str, publish: &[(u16, u16)], extra: &[&str]) -> Console {
         let mut cmd = Command::new(KILN);
         cmd.arg("run")
             .arg(app)
-            .args(["--memory", "512", "--append", append]);
+            .args(["--memory", "512", "--append", append])
+            .args(extra);
         for (host, guest) in publish {
             cmd.args(["-p", &format!("{host}:{guest}")]);
         }
@@ -596,5 +602,112 @@ fn cpio_cli_refuses_hostile_archives_and_packs_deterministically() {
     assert_eq!(
         std::fs::read_to_string(dir.join("back/etc/conf")).unwrap(),
         "x=1\n"
+    );
+}
+
+/// The deploy loader (the deploy issue's node side): an appliance made from kiln itself
+/// boots on a node with an empty disk, loads a `.kzi` over HTTP from `kiln deploy serve
+/// --http` (the unicast fallback; QEMU's user network carries no multicast) onto its
+/// /dev/vda, verifies it and powers off; the disk then holds the image byte for byte.
+#[test]
+fn deploy_loader_appliance_writes_the_nodes_disk() {
+    let store = shared_store();
+    let dir = test_dir("appliance-loader");
+    // The layer's first step is the shared one (kernel, udev, sshd); then kiln, without
+    // its debug information (the test binary's is ~150 MB).
+    let stripped = Command::new("objcopy")
+        .args(["--strip-debug", KILN])
+        .arg(dir.join("kiln"))
+        .output()
+        .expect("objcopy (binutils)");
+    assert!(
+        stripped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stripped.stderr)
+    );
+    let first_step = SPEC.lines().take(4).collect::<Vec<_>>().join("\n");
+    let spec = format!(
+        "{first_step}\n (copy (src kiln) (dst /usr/local/bin/kiln))\n \
+         (appliance (train \"/usr/local/bin/kiln deploy load --help\") \
+         (run \"/usr/local/bin/kiln deploy load --json\")))\n"
+    );
+    std::fs::write(dir.join("loader.spec"), &spec).unwrap();
+    kiln(
+        &store,
+        &dir,
+        &["appliance", "-f", "loader.spec", ".", "-o", "loader"],
+    )
+    .ok();
+    let app = dir.join("loader");
+    let files = report(&app)["files"].to_string();
+    assert!(files.contains("/usr/local/bin/kiln"), "{files}");
+    assert!(files.contains("libc.so.6"), "kiln's ELF closure: {files}");
+
+    // The image: 32 MiB, eight data blocks between holes; the node's disk is 48 MiB of
+    // something else.
+    let raw = dir.join("disk.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(32 << 20).unwrap();
+    for i in 0..8u64 {
+        let block: Vec<u8> = (0..512 * 1024u64)
+            .map(|b| (b * 13 + i * 101) as u8)
+            .collect();
+        std::os::unix::fs::FileExt::write_all_at(&f, &block, i * (4 << 20)).unwrap();
+    }
+    drop(f);
+    let kzi = dir.join("disk.kzi");
+    kiln(
+        &store,
+        &dir,
+        &["deploy", "pack", "disk.raw", "-o", "disk.kzi"],
+    )
+    .ok();
+    let node_disk = dir.join("node.raw");
+    std::fs::write(&node_disk, vec![0xCD; 48 << 20]).unwrap();
+
+    let mut server = Command::new(KILN)
+        .args([
+            "deploy",
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "600",
+        ])
+        .arg(&kzi)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let append = format!(
+        "appIp=10.0.2.15/24 appGw=10.0.2.2 appEnd=halt \
+         appArgs='--http http://10.0.2.2:{port}/disk.kzi --target /dev/vda --zero-rest'"
+    );
+    let node = node_disk.to_str().unwrap();
+    let mut vm = Console::boot_with(&app, &append, &[], &["--disk", node, "--network", "host"]);
+    let powered_off = vm.wait_exit(Duration::from_secs(300));
+    let text = vm.text();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(powered_off, "{text}");
+    assert!(text.contains("kiln-init: run: exit status 0"), "{text}");
+    assert!(
+        text.contains("\"chunks_written\""),
+        "the loader's report: {text}"
+    );
+    let loaded = std::fs::read(&node_disk).unwrap();
+    assert!(
+        loaded[..32 << 20] == std::fs::read(&raw).unwrap()[..],
+        "the node's disk differs"
+    );
+    assert!(
+        loaded[32 << 20..].iter().all(|&b| b == 0xCD),
+        "written past the image"
     );
 }
