@@ -665,26 +665,8 @@ fn deploy_loader_appliance_writes_the_nodes_disk() {
     let node_disk = dir.join("node.raw");
     std::fs::write(&node_disk, vec![0xCD; 48 << 20]).unwrap();
 
-    let mut server = Command::new(KILN)
-        .args([
-            "deploy",
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--idle-timeout",
-            "600",
-        ])
-        .arg(&kzi)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stderr.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let (mut server, addr) = deploy_http_server(&kzi, 600);
+    let port = addr.rsplit(':').next().unwrap();
     let append = format!(
         "appIp=10.0.2.15/24 appGw=10.0.2.2 appEnd=halt \
          appArgs='--http http://10.0.2.2:{port}/disk.kzi --target /dev/vda --zero-rest'"

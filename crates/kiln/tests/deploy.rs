@@ -6,6 +6,9 @@
 //! N = 1, 2, 4, 8 receivers; 5 % loss; a corrupted chunk; a receiver killed at 50 % and
 //! restarted beside a late joiner. Then bad input, refused before anything is written.
 
+mod common;
+
+use common::deploy_http_server;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+use common::KILN;
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 1 << 30;
 const GROUP: &str = "239.192.7.1:7100";
@@ -503,24 +506,7 @@ fn http_range_fallback_loads_and_resumes() {
         .output()
         .unwrap();
     let chunks = json(&packed, "pack")["chunks"].as_u64().unwrap();
-    let mut server = Command::new(KILN)
-        .args([
-            "deploy",
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--idle-timeout",
-            "5",
-        ])
-        .arg(&kzi)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let (mut server, addr) = deploy_http_server(&kzi, 5);
     let url = format!("http://{addr}/disk.kzi");
     let target = dir.join("out.raw");
     let load = |what: &str| {

@@ -319,3 +319,22 @@ pub fn fails(run: Run, needle: &str) -> Run {
     );
     run
 }
+
+/// `kiln deploy serve --http 127.0.0.1:0 KZI` with `--idle-timeout IDLE`: the server and
+/// the address (`127.0.0.1:PORT`) it printed first on stderr.
+pub fn deploy_http_server(kzi: &Path, idle: u32) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut server = Command::new(KILN)
+        .args(["deploy", "serve", "--http", "127.0.0.1:0", "--idle-timeout"])
+        .arg(idle.to_string())
+        .arg(kzi)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting kiln deploy serve --http");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (server, addr)
+}
