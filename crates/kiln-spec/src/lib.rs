@@ -22,6 +22,7 @@ pub use ast::*;
 pub use dockerfile::{dockerfile, DockerfileOptions};
 pub use error::SpecError;
 pub use hash::{LayerId, ManifestEntry, ManifestKind, StepContext};
+pub use print::quote;
 pub use size::{format_size, parse_size, SizeError};
 pub use validate::{BOOTSTRAP_VARIANTS, DEBIAN_ARCHES};
 

@@ -700,7 +700,7 @@ fn can_be_bare(text: &str) -> bool {
 }
 
 /// `text` as an atom: bare if it can be, else quoted and escaped.
-pub(crate) fn quote(text: &str) -> String {
+pub fn quote(text: &str) -> String {
     if can_be_bare(text) {
         return text.to_string();
     }

@@ -72,21 +72,6 @@ pub struct Plan {
     pub checks: Vec<HttpCheck>,
 }
 
-/// A spec string literal.
-fn quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Debian's package name rule (policy 5.6.1), plus an optional `=version` or `/suite`.
 fn is_package_name(p: &str) -> bool {
     let name = p.split(['=', '/']).next().unwrap_or("");
@@ -109,9 +94,9 @@ pub fn spec_text(plan: &Plan) -> anyhow::Result<String> {
     }
     let mut ops = vec![format!("(from {})", plan.base)];
     let who = format!("made by kiln create for {} <{}>", plan.author, plan.email);
-    ops.push(format!("(comment {})", quote(&who)));
+    ops.push(format!("(comment {})", kiln_spec::quote(&who)));
     if !plan.comment.is_empty() {
-        ops.push(format!("(comment {})", quote(&plan.comment)));
+        ops.push(format!("(comment {})", kiln_spec::quote(&plan.comment)));
     }
     let mut packages: Vec<&str> = Vec::new();
     if plan.needs_boot {
@@ -123,7 +108,7 @@ pub fn spec_text(plan: &Plan) -> anyhow::Result<String> {
         ops.push(format!(
             "(run (cache (apt-archives (target /var/cache/apt/archives)) (apt-lists (target /var/lib/apt/lists))) \
              (network host) (shell {}))",
-            quote(&format!(
+            kiln_spec::quote(&format!(
                 "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
                 packages.join(" ")
             ))
@@ -147,13 +132,13 @@ pub fn spec_text(plan: &Plan) -> anyhow::Result<String> {
                 let body = c
                     .body
                     .as_ref()
-                    .map(|b| format!(" (body {})", quote(b)))
+                    .map(|b| format!(" (body {})", kiln_spec::quote(b)))
                     .unwrap_or_default();
                 format!(
                     "(http (name http-{}) (port {}) (path {}) (status 200){body} (timeout 180))",
                     c.port,
                     c.port,
-                    quote(&c.path)
+                    kiln_spec::quote(&c.path)
                 )
             })
             .collect();
@@ -363,6 +348,32 @@ mod tests {
         assert!(text.contains("(src setup.sh)"), "{text}");
         assert!(text.contains("(body Cloudy)"), "{text}");
         assert!(spec.test.is_some());
+    }
+
+    /// Free text (a comment with a tab and a control character, a body with a quote and a
+    /// backslash) reaches the spec escaped as the spec printer escapes it, and back intact.
+    #[test]
+    fn free_text_is_escaped_for_the_spec() {
+        let plan = Plan {
+            base: "debian:bookworm".into(),
+            author: "Ann".into(),
+            email: "ann@lab.org".into(),
+            comment: "tabbed\there\u{1}".into(),
+            checks: vec![HttpCheck {
+                port: 80,
+                path: "/".into(),
+                body: Some("say \"hi\" \\ bye".into()),
+            }],
+            ..Plan::default()
+        };
+        let text = spec_text(&plan).unwrap();
+        let spec = kiln_spec::parse(&text).unwrap();
+        assert!(text.contains("tabbed\\there"), "{text}");
+        let printed = kiln_spec::print(&spec);
+        assert!(
+            printed.contains(r#"(body "say \"hi\" \\ bye")"#),
+            "{printed}"
+        );
     }
 
     #[test]
