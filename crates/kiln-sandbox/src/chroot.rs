@@ -47,6 +47,12 @@ use nix::unistd::{pipe2, Pid};
 use crate::{Outcome, RunSpec, Sandbox, SandboxError, INIT_ARG, SPEC_FD};
 use report::{verdict, Verdict, STATUS_FD};
 
+/// From the sandbox's pid 1 (`pid1`, `trace`): kill(-1) reaches every other process in
+/// this pid namespace, and nothing outside it.
+fn kill_everything_else() {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+}
+
 /// Runs steps in Linux namespaces by re-executing `exe` as the sandbox init.
 ///
 /// Needs root (it mounts and unshares namespaces). [`Sandbox::run`] may be called from

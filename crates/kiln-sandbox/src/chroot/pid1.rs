@@ -15,14 +15,14 @@ use nix::mount::{umount2, MntFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::prctl::set_pdeathsig;
-use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, dup2, fchdir, fork, pivot_root, sethostname, setsid, ForkResult, Pid};
 
 use super::report::{Report, STATUS_FD};
 use super::step::{Step, StepError};
-use super::{command, net, rootfs, trace};
+use super::{command, kill_everything_else, net, rootfs, trace};
 use crate::RunSpec;
 
 /// The fd pid 1 keeps its lifeline on: the read end of a pipe whose write end only the
@@ -155,17 +155,6 @@ fn reap(command: Pid) -> Result<i32, StepError> {
     }
     let report = report
         .ok_or_else(|| StepError("the command vanished without an exit status".to_string()))?;
-    let code = match report {
-        Report::Exited(code) => code,
-        Report::Signalled(sig) => 128 + sig,
-        _ => 125,
-    };
     report.send();
-    Ok(code)
-}
-
-/// kill(-1) from pid 1 reaches every other process in this pid namespace, and nothing
-/// outside it.
-fn kill_everything_else() {
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    Ok(report.exit_code())
 }

@@ -27,6 +27,16 @@ pub(crate) enum Report {
 }
 
 impl Report {
+    /// pid 1's own exit code for how the command ended: its code, 128 + the signal that
+    /// killed it, 125 for anything else.
+    pub(crate) fn exit_code(&self) -> i32 {
+        match self {
+            Report::Exited(code) => *code,
+            Report::Signalled(sig) => 128 + sig,
+            _ => 125,
+        }
+    }
+
     /// Writes the report as one line. A newline goes first so a partial line left on the
     /// pipe by someone else cannot swallow it. Errors are ignored: if kiln is gone there
     /// is nobody to tell.
@@ -89,6 +99,14 @@ mod tests {
             out.extend_from_slice(format!("\n{}\n", serde_json::to_string(r).unwrap()).as_bytes());
         }
         out
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(Report::Exited(3).exit_code(), 3);
+        assert_eq!(Report::Signalled(9).exit_code(), 137);
+        assert_eq!(Report::Interrupted(2).exit_code(), 125);
+        assert_eq!(Report::Setup("x".into()).exit_code(), 125);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::kill_everything_else;
 use super::report::Report;
 use super::step::StepError;
 
@@ -153,17 +154,8 @@ pub(crate) fn trace(command: Pid, mut out: File) -> Result<i32, StepError> {
         .map_err(|e| StepError(format!("write the traced paths: {e}")))?;
     let report =
         report.ok_or_else(|| StepError("the command vanished without an exit status".into()))?;
-    let code = match report {
-        Report::Exited(code) => code,
-        Report::Signalled(sig) => 128 + sig,
-        _ => 125,
-    };
     report.send();
-    Ok(code)
-}
-
-fn kill_everything_else() {
-    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    Ok(report.exit_code())
 }
 
 /// Which argument registers of a system call hold (directory fd, path), x86-64 numbering.
