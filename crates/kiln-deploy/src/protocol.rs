@@ -1012,34 +1012,36 @@ impl Receiver {
         while outstanding < self.cfg.window && self.order_at < self.order.len() {
             let i = self.order[self.order_at] as usize;
             self.order_at += 1;
-            if matches!(self.chunks[i], ChunkState::Missing) {
-                self.chunks[i] = ChunkState::Asked { at: now, tries: 0 };
+            if self.ask_if_missing(i, now, &mut wants) {
                 outstanding += 1;
-                self.stats.chunks_requested += 1;
-                wants.push(Want {
-                    object: i as u32,
-                    frags: None,
-                });
             }
         }
         // Chunks dropped as corrupt go back to Missing behind the cursor: ask again.
-        if self.order_at == self.order.len() && outstanding < self.cfg.window {
+        if self.order_at == self.order.len() {
             for i in 0..self.chunks.len() {
                 if outstanding >= self.cfg.window {
                     break;
                 }
-                if matches!(self.chunks[i], ChunkState::Missing) {
-                    self.chunks[i] = ChunkState::Asked { at: now, tries: 0 };
+                if self.ask_if_missing(i, now, &mut wants) {
                     outstanding += 1;
-                    self.stats.chunks_requested += 1;
-                    wants.push(Want {
-                        object: i as u32,
-                        frags: None,
-                    });
                 }
             }
         }
         self.send(wants)
+    }
+
+    /// Asks for chunk `i` (into `wants`) when it is missing; whether it was.
+    fn ask_if_missing(&mut self, i: usize, now: Duration, wants: &mut Vec<Want>) -> bool {
+        if !matches!(self.chunks[i], ChunkState::Missing) {
+            return false;
+        }
+        self.chunks[i] = ChunkState::Asked { at: now, tries: 0 };
+        self.stats.chunks_requested += 1;
+        wants.push(Want {
+            object: i as u32,
+            frags: None,
+        });
+        true
     }
 
     fn send(&mut self, wants: Vec<Want>) -> Vec<Event> {
