@@ -68,17 +68,7 @@ pub fn assemble(
         add_from_layer(root, p, mtime, &mut all)?;
     }
     let mut own = |path: &str, perm: u32, kind: Kind| {
-        all.insert(
-            path.to_string(),
-            Entry {
-                path: path.to_string(),
-                perm,
-                uid: 0,
-                gid: 0,
-                mtime,
-                kind,
-            },
-        );
+        all.insert(path.to_string(), Entry::root_owned(path, perm, mtime, kind));
     };
     for dir in ["app", "dev", "proc", "root", "run", "sys", "tmp", "etc"] {
         own(dir, 0o755, Kind::Dir);
@@ -110,14 +100,12 @@ pub fn assemble(
         own_config.push_str("# (the kernel's drivers must be built in)\n");
         all.insert(
             kiln_init::CONFIG_PATH.to_string(),
-            Entry {
-                path: kiln_init::CONFIG_PATH.to_string(),
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
+            Entry::root_owned(
+                kiln_init::CONFIG_PATH,
+                0o644,
                 mtime,
-                kind: Kind::File(own_config.into_bytes()),
-            },
+                Kind::File(own_config.into_bytes()),
+            ),
         );
     }
     let entries: Vec<Entry> = all.into_values().collect();
@@ -204,25 +192,12 @@ fn add_modules(
         let inside_rel = inside.trim_start_matches('/').to_string();
         for (i, _) in inside_rel.match_indices('/') {
             let dir = &inside_rel[..i];
-            all.entry(dir.to_string()).or_insert_with(|| Entry {
-                path: dir.to_string(),
-                perm: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime,
-                kind: Kind::Dir,
-            });
+            all.entry(dir.to_string())
+                .or_insert_with(|| Entry::root_owned(dir, 0o755, mtime, Kind::Dir));
         }
         all.insert(
             inside_rel.clone(),
-            Entry {
-                path: inside_rel,
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime,
-                kind: Kind::File(data),
-            },
+            Entry::root_owned(inside_rel, 0o644, mtime, Kind::File(data)),
         );
     }
     // The plan names modules under /lib/modules; point kiln-init at where they are.
@@ -231,14 +206,12 @@ fn add_modules(
         .replace(&format!(" /lib/modules/{release}/"), &format!(" {real}/"));
     all.insert(
         kiln_init::CONFIG_PATH.to_string(),
-        Entry {
-            path: kiln_init::CONFIG_PATH.to_string(),
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
+        Entry::root_owned(
+            kiln_init::CONFIG_PATH,
+            0o644,
             mtime,
-            kind: Kind::File(config.into_bytes()),
-        },
+            Kind::File(config.into_bytes()),
+        ),
     );
     Ok(plan.modules.len())
 }

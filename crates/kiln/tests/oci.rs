@@ -22,17 +22,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The manifest digest a registry serves for `image` (`HOST/REPO:TAG`), as skopeo sees it.
 fn registry_digest(image: &str) -> String {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .expect("skopeo (apt-get install skopeo)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = common::registry::skopeo_inspect(image, &[]);
     info["Digest"].as_str().unwrap().to_string()
 }
 

@@ -7,7 +7,6 @@ use common::registry::Registry;
 use common::*;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 /// Six steps on a busybox base: random bytes (so a rerun would show), a copy from the
 /// context, a whiteout, an opaque directory, modes and owners, and a step that prints.
@@ -38,17 +37,7 @@ fn pushed(run: &Run) -> Vec<String> {
 
 /// The digest of the rootfs blob of layer `id` in the cache, read with skopeo.
 fn rootfs_blob(cache: &str, id: &str) -> String {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{cache}:{id}"))
-        .output()
-        .expect("skopeo (apt-get install skopeo)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = common::registry::skopeo_raw(&format!("{cache}:{id}"));
     assert_eq!(manifest["artifactType"], "application/vnd.kiln.layer.v1");
     assert_eq!(manifest["annotations"]["dev.kiln.layer.id"], id);
     let layer = &manifest["layers"][0];

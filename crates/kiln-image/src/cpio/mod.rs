@@ -76,6 +76,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry owned by root (0:0).
+    pub fn root_owned(path: impl Into<String>, perm: u32, mtime: u32, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            perm,
+            uid: 0,
+            gid: 0,
+            mtime,
+            kind,
+        }
+    }
+
     /// `ls -l`-style mode text: `drwxr-xr-x`.
     pub fn mode_text(&self) -> String {
         let t = match self.kind {

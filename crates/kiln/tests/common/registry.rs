@@ -79,8 +79,15 @@ impl Registry {
 
 /// `skopeo inspect --raw` of `image` (HOST:PORT/REPO:TAG on a plain-HTTP registry): its manifest.
 pub fn skopeo_raw(image: &str) -> serde_json::Value {
+    skopeo_inspect(image, &["--raw"])
+}
+
+/// `skopeo inspect ARGS` of `image` (HOST:PORT/REPO:TAG on a plain-HTTP registry), parsed.
+pub fn skopeo_inspect(image: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg("inspect")
+        .args(args)
+        .arg("--tls-verify=false")
         .arg(format!("docker://{image}"))
         .output()
         .expect("skopeo (apt-get install skopeo)");
