@@ -615,7 +615,8 @@ impl Builder<'_> {
         Ok(id)
     }
 
-    /// [`Builder::step`] but for the push to `--cache-to`.
+    /// [`Builder::step`] without the push to `--cache-to`: reuses the stored step, or
+    /// builds and commits it under the step's lock.
     #[allow(clippy::too_many_arguments)]
     fn make_step(
         &self,
